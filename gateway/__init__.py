@@ -1,0 +1,1 @@
+"""roomcast gateway: the stateless WebSocket edge that speaks protocol v1."""

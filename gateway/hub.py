@@ -1,0 +1,151 @@
+"""Hub: this replica's index of local room members, and the local fan-out.
+
+Each room event arrives once from the bus as complete JSON bytes; the hub wraps it in a
+WebSocket frame once and writes the same bytes to every local member (conventions 6, 7).
+A socket that is joining is `pending`: events that arrive while its join is in flight
+are buffered and handed over after its replay, so it sees each seq exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from roomcast.errors import ErrorCode, GatewayError
+from roomcast.store import Bus
+
+from .frames import text_frame
+from .metrics import Metrics
+from .session import Session
+
+log = logging.getLogger("roomcast.hub")
+
+_EVENT_TYPE = b'"event_type":"'
+_ROOM_CLOSED = b'room_closed"'
+
+
+class LocalRoom:
+    __slots__ = ("last_seq", "members", "pending", "ready")
+
+    def __init__(self) -> None:
+        self.members: dict[Session, None] = {}  # insertion-ordered set
+        self.pending: dict[Session, list[tuple[int, bytes]]] = {}
+        self.last_seq = 0
+        self.ready = asyncio.Event()  # set once the bus subscription is confirmed
+
+
+class Hub:
+    def __init__(self, bus: Bus, metrics: Metrics, log_events: bool = False) -> None:
+        self.bus = bus
+        self.metrics = metrics
+        self.rooms: dict[str, LocalRoom] = {}
+        self.log_events = log_events
+        self.on_room_closed: Callable[[str, list[Session]], None] | None = None
+        self._lock = asyncio.Lock()
+        bus.set_sink(self.deliver)
+
+    # ------------------------------------------------------------ membership
+
+    async def begin_join(self, room_id: str, session: Session) -> None:
+        """Mark `session` as joining: subscribe if needed and buffer its events."""
+        local = self.rooms.get(room_id)
+        if local is None:
+            local = self.rooms[room_id] = LocalRoom()
+            self.metrics.local_rooms.set(len(self.rooms))
+            local.pending[session] = []
+            try:
+                await self.bus.subscribe(room_id)
+            except BaseException:
+                local.pending.pop(session, None)
+                if self.rooms.get(room_id) is local and not local.members and not local.pending:
+                    del self.rooms[room_id]
+                    self.metrics.local_rooms.set(len(self.rooms))
+                raise
+            finally:
+                local.ready.set()
+            return
+        if session not in local.members:
+            local.pending[session] = []
+        # Others joining meanwhile wait for the same subscription to be confirmed.
+        await local.ready.wait()
+        if self.rooms.get(room_id) is not local:
+            local.pending.pop(session, None)
+            raise GatewayError(ErrorCode.UNAVAILABLE, "room subscription failed; retry")
+
+    def finish_join(self, room_id: str, session: Session, head: int, replay: list[bytes]) -> None:
+        """The join took effect at `head`: send `replay`, then buffered events after head."""
+        local = self.rooms.get(room_id)
+        if local is None:
+            return
+        buffered = local.pending.pop(session, None)
+        for frame in replay:
+            session.send(frame)
+        self.metrics.out_event.inc(len(replay))
+        if buffered:
+            sent = 0
+            for seq, frame in buffered:
+                if seq > head:
+                    session.send(frame)
+                    sent += 1
+            self.metrics.out_event.inc(sent)
+        local.members[session] = None
+
+    async def abort_join(self, room_id: str, session: Session) -> None:
+        local = self.rooms.get(room_id)
+        if local is None:
+            return
+        local.pending.pop(session, None)
+        await self._maybe_forget(room_id, local)
+
+    async def remove(self, room_id: str, session: Session) -> None:
+        local = self.rooms.get(room_id)
+        if local is None:
+            return
+        local.members.pop(session, None)
+        local.pending.pop(session, None)
+        await self._maybe_forget(room_id, local)
+
+    async def _maybe_forget(self, room_id: str, local: LocalRoom) -> None:
+        if local.members or local.pending:
+            return
+        if self.rooms.get(room_id) is local:
+            del self.rooms[room_id]
+            self.metrics.local_rooms.set(len(self.rooms))
+            await self.bus.unsubscribe(room_id)
+
+    # ------------------------------------------------------------ fan-out
+
+    def deliver(self, room_id: str, seq: int, frame: bytes) -> None:
+        """Bus sink: one room event, complete JSON. Runs on the event loop, never awaits."""
+        local = self.rooms.get(room_id)
+        if local is None:
+            return
+        started = time.perf_counter()
+        if seq <= local.last_seq:
+            return  # already delivered (a resubscribe may repeat a message)
+        local.last_seq = seq
+        ws_frame = text_frame(frame)
+        members = local.members
+        for session in members:
+            session.write_frame(ws_frame)
+        for buffer in local.pending.values():
+            buffer.append((seq, frame))
+        self.metrics.out_event.inc(len(members))
+        if self.log_events:
+            log.info("event %s", frame.decode(errors="replace"))
+        i = frame.find(_EVENT_TYPE)
+        if i >= 0 and frame.startswith(_ROOM_CLOSED, i + len(_EVENT_TYPE)):
+            self._closed(room_id, local)
+        self.metrics.fanout_latency.observe(time.perf_counter() - started)
+
+    def _closed(self, room_id: str, local: LocalRoom) -> None:
+        sessions = list(local.members) + list(local.pending)
+        local.members.clear()
+        local.pending.clear()
+        if self.rooms.get(room_id) is local:
+            del self.rooms[room_id]
+            self.metrics.local_rooms.set(len(self.rooms))
+        if self.on_room_closed is not None:
+            self.on_room_closed(room_id, sessions)

@@ -1,0 +1,72 @@
+"""All Prometheus metrics of the gateway, on an injectable registry.
+
+Label values are bounded (message types, error codes, close codes): never room or
+device ids. Hot-path label children are bound once in __init__.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from roomcast.errors import CloseCode, ErrorCode
+from roomcast.protocol import MESSAGE_TYPES
+
+OUT_TYPES = (
+    "welcome", "pong", "room_created", "joined", "left", "ack", "rooms", "error", "event",
+)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None, node_id: str = "") -> None:
+        self.registry = registry or CollectorRegistry()
+        # Called before each scrape, to set gauges that are cheaper to compute on demand.
+        self.before_scrape: list[Callable[[], None]] = []
+        r = self.registry
+        self.connections = Gauge("roomcast_connections", "Open WebSocket connections on this replica.", registry=r)
+        self.connections_opened = Counter(
+            "roomcast_connections_opened", "WebSocket connections accepted.", registry=r)
+        self.connections_closed = Counter(
+            "roomcast_connections_closed", "WebSocket connections ended, by close code.", ["code"], registry=r)
+        self.rooms = Gauge("roomcast_rooms", "Rooms known to this replica's store, by status.", ["status"], registry=r)
+        self.local_rooms = Gauge(
+            "roomcast_local_rooms", "Rooms with at least one member on this replica.", registry=r)
+        self.messages_in = Counter(
+            "roomcast_messages_in", "Client messages received, by type.", ["type"], registry=r)
+        self.messages_out = Counter(
+            "roomcast_messages_out", "Server messages sent, by type (events count each delivery).",
+            ["type"], registry=r)
+        self.errors = Counter("roomcast_errors", "Error replies sent, by code.", ["code"], registry=r)
+        self.fanout_latency = Histogram(
+            "roomcast_fanout_latency_seconds",
+            "Time from an event reaching this replica (or being published on it) to the last local write.",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.slow_closes = Counter(
+            "roomcast_slow_consumer_closes", "Sockets closed with 4009 because their buffer overflowed.",
+            registry=r)
+        self.rate_limited = Counter(
+            "roomcast_rate_limited", "Requests refused by a rate limit, by limit.", ["limit"], registry=r)
+        self.heartbeat_timeouts = Counter(
+            "roomcast_heartbeat_timeouts", "Sockets closed with 4002 after heartbeat silence.", registry=r)
+        self.ready = Gauge("roomcast_ready", "1 while this replica accepts new sockets.", registry=r)
+        self.info = Gauge("roomcast_node_info", "Constant 1, labelled with this replica's node id.", ["node"],
+                          registry=r)
+        self.info.labels(node_id or "unknown").set(1)
+        # Bind hot-path children once.
+        self.in_by_type = {t: self.messages_in.labels(t) for t in MESSAGE_TYPES}
+        self.in_invalid = self.messages_in.labels("invalid")
+        self.out_by_type = {t: self.messages_out.labels(t) for t in OUT_TYPES}
+        self.out_event = self.out_by_type["event"]
+        self.errors_by_code = {c.value: self.errors.labels(c.value) for c in ErrorCode}
+        self.closed_by_code = {int(c): self.connections_closed.labels(str(int(c))) for c in CloseCode}
+        self.closed_other = self.connections_closed.labels("other")
+
+    def closed(self, code: int | None) -> None:
+        self.closed_by_code.get(code or 0, self.closed_other).inc()
+
+    def refresh(self) -> None:
+        for hook in self.before_scrape:
+            hook()

@@ -1,0 +1,376 @@
+"""Node: this replica. Carries out each client message against the store, hub and bus.
+
+The Node owns the local sessions, the hub and the periodic upkeep (hello and heartbeat
+timeouts, presence flushes, store sweeps). It never touches a socket directly: sessions
+write frames, the server shell feeds it messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from roomcast import protocol as p
+from roomcast.errors import CloseCode, ErrorCode, GatewayError, ProtocolError
+from roomcast.room import new_join_code
+from roomcast.settings import Settings
+from roomcast.store import Bus, Caller, ConnectionInfo, NewRoom, Presence, RoomStore
+
+from . import auth, passwords
+from .hub import Hub
+from .metrics import Metrics
+from .session import Session
+
+log = logging.getLogger("roomcast.node")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Node:
+    def __init__(
+        self,
+        settings: Settings,
+        store: RoomStore,
+        bus: Bus,
+        presence: Presence,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.bus = bus
+        self.presence = presence
+        self.metrics = metrics
+        self.hub = Hub(bus, metrics, settings.log_events)
+        self.hub.on_room_closed = self._room_closed
+        self.sessions: dict[str, Session] = {}
+        self.device_sockets: dict[str, int] = {}
+        self.ready = True
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._handlers: dict[type, Callable[[Session, Any], Awaitable[None]]] = {
+            p.Ping: self._ping,
+            p.CreateRoom: self._create_room,
+            p.Join: self._join,
+            p.Leave: self._leave,
+            p.Event: self._event,
+            p.UpdateRoom: self._update_room,
+            p.CloseRoom: self._close_room,
+            p.ListRooms: self._list_rooms,
+        }
+        metrics.ready.set(1)
+
+    # ------------------------------------------------------------ helpers
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    def reply(self, session: Session, kind: str, message: dict[str, Any]) -> None:
+        """Send a direct reply; its `re` is dropped when the request had no id."""
+        if "re" in message and message["re"] is None:
+            del message["re"]
+        session.send(p.encode(message))
+        counter = self.metrics.out_by_type.get(kind)
+        if counter is not None:
+            counter.inc()
+
+    def error(self, session: Session, exc: GatewayError, re: Any = None, has_re: bool = False) -> None:
+        if isinstance(exc, ProtocolError):
+            re, has_re = exc.re, exc.has_re
+        session.send(p.error_message(exc.code.value, exc.message, re=re, has_re=has_re,
+                                     retry_after_ms=exc.retry_after_ms))
+        self.metrics.errors_by_code[exc.code.value].inc()
+        self.metrics.out_by_type["error"].inc()
+
+    # ------------------------------------------------------------ socket lifecycle
+
+    def open_session(self, session: Session) -> int | None:
+        """Admit a new socket; return a close code if it must be refused."""
+        s = self.settings
+        if not self.ready:
+            return CloseCode.GOING_AWAY
+        if s.allowed_origins and session.origin is not None and session.origin not in s.allowed_origins:
+            return CloseCode.POLICY
+        if s.max_connections and len(self.sessions) >= s.max_connections:
+            return CloseCode.TRY_AGAIN_LATER
+        self.sessions[session.socket_id] = session
+        self.metrics.connections.set(len(self.sessions))
+        self.metrics.connections_opened.inc()
+        return None
+
+    async def close_session(self, session: Session, code: int | None) -> None:
+        """The socket is gone: leave the hub, and end its connection in the store."""
+        if self.sessions.pop(session.socket_id, None) is None:
+            return
+        session.closing = True
+        self.metrics.connections.set(len(self.sessions))
+        self.metrics.closed(code)
+        for room_id in list(session.rooms):
+            await self.hub.remove(room_id, session)
+        session.rooms.clear()
+        caller = session.caller
+        if caller is None:
+            return
+        self.presence.remove(caller.socket_id)
+        left = self.device_sockets.get(caller.device_id, 1) - 1
+        if left:
+            self.device_sockets[caller.device_id] = left
+        else:
+            self.device_sockets.pop(caller.device_id, None)
+        reason = "timeout" if session.close_status == "timeout" else "close"
+        try:
+            await self.store.disconnect(caller, session.close_status, reason, now_ms())
+        except GatewayError as exc:
+            log.warning("could not record disconnect of %s: %s", caller.socket_id, exc.message)
+
+    async def handle(self, session: Session, data: str | bytes) -> None:
+        """One client frame. Never raises for bad input: it answers with an error."""
+        now = time.monotonic()
+        session.last_seen = now
+        if isinstance(data, bytes):
+            self.metrics.in_invalid.inc()
+            self.error(session, GatewayError(ErrorCode.BAD_REQUEST, "binary frames are not supported; send text"))
+            return
+        wait_ms = session.bucket.take(now)
+        if wait_ms:
+            self.metrics.rate_limited.labels("messages").inc()
+            self.error(session, GatewayError(ErrorCode.RATE_LIMITED, "too many messages", retry_after_ms=wait_ms),
+                       *p.peek_id(data))
+            return
+        try:
+            msg = p.parse(data)
+        except ProtocolError as exc:
+            self.metrics.in_invalid.inc()
+            self.error(session, exc)
+            return
+        self.metrics.in_by_type[_TYPE_NAMES[type(msg)]].inc()
+        if session.caller is not None:
+            self.presence.touch(session.socket_id, now_ms())
+        try:
+            if type(msg) is p.Hello:
+                await self._hello(session, msg)
+            elif session.caller is None:
+                raise GatewayError(ErrorCode.HELLO_REQUIRED, "send hello first")
+            else:
+                await self._handlers[type(msg)](session, msg)
+        except GatewayError as exc:
+            self.error(session, exc, msg.id, msg.id is not None)
+        except Exception:
+            log.exception("internal error handling %s", type(msg).__name__)
+            self.error(session, GatewayError(ErrorCode.INTERNAL, "internal error"), msg.id, msg.id is not None)
+
+    # ------------------------------------------------------------ handshake
+
+    async def _hello(self, session: Session, msg: p.Hello) -> None:
+        s = self.settings
+        if session.caller is not None:
+            raise GatewayError(ErrorCode.BAD_REQUEST, "hello was already accepted on this socket")
+        user_id = None
+        if msg.token is not None:
+            if s.jwt_secret is None:
+                raise GatewayError(ErrorCode.UNAUTHORIZED, "this gateway accepts no tokens")
+            try:
+                user_id = auth.verify_hs256(msg.token, s.jwt_secret, s.jwt_audience, time.time())
+            except auth.TokenError as exc:
+                raise GatewayError(ErrorCode.UNAUTHORIZED, str(exc)) from None
+        elif s.require_auth:
+            raise GatewayError(ErrorCode.UNAUTHORIZED, "a token is required")
+        device_id = msg.device_id
+        if self.device_sockets.get(device_id, 0) >= s.max_connections_per_device:
+            self.metrics.rate_limited.labels("connections_per_device").inc()
+            session.close(CloseCode.RATE_LIMITED, "too many connections for this device")
+            return
+        caller = Caller(session.socket_id, device_id, user_id)
+        info = ConnectionInfo(session.ip, session.user_agent, msg.fingerprint, msg.metadata)
+        result = await self.store.connect(caller, info, now_ms())
+        if session.closing:
+            await self.store.disconnect(caller, "disconnected", "close", now_ms())
+            return
+        session.caller = caller
+        session.device_id = device_id
+        self.device_sockets[device_id] = self.device_sockets.get(device_id, 0) + 1
+        self.presence.touch(session.socket_id, now_ms())
+        self.reply(session, "welcome", {
+            "type": "welcome",
+            "re": msg.id,
+            "socket_id": session.socket_id,
+            "device_id": device_id,
+            "user_id": user_id,
+            "reconnect_count": result.reconnect_count,
+            "heartbeat_interval_ms": s.heartbeat_interval_ms,
+            "heartbeat_timeout_ms": s.heartbeat_timeout_ms,
+            "node": s.node_id,
+            "rooms": [r.wire() for r in result.rooms],
+        })
+
+    async def _ping(self, session: Session, msg: p.Ping) -> None:
+        self.reply(session, "pong", {"type": "pong", "re": msg.id, "t": now_ms()})
+
+    # ------------------------------------------------------------ rooms
+
+    def _check_room_budget(self, session: Session, room_id: str) -> None:
+        if room_id not in session.rooms and len(session.rooms) >= self.settings.max_rooms_per_connection:
+            raise GatewayError(ErrorCode.FORBIDDEN,
+                               f"this socket is already in {len(session.rooms)} rooms (the limit)")
+
+    async def _create_room(self, session: Session, msg: p.CreateRoom) -> None:
+        caller = session.caller
+        assert caller is not None
+        if msg.room_id is not None:
+            self._check_room_budget(session, msg.room_id)
+        elif len(session.rooms) >= self.settings.max_rooms_per_connection:
+            raise GatewayError(ErrorCode.FORBIDDEN, "this socket is in too many rooms")
+        pw_hash = None
+        if msg.password is not None:
+            pw_hash = await asyncio.to_thread(passwords.hash_password, msg.password)
+        attempts = 1 if msg.room_id is not None else 8
+        for attempt in range(attempts):
+            room_id = msg.room_id or new_join_code()
+            new = NewRoom(room_id, msg.game_type, msg.max_players or self.settings.default_max_players,
+                          msg.game_data or {}, pw_hash)
+            # Join the hub first so the host receives its own participant_joined (seq 1).
+            await self.hub.begin_join(room_id, session)
+            try:
+                result = await self.store.create_room(caller, new, now_ms())
+            except GatewayError as exc:
+                await self.hub.abort_join(room_id, session)
+                if exc.code is ErrorCode.CONFLICT and attempt + 1 < attempts:
+                    continue  # a generated join code collided: draw another
+                raise
+            except BaseException:
+                await self.hub.abort_join(room_id, session)
+                raise
+            session.rooms[room_id] = result.role
+            self.reply(session, "room_created", {"type": "room_created", "re": msg.id, "room": result.room})
+            self.hub.finish_join(room_id, session, result.seq, [])
+            return
+
+    async def _join(self, session: Session, msg: p.Join) -> None:
+        caller = session.caller
+        assert caller is not None
+        room_id = msg.room_id
+        self._check_room_budget(session, room_id)
+        stored = await self.store.password_hash(room_id)
+        if stored is not None:
+            if msg.password is None:
+                raise GatewayError(ErrorCode.FORBIDDEN, "this room needs a password")
+            if not await asyncio.to_thread(passwords.verify_password, msg.password, stored):
+                raise GatewayError(ErrorCode.FORBIDDEN, "wrong password")
+        await self.hub.begin_join(room_id, session)
+        try:
+            result = await self.store.join(caller, room_id, msg.role, msg.since, msg.epoch, now_ms())
+        except BaseException:
+            if room_id not in session.rooms:
+                await self.hub.abort_join(room_id, session)
+            raise
+        session.rooms[room_id] = result.role
+        self.reply(session, "joined", {
+            "type": "joined",
+            "re": msg.id,
+            "room": result.room,
+            "participants": result.participants,
+            "seq": result.seq,
+            "epoch": result.epoch,
+            "role": result.role,
+            "recovered": result.recovered,
+        })
+        self.hub.finish_join(room_id, session, result.seq, result.replay)
+
+    async def _leave(self, session: Session, msg: p.Leave) -> None:
+        caller = session.caller
+        assert caller is not None
+        await self.store.leave(caller, msg.room_id, now_ms())
+        if session.rooms.pop(msg.room_id, None) is not None:
+            await self.hub.remove(msg.room_id, session)
+        self.reply(session, "left", {"type": "left", "re": msg.id, "room_id": msg.room_id})
+
+    def _local_member(self, session: Session, room_id: str) -> Caller:
+        caller = session.caller
+        assert caller is not None
+        if room_id not in session.rooms:
+            raise GatewayError(ErrorCode.NOT_MEMBER, f"join room {room_id!r} first")
+        return caller
+
+    async def _event(self, session: Session, msg: p.Event) -> None:
+        caller = self._local_member(session, msg.room_id)
+        tail = p.event_tail(msg.event_type, msg.action, msg.payload, caller.sender(), now_ms())
+        seq = await self.store.publish(caller, msg.room_id, tail, now_ms())
+        self.reply(session, "ack", {"type": "ack", "re": msg.id, "seq": seq})
+
+    async def _update_room(self, session: Session, msg: p.UpdateRoom) -> None:
+        caller = self._local_member(session, msg.room_id)
+        seq = await self.store.update_room(caller, msg.room_id, msg.status, msg.patch, now_ms())
+        self.reply(session, "ack", {"type": "ack", "re": msg.id, "seq": seq})
+
+    async def _close_room(self, session: Session, msg: p.CloseRoom) -> None:
+        caller = self._local_member(session, msg.room_id)
+        seq = await self.store.close_room(caller, msg.room_id, now_ms())
+        self.reply(session, "ack", {"type": "ack", "re": msg.id, "seq": seq})
+
+    async def _list_rooms(self, session: Session, msg: p.ListRooms) -> None:
+        rooms = await self.store.list_rooms(msg.game_type, msg.status, msg.limit)
+        self.reply(session, "rooms", {"type": "rooms", "re": msg.id, "rooms": rooms})
+
+    def _room_closed(self, room_id: str, sessions: list[Session]) -> None:
+        for session in sessions:
+            session.rooms.pop(room_id, None)
+        self.track(asyncio.get_running_loop().create_task(self.bus.unsubscribe(room_id)))
+
+    # ------------------------------------------------------------ upkeep
+
+    def tick_interval(self) -> float:
+        s = self.settings
+        return min(1.0, max(0.05, min(s.hello_timeout_ms, s.heartbeat_timeout_ms) / 10_000))
+
+    def check_timeouts(self, now: float) -> None:
+        """Close sockets that sent no hello in time (4001) or went silent (4002)."""
+        hello_s = self.settings.hello_timeout_ms / 1000
+        silent_s = self.settings.heartbeat_timeout_ms / 1000
+        for session in list(self.sessions.values()):
+            if session.closing:
+                continue
+            if session.caller is None:
+                if now - session.opened > hello_s:
+                    session.close(CloseCode.HELLO_TIMEOUT, "no hello in time")
+            elif now - session.last_seen > silent_s:
+                self.metrics.heartbeat_timeouts.inc()
+                session.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout", status="timeout")
+
+    async def run_upkeep(self) -> None:
+        """Background loop; runs until cancelled."""
+        last_sweep = 0.0
+        while True:
+            await asyncio.sleep(self.tick_interval())
+            now = time.monotonic()
+            self.check_timeouts(now)
+            try:
+                await self.presence.flush()
+                if now - last_sweep >= 1.0:
+                    last_sweep = now
+                    await self.store.sweep(now_ms())
+            except GatewayError as exc:
+                log.warning("upkeep: %s", exc.message)
+
+    async def drain(self, code: int = CloseCode.GOING_AWAY) -> None:
+        """Stop taking sockets and close every open one with `code`."""
+        self.ready = False
+        self.metrics.ready.set(0)
+        for session in list(self.sessions.values()):
+            session.close(code, "server going away")
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+_TYPE_NAMES: dict[type, str] = {
+    p.Hello: "hello", p.Ping: "ping", p.CreateRoom: "create_room", p.Join: "join", p.Leave: "leave",
+    p.Event: "event", p.UpdateRoom: "update_room", p.CloseRoom: "close_room", p.ListRooms: "list_rooms",
+}

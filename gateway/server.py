@@ -1,0 +1,167 @@
+"""The I/O shell: a websockets server on one port for /ws, /healthz, /readyz and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from roomcast import SUBPROTOCOL
+from roomcast.bus_memory import MemoryBus
+from roomcast.presence_memory import MemoryPresence
+from roomcast.settings import Settings
+from roomcast.store_memory import MemoryStore
+
+from .metrics import Metrics
+from .node import Node
+from .session import Session
+
+log = logging.getLogger("roomcast.server")
+
+
+def build_memory_node(settings: Settings, metrics: Metrics | None = None) -> Node:
+    """The embedded default: one process, in-memory store, bus and presence."""
+    bus = MemoryBus()
+    store = MemoryStore(
+        bus,
+        history=settings.room_history,
+        room_ttl_ms=settings.room_ttl_ms,
+        connection_ttl_ms=settings.connection_ttl_ms,
+        participant_prune_ms=settings.participant_prune_ms,
+        max_game_data_bytes=settings.max_game_data_bytes,
+    )
+    metrics = metrics or Metrics(node_id=settings.node_id)
+
+    def room_counts() -> None:
+        counts = dict.fromkeys(("active", "waiting", "in_progress", "completed", "closed"), 0)
+        for room in store.rooms.values():
+            counts[room.status] += 1
+        for status, n in counts.items():
+            metrics.rooms.labels(status).set(n)
+
+    metrics.before_scrape.append(room_counts)
+    return Node(settings, store, bus, MemoryPresence(), metrics)
+
+
+def _select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
+
+
+def _text(status: int, body: str) -> Response:
+    return Response(status, "OK" if status == 200 else "Error",
+                    Headers([("Content-Type", "text/plain; charset=utf-8")]), body.encode())
+
+
+class Gateway:
+    """Composes the node with the websockets server; an async context manager."""
+
+    def __init__(self, settings: Settings, node: Node) -> None:
+        self.settings = settings
+        self.node = node
+        self.server: Server | None = None
+        self._upkeep: asyncio.Task[None] | None = None
+
+    def metrics_response(self) -> Response:
+        self.node.metrics.refresh()
+        body = generate_latest(self.node.metrics.registry)
+        return Response(200, "OK", Headers([("Content-Type", CONTENT_TYPE_LATEST)]), body)
+
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/ws":
+            if not self.node.ready:
+                return _text(503, "draining\n")
+            return None
+        if path == "/healthz":
+            return _text(200, "ok\n")
+        if path == "/readyz":
+            return _text(200, "ready\n") if self.node.ready else _text(503, "not ready\n")
+        if path == "/metrics":
+            return self.metrics_response()
+        return _text(404, "not found: use /ws, /healthz, /readyz or /metrics\n")
+
+    async def handler(self, ws: ServerConnection) -> None:
+        node = self.node
+        loop_time = asyncio.get_running_loop().time
+        session = Session(ws, node, loop_time())
+        refused = node.open_session(session)
+        if refused is not None:
+            node.metrics.closed(refused)
+            reasons = {1008: "origin not allowed", 1013: "server full", 1001: "server going away"}
+            await ws.close(refused, reasons.get(refused, "refused"))
+            return
+        code: int | None = None
+        try:
+            while True:
+                data = await ws.recv()
+                await node.handle(session, data)
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd is not None else (exc.sent.code if exc.sent is not None else None)
+            if exc.sent is not None and session.closing:
+                code = exc.sent.code
+        finally:
+            await node.close_session(session, code)
+
+    async def start(self) -> None:
+        s = self.settings
+        self.server = await serve(
+            self.handler,
+            s.host,
+            s.port,
+            process_request=self.process_request,
+            select_subprotocol=_select_subprotocol,
+            compression=None,
+            ping_interval=None,  # the protocol's own ping/pong is the heartbeat
+            max_size=s.max_frame_bytes,
+            max_queue=8,
+            close_timeout=5,
+            server_header=None,
+        )
+        self._upkeep = asyncio.get_running_loop().create_task(self.node.run_upkeep())
+        self._upkeep.add_done_callback(_crash_on_error)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        sock = next(iter(self.server.sockets))
+        port: int = sock.getsockname()[1]
+        return port
+
+    async def stop(self) -> None:
+        """Readiness false, close every socket with 1001, stop listening."""
+        await self.node.drain()
+        if self.server is not None:
+            self.server.close(close_connections=True)
+            await self.server.wait_closed()
+        if self._upkeep is not None:
+            self._upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._upkeep
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+
+def _crash_on_error(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("upkeep loop died; stopping", exc_info=task.exception())
+        raise SystemExit(70)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Gateway]:
+    async with Gateway(settings, build_memory_node(settings)) as gw:
+        yield gw

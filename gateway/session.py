@@ -1,0 +1,120 @@
+"""Session: one client socket on this replica — its identity, rooms and outgoing buffer."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.protocol import State
+
+from roomcast.store import Caller
+
+from .frames import text_frame
+
+if TYPE_CHECKING:
+    from .node import Node
+
+_OPEN = State.OPEN
+
+
+def new_socket_id() -> str:
+    return secrets.token_urlsafe(12)
+
+
+class TokenBucket:
+    """Messages per second with a burst; `take` returns 0 or the ms to wait."""
+
+    __slots__ = ("at", "burst", "rate", "tokens")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.at = now
+
+    def take(self, now: float) -> int:
+        tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
+            return 0
+        self.tokens = tokens
+        return max(1, math.ceil((1.0 - tokens) / self.rate * 1000))
+
+
+class Session:
+    """A socket's state. Writes never block: frames go straight to the transport, and a
+    socket whose transport buffer passes the bound is closed with 4009 (too slow)."""
+
+    __slots__ = (
+        "bucket",
+        "buffer_limit",
+        "caller",
+        "close_status",
+        "closing",
+        "device_id",
+        "ip",
+        "last_seen",
+        "node",
+        "opened",
+        "origin",
+        "protocol",
+        "rooms",
+        "socket_id",
+        "transport",
+        "user_agent",
+        "ws",
+    )
+
+    def __init__(self, ws: ServerConnection, node: Node, now: float) -> None:
+        self.ws = ws
+        self.node = node
+        self.transport: asyncio.WriteTransport = ws.transport
+        self.protocol = ws.protocol
+        self.socket_id = new_socket_id()
+        self.caller: Caller | None = None
+        self.device_id: str | None = None
+        self.rooms: dict[str, str] = {}  # room_id -> role, rooms this socket is in
+        self.opened = now
+        self.last_seen = now
+        s = node.settings
+        self.bucket = TokenBucket(s.rate_messages, s.rate_burst, now)
+        self.closing = False
+        self.close_status = "disconnected"
+        self.buffer_limit = s.max_send_buffer_bytes
+        headers = ws.request.headers if ws.request is not None else None
+        self.user_agent: str | None = headers.get("User-Agent") if headers is not None else None
+        self.origin: str | None = headers.get("Origin") if headers is not None else None
+        addr: Any = ws.remote_address
+        self.ip: str | None = addr[0] if isinstance(addr, tuple) and addr else None
+
+    @property
+    def welcomed(self) -> bool:
+        return self.caller is not None
+
+    def write_frame(self, frame: bytes) -> bool:
+        """Write one pre-built WebSocket frame; False if the socket is not writable."""
+        if self.closing or self.protocol.state is not _OPEN:
+            return False
+        transport = self.transport
+        transport.write(frame)
+        if transport.get_write_buffer_size() > self.buffer_limit:
+            self.close(4009, "too slow: outgoing buffer overflowed")
+            self.node.metrics.slow_closes.inc()
+        return True
+
+    def send(self, payload: bytes) -> bool:
+        """Write one JSON message as its own frame."""
+        return self.write_frame(text_frame(payload))
+
+    def close(self, code: int, reason: str, status: str = "disconnected") -> None:
+        """Start closing with `code`; later writes are dropped. Idempotent."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_status = status
+        task = asyncio.get_running_loop().create_task(self.ws.close(code, reason))
+        self.node.track(task)

@@ -1,0 +1,236 @@
+"""Settings: read once at start from environment variables into a frozen `Settings`.
+
+Each setting is declared once in `SPECS` (variable, type, default, help); the README's
+configuration table, `gateway --help` and the command-line flags all come from it.
+Nothing deeper in the code reads `os.environ` (design invariant 7).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A bad value; `str()` is a one-line message naming the variable."""
+
+    def __init__(self, var: str, value: str, why: str) -> None:
+        super().__init__(f"invalid {var}={value!r}: {why}")
+        self.var = var
+
+
+def _int(lo: int, hi: int, unit: str = "") -> Callable[[str], int]:
+    def conv(raw: str) -> int:
+        try:
+            value = int(raw.strip().replace("_", ""))
+        except ValueError:
+            raise ValueError(f"must be an integer{unit}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}{unit}")
+        return value
+
+    return conv
+
+
+def _float(lo: float, hi: float) -> Callable[[str], float]:
+    def conv(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError("must be a number") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo:g} and {hi:g}")
+        return value
+
+    return conv
+
+
+def _bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _str(raw: str) -> str:
+    return raw
+
+
+def _opt_str(raw: str) -> str | None:
+    return raw or None
+
+
+_NODE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _node_id(raw: str) -> str:
+    if not _NODE_RE.fullmatch(raw):
+        raise ValueError("must be 1-64 characters of [A-Za-z0-9._-]")
+    return raw
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+def _default_node_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:48] or "node"
+    return f"{host}-{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    field: str
+    env: str
+    conv: Callable[[str], Any]
+    default: Any
+    help: str
+    flag: str | None = None
+
+
+MS = " (milliseconds)"
+SPECS: tuple[Spec, ...] = (
+    Spec("host", "GATEWAY_HOST", _str, "127.0.0.1", "Address to listen on (0.0.0.0 in containers).", "--host"),
+    Spec("port", "GATEWAY_PORT", _int(0, 65535), 8765, "Port for WebSocket (/ws) and HTTP (/healthz, /readyz, /metrics).", "--port"),
+    Spec("node_id", "NODE_ID", _node_id, None, "This replica's name in welcome.node, logs and metrics. Default: hostname-pid.", "--node-id"),
+    Spec("metrics_port", "METRICS_PORT", _int(0, 65535), 0, "Serve /metrics on this separate port too; 0 = only on the main port.", "--metrics-port"),
+    Spec("heartbeat_timeout_ms", "WEBSOCKET_HEARTBEAT_TIMEOUT", _int(100, 86_400_000, MS), 60_000, "Silence after which a socket is closed with 4002 and marked `timeout`.", "--heartbeat-timeout"),
+    Spec("heartbeat_interval_ms", "WEBSOCKET_HEARTBEAT_INTERVAL", _int(50, 86_400_000, MS), None, "Ping interval told to clients in welcome; must be below the timeout. Default: min(25000, timeout*5/12).", "--heartbeat-interval"),
+    Spec("room_ttl_ms", "WEBSOCKET_ROOM_TTL", _int(1000, 30 * 86_400_000, MS), 3_600_000, "How long a closed room's state is kept after it closes.", "--room-ttl"),
+    Spec("log_events", "WEBSOCKET_LOG_EVENTS", _bool, False, "Log every room event (verbose; for debugging).", "--log-events"),
+    Spec("connection_ttl_ms", "WEBSOCKET_CONNECTION_TTL", _int(1000, 30 * 86_400_000, MS), 300_000, "How long a device's connection record outlives its last socket (reconnect_count window).", None),
+    Spec("hello_timeout_ms", "HELLO_TIMEOUT", _int(100, 600_000, MS), 10_000, "Time a new socket has to send a valid hello before close 4001.", "--hello-timeout"),
+    Spec("max_frame_bytes", "MAX_FRAME_BYTES", _int(1024, 16 * 1024 * 1024), 65_536, "Largest client frame accepted; larger closes with 1009.", None),
+    Spec("max_send_buffer_bytes", "MAX_SEND_BUFFER", _int(4096, 256 * 1024 * 1024), 1_048_576, "Per-socket outgoing buffer bound; a client that lets it overflow is closed with 4009.", None),
+    Spec("rate_messages", "RATE_MESSAGES_PER_SEC", _float(1, 1_000_000), 100.0, "Sustained messages per second allowed per socket (token bucket refill).", None),
+    Spec("rate_burst", "RATE_MESSAGES_BURST", _int(1, 1_000_000), 200, "Burst of messages allowed per socket (token bucket size).", None),
+    Spec("max_connections", "MAX_CONNECTIONS", _int(0, 10_000_000), 20_000, "Sockets per replica; beyond it new sockets are closed with 1013. 0 = no limit.", "--max-connections"),
+    Spec("max_connections_per_device", "MAX_CONNECTIONS_PER_DEVICE", _int(1, 10_000), 8, "Open sockets per device_id; beyond it the new socket is closed with 4008.", None),
+    Spec("max_rooms_per_connection", "MAX_ROOMS_PER_CONNECTION", _int(1, 10_000), 100, "Rooms one socket may be in at once.", None),
+    Spec("room_history", "ROOM_HISTORY_MAXLEN", _int(10, 10_000_000), 1000, "Events kept per room for `join` with `since` (Redis Stream MAXLEN in cluster mode).", None),
+    Spec("max_game_data_bytes", "MAX_GAME_DATA_BYTES", _int(2, 1_048_576), 32_768, "Largest encoded game_data a room may hold (after a patch too).", None),
+    Spec("default_max_players", "DEFAULT_MAX_PLAYERS", _int(1, 10_000), 16, "max_players of a room created without one.", None),
+    Spec("participant_prune_ms", "PARTICIPANT_PRUNE_AFTER", _int(1000, 30 * 86_400_000, MS), 300_000, "A disconnected participant is removed (`participant_left`, reason `pruned`) after this.", None),
+    Spec("allowed_origins", "ALLOWED_ORIGINS", _csv, (), "Comma-separated Origin allow-list for browser handshakes; empty = any origin. Others are closed with 1008.", None),
+    Spec("jwt_secret", "AUTH_JWT_SECRET", _opt_str, None, "HS256 secret for hello.token (a JWT whose `sub` becomes user_id). Unset = tokens are refused.", None),
+    Spec("jwt_audience", "AUTH_JWT_AUDIENCE", _opt_str, None, "Required `aud` of tokens, if set.", None),
+    Spec("require_auth", "REQUIRE_AUTH", _bool, False, "Refuse hello without a valid token (`unauthorized`).", None),
+    Spec("log_level", "LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR.", "--log-level"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    node_id: str = ""
+    metrics_port: int = 0
+    heartbeat_timeout_ms: int = 60_000
+    heartbeat_interval_ms: int = 25_000
+    room_ttl_ms: int = 3_600_000
+    log_events: bool = False
+    connection_ttl_ms: int = 300_000
+    hello_timeout_ms: int = 10_000
+    max_frame_bytes: int = 65_536
+    max_send_buffer_bytes: int = 1_048_576
+    rate_messages: float = 100.0
+    rate_burst: int = 200
+    max_connections: int = 20_000
+    max_connections_per_device: int = 8
+    max_rooms_per_connection: int = 100
+    room_history: int = 1000
+    max_game_data_bytes: int = 32_768
+    default_max_players: int = 16
+    participant_prune_ms: int = 300_000
+    allowed_origins: tuple[str, ...] = ()
+    jwt_secret: str | None = None
+    jwt_audience: str | None = None
+    require_auth: bool = False
+    log_level: str = "INFO"
+
+    @classmethod
+    def load(cls, env: Mapping[str, str], overrides: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `env`, with `overrides` (field -> raw text, from flags) winning.
+
+        Raises SettingsError naming the variable on the first bad value.
+        """
+        values: dict[str, Any] = {}
+        raw_seen: dict[str, str] = {}
+        for spec in SPECS:
+            raw = None
+            if overrides and overrides.get(spec.field) is not None:
+                raw = overrides[spec.field]
+            elif spec.env in env:
+                raw = env[spec.env]
+            if raw is None:
+                values[spec.field] = spec.default
+                continue
+            try:
+                values[spec.field] = spec.conv(raw)
+            except ValueError as exc:
+                raise SettingsError(spec.env, raw, str(exc)) from None
+            raw_seen[spec.field] = raw
+        if values["node_id"] is None:
+            values["node_id"] = _default_node_id()
+        timeout = values["heartbeat_timeout_ms"]
+        if values["heartbeat_interval_ms"] is None:
+            values["heartbeat_interval_ms"] = max(50, min(25_000, timeout * 5 // 12))
+        elif values["heartbeat_interval_ms"] >= timeout:
+            raise SettingsError(
+                "WEBSOCKET_HEARTBEAT_INTERVAL",
+                raw_seen["heartbeat_interval_ms"],
+                f"must be below WEBSOCKET_HEARTBEAT_TIMEOUT ({timeout})",
+            )
+        if values["require_auth"] and not values["jwt_secret"]:
+            raise SettingsError("REQUIRE_AUTH", raw_seen.get("require_auth", "true"), "needs AUTH_JWT_SECRET")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def add_arguments(parser: argparse.ArgumentParser, specs: Sequence[Spec] = SPECS) -> None:
+    """Add a flag for each setting that has one; flags override the environment."""
+    for spec in specs:
+        if spec.flag is None:
+            continue
+        if spec.conv is _bool:
+            parser.add_argument(spec.flag, dest=spec.field, action="store_const", const="true",
+                                default=None, help=f"{spec.help} [env {spec.env}]")
+        else:
+            parser.add_argument(spec.flag, dest=spec.field, metavar=spec.env, default=None,
+                                help=f"{spec.help} [env {spec.env}]")
+
+
+def environment_help(specs: Sequence[Spec] = SPECS) -> str:
+    """A plain-text list of every variable, its default and meaning (for --help)."""
+    lines = ["environment variables (flags above override them):"]
+    for spec in specs:
+        default = "" if spec.default in (None, ()) else f" (default {spec.default})"
+        lines.append(f"  {spec.env}{default}\n      {spec.help}")
+    return "\n".join(lines)
+
+
+def markdown_table(specs: Sequence[Spec] = SPECS) -> str:
+    """The README configuration table, generated from SPECS."""
+    rows = ["| Variable | Flag | Default | Meaning |", "|---|---|---|---|"]
+    for spec in specs:
+        default = "—" if spec.default in (None, ()) else f"`{spec.default}`"
+        flag = f"`{spec.flag}`" if spec.flag else "—"
+        rows.append(f"| `{spec.env}` | {flag} | {default} | {spec.help} |")
+    return "\n".join(rows)

@@ -1,0 +1,179 @@
+"""The seam between the gateway and shared state: `RoomStore`, `Bus` and `Presence`.
+
+The in-memory implementations (`store_memory`, `bus_memory`, `presence_memory`) are the
+embedded default; the Redis ones implement the same contracts for a cluster. Each method
+is one atomic step on shared state, so an implementation can map it to one Redis script.
+
+Ordering contract: every room event gets the room's next `seq` and is appended to the
+room's history and handed to the bus in the same atomic step as the state change that
+caused it, so replay (`join` with `since`) and live delivery agree (design invariant 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .errors import ErrorCode, GatewayError
+
+# (room_id, seq, frame): frame is the complete JSON text of the event message.
+EventSink = Callable[[str, int, bytes], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is acting: one socket of one device (and its user, if authenticated)."""
+
+    socket_id: str
+    device_id: str
+    user_id: str | None
+
+    def sender(self) -> dict[str, Any]:
+        return {"socket_id": self.socket_id, "device_id": self.device_id, "user_id": self.user_id}
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRoom:
+    room_id: str
+    role: str
+    seq: int
+
+    def wire(self) -> dict[str, Any]:
+        return {"room_id": self.room_id, "role": self.role, "seq": self.seq}
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectResult:
+    reconnect_count: int
+    rooms: list[DeviceRoom]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """What a socket told us at hello, for the connection record."""
+
+    ip: str | None = None
+    user_agent: str | None = None
+    fingerprint: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class JoinResult:
+    room: dict[str, Any]  # the protocol's `room` object
+    participants: list[dict[str, Any]]
+    seq: int  # the room's head when the join took effect
+    epoch: str
+    role: str  # the role the device holds now (a rejoin keeps its old role)
+    recovered: bool
+    replay: list[bytes] = field(default_factory=list)  # frames seq in (since, seq], in order
+
+
+@dataclass(frozen=True, slots=True)
+class NewRoom:
+    room_id: str
+    game_type: str
+    max_players: int
+    game_data: dict[str, Any]
+    password_hash: str | None
+
+
+def fail(code: ErrorCode, message: str) -> GatewayError:
+    return GatewayError(code, message)
+
+
+class RoomStore(Protocol):
+    """Rooms, participants and connection records: the shared state of the cluster.
+
+    Every method is atomic with respect to every other call on any replica. Methods
+    raise GatewayError with a protocol error code (`not_found`, `room_closed`,
+    `room_full`, `conflict`, `forbidden`, `not_member`, `bad_request`) for a refused
+    request, and `unavailable` when the backend cannot be reached; a refused request
+    changes nothing. Events a method makes are handed to the bus before it returns.
+    """
+
+    async def connect(self, caller: Caller, info: ConnectionInfo, now_ms: int) -> ConnectResult:
+        """Record a new socket of a device; return its earlier-connection count and rooms."""
+        ...
+
+    async def disconnect(self, caller: Caller, status: str, reason: str, now_ms: int) -> None:
+        """End a socket (`status` is `disconnected` or `timeout`). Participants whose current
+        socket it was become `disconnected`, each with a `participant_disconnected` event.
+        Idempotent: ending an ended socket does nothing."""
+        ...
+
+    async def create_room(self, caller: Caller, room: NewRoom, now_ms: int) -> JoinResult:
+        """Create a room with the caller as `host`; `conflict` if the id exists."""
+        ...
+
+    async def password_hash(self, room_id: str) -> str | None:
+        """The stored password hash of a room, or None if it has none (or does not exist)."""
+        ...
+
+    async def join(
+        self, caller: Caller, room_id: str, role: str, since: int | None, epoch: str | None, now_ms: int
+    ) -> JoinResult:
+        """Join (or rejoin) a room. Capacity counts players and the host, not spectators;
+        a device that is already a participant keeps its role and place. Makes
+        `participant_joined` (first join) or `participant_reconnected` (was disconnected).
+        With `since`, `replay` holds every event after it, or `recovered` is false."""
+        ...
+
+    async def leave(self, caller: Caller, room_id: str, now_ms: int) -> None:
+        """Leave a room (`participant_left`); `not_member` if the device is not in it."""
+        ...
+
+    async def publish(self, caller: Caller, room_id: str, tail: bytes, now_ms: int) -> int:
+        """Append a client event (tail from `protocol.event_tail`) and return its seq."""
+        ...
+
+    async def update_room(
+        self, caller: Caller, room_id: str, status: str | None, patch: dict[str, Any] | None, now_ms: int
+    ) -> int:
+        """Host only: set status and/or merge-patch game_data; makes `state_change`."""
+        ...
+
+    async def close_room(self, caller: Caller, room_id: str, now_ms: int) -> int:
+        """Host only: close the room with `room_closed` (its last event); members leave."""
+        ...
+
+    async def list_rooms(self, game_type: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
+        """Public rooms (no password), newest first; closed rooms only if asked for."""
+        ...
+
+    async def sweep(self, now_ms: int) -> None:
+        """Periodic upkeep: prune long-disconnected participants, expire closed rooms and
+        old connection records."""
+        ...
+
+
+class Bus(Protocol):
+    """Delivers room events to the gateways that hold members of the room.
+
+    A gateway subscribes to a room while it holds a local member (invariant 3);
+    `subscribe` returns once events published afterwards are sure to arrive. Each
+    subscribed room's events reach the sink once each, in seq order.
+    """
+
+    async def subscribe(self, room_id: str) -> None: ...
+
+    async def unsubscribe(self, room_id: str) -> None: ...
+
+    def set_sink(self, sink: EventSink) -> None: ...
+
+
+class Presence(Protocol):
+    """Last-heartbeat times of sockets (`ws:presence`); updates are batched per node."""
+
+    def touch(self, socket_id: str, now_ms: int) -> None:
+        """Note a heartbeat; written to the backend at the next flush."""
+        ...
+
+    def remove(self, socket_id: str) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def expired(self, older_than_ms: int) -> list[str]:
+        """Sockets whose last heartbeat is older than the given time."""
+        ...

@@ -1,0 +1,328 @@
+"""In-memory RoomStore: the embedded default (one gateway, no Redis).
+
+Every method runs to completion without awaiting, so on one event loop each is atomic,
+which is the same contract the Redis scripts give a cluster.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from . import merge_patch
+from .bus_memory import MemoryBus
+from .errors import ErrorCode
+from .protocol import event_frame, event_tail
+from .room import (
+    ACTIVE,
+    DISCONNECTED,
+    HOST,
+    LEFT,
+    Participant,
+    Room,
+    counts_toward_capacity,
+    new_epoch,
+    participant_tail,
+)
+from .store import Caller, ConnectionInfo, ConnectResult, DeviceRoom, JoinResult, NewRoom, fail
+
+
+@dataclass(slots=True)
+class DeviceRecord:
+    """`ws:connections:{device_id}`: a device's sockets and how often it connected."""
+
+    connections: int = 0
+    sockets: set[str] = field(default_factory=set)
+    rooms: set[str] = field(default_factory=set)
+    last_disconnect_ms: int = 0
+    info: ConnectionInfo | None = None
+
+
+@dataclass(slots=True)
+class SocketRecord:
+    """`ws:socket:{socket_id}`: which device a socket belongs to, and its state."""
+
+    device_id: str
+    user_id: str | None
+    connected_at: int
+    status: str = ACTIVE
+    ended_at: int | None = None
+
+
+class MemoryStore:
+    def __init__(
+        self,
+        bus: MemoryBus,
+        *,
+        history: int = 1000,
+        room_ttl_ms: int = 3_600_000,
+        connection_ttl_ms: int = 300_000,
+        participant_prune_ms: int = 300_000,
+        max_game_data_bytes: int = 32_768,
+    ) -> None:
+        self.bus = bus
+        self.history_len = history
+        self.room_ttl_ms = room_ttl_ms
+        self.connection_ttl_ms = connection_ttl_ms
+        self.participant_prune_ms = participant_prune_ms
+        self.max_game_data_bytes = max_game_data_bytes
+        self.rooms: dict[str, Room] = {}
+        self.history: dict[str, deque[tuple[int, bytes]]] = {}
+        self.devices: dict[str, DeviceRecord] = {}
+        self.sockets: dict[str, SocketRecord] = {}
+        self.disconnected_since: dict[tuple[str, str], int] = {}  # (room, device) -> ms
+
+    # ------------------------------------------------------------ events
+
+    def _emit(self, room: Room, tail: bytes, now_ms: int) -> int:
+        room.seq += 1
+        room.updated_at = now_ms
+        frame = event_frame(room.room_id, room.seq, tail)
+        self.history[room.room_id].append((room.seq, frame))
+        self.bus.publish(room.room_id, room.seq, frame)
+        return room.seq
+
+    def _participant_event(
+        self, room: Room, kind: str, p: Participant, reason: str | None,
+        sender: dict[str, Any] | None, now_ms: int,
+    ) -> int:
+        return self._emit(room, participant_tail(kind, p.device_id, p.role, reason, sender, now_ms), now_ms)
+
+    def _room(self, room_id: str) -> Room:
+        room = self.rooms.get(room_id)
+        if room is None:
+            raise fail(ErrorCode.NOT_FOUND, f"no room {room_id!r}")
+        return room
+
+    def _open_room(self, room_id: str) -> Room:
+        room = self._room(room_id)
+        if room.status == "closed":
+            raise fail(ErrorCode.ROOM_CLOSED, f"room {room_id!r} is closed")
+        return room
+
+    def _member(self, room: Room, caller: Caller) -> Participant:
+        p = room.participants.get(caller.device_id)
+        if p is None or p.status == LEFT:
+            raise fail(ErrorCode.NOT_MEMBER, f"not a member of room {room.room_id!r}")
+        return p
+
+    def _check_game_data(self, game_data: dict[str, Any]) -> None:
+        if len(orjson.dumps(game_data)) > self.max_game_data_bytes:
+            raise fail(ErrorCode.BAD_REQUEST, f"game_data would exceed {self.max_game_data_bytes} bytes")
+
+    # ------------------------------------------------------------ connections
+
+    async def connect(self, caller: Caller, info: ConnectionInfo, now_ms: int) -> ConnectResult:
+        dev = self.devices.get(caller.device_id)
+        if dev is None:
+            dev = self.devices[caller.device_id] = DeviceRecord()
+        earlier = dev.connections
+        dev.connections += 1
+        dev.sockets.add(caller.socket_id)
+        dev.info = info
+        self.sockets[caller.socket_id] = SocketRecord(caller.device_id, caller.user_id, now_ms)
+        rooms = []
+        for room_id in sorted(dev.rooms):
+            room = self.rooms.get(room_id)
+            if room is None or room.status == "closed":
+                continue
+            p = room.participants.get(caller.device_id)
+            if p is not None and p.status != LEFT:
+                rooms.append(DeviceRoom(room_id, p.role, room.seq))
+        return ConnectResult(earlier, rooms)
+
+    async def disconnect(self, caller: Caller, status: str, reason: str, now_ms: int) -> None:
+        sock = self.sockets.get(caller.socket_id)
+        if sock is None or sock.status != ACTIVE:
+            return
+        sock.status = status
+        sock.ended_at = now_ms
+        dev = self.devices.get(caller.device_id)
+        if dev is None:
+            return
+        dev.sockets.discard(caller.socket_id)
+        dev.last_disconnect_ms = now_ms
+        for room_id in sorted(dev.rooms):
+            room = self.rooms.get(room_id)
+            if room is None or room.status == "closed":
+                continue
+            p = room.participants.get(caller.device_id)
+            if p is None or p.status != ACTIVE or p.socket_id != caller.socket_id:
+                continue
+            p.status = DISCONNECTED
+            self.disconnected_since[(room_id, caller.device_id)] = now_ms
+            self._participant_event(room, "participant_disconnected", p, reason, None, now_ms)
+
+    # ------------------------------------------------------------ rooms
+
+    async def create_room(self, caller: Caller, room: NewRoom, now_ms: int) -> JoinResult:
+        self._check_game_data(room.game_data)
+        room_id = room.room_id
+        if room_id in self.rooms:
+            raise fail(ErrorCode.CONFLICT, f"room {room_id!r} already exists")
+        r = Room(
+            room_id=room_id,
+            game_type=room.game_type,
+            status="waiting",
+            max_players=room.max_players,
+            game_data=room.game_data,
+            created_at=now_ms,
+            created_by=caller.device_id,
+            password_hash=room.password_hash,
+            epoch=new_epoch(),
+            updated_at=now_ms,
+        )
+        self.rooms[room_id] = r
+        self.history[room_id] = deque(maxlen=self.history_len)
+        return self._admit(r, caller, HOST, None, None, now_ms)
+
+    async def password_hash(self, room_id: str) -> str | None:
+        room = self.rooms.get(room_id)
+        return None if room is None else room.password_hash
+
+    async def join(
+        self, caller: Caller, room_id: str, role: str, since: int | None, epoch: str | None, now_ms: int
+    ) -> JoinResult:
+        room = self._open_room(room_id)
+        return self._admit(room, caller, role, since, epoch, now_ms)
+
+    def _admit(
+        self, room: Room, caller: Caller, role: str, since: int | None, epoch: str | None, now_ms: int
+    ) -> JoinResult:
+        p = room.participants.get(caller.device_id)
+        sender = caller.sender()
+        head = room.seq
+        if p is not None and p.status != LEFT:
+            was = p.status
+            p.status = ACTIVE
+            p.socket_id = caller.socket_id
+            p.user_id = caller.user_id
+            self.disconnected_since.pop((room.room_id, caller.device_id), None)
+            if was == DISCONNECTED:
+                self._participant_event(room, "participant_reconnected", p, None, sender, now_ms)
+        else:
+            if counts_toward_capacity(role) and room.current_players() >= room.max_players:
+                raise fail(ErrorCode.ROOM_FULL, f"room {room.room_id!r} is full ({room.max_players} players)")
+            p = Participant(caller.device_id, caller.user_id, caller.socket_id, role, ACTIVE, now_ms)
+            # Re-insert so a returning device is ordered by its latest join.
+            room.participants.pop(caller.device_id, None)
+            room.participants[caller.device_id] = p
+            self.devices.setdefault(caller.device_id, DeviceRecord()).rooms.add(room.room_id)
+            self._participant_event(room, "participant_joined", p, None, sender, now_ms)
+        result = JoinResult(
+            room=room.wire() | {"seq": head},
+            participants=room.participants_wire(),
+            seq=head,
+            epoch=room.epoch,
+            role=p.role,
+            recovered=False,
+        )
+        if since is not None and (epoch is None or epoch == room.epoch):
+            result.recovered, result.replay = self._replay(room.room_id, since, head)
+        return result
+
+    def _replay(self, room_id: str, since: int, head: int) -> tuple[bool, list[bytes]]:
+        if since > head:
+            return False, []
+        if since == head:
+            return True, []
+        kept = self.history[room_id]
+        if not kept or kept[0][0] > since + 1:
+            return False, []
+        frames = [frame for seq, frame in kept if since < seq <= head]
+        return len(frames) == head - since, frames
+
+    async def leave(self, caller: Caller, room_id: str, now_ms: int) -> None:
+        room = self._room(room_id)
+        p = self._member(room, caller)
+        self._remove(room, p, "leave", caller.sender(), now_ms)
+
+    def _remove(self, room: Room, p: Participant, reason: str, sender: dict[str, Any] | None, now_ms: int) -> None:
+        p.status = LEFT
+        self.disconnected_since.pop((room.room_id, p.device_id), None)
+        dev = self.devices.get(p.device_id)
+        if dev is not None:
+            dev.rooms.discard(room.room_id)
+        if room.status != "closed":
+            self._participant_event(room, "participant_left", p, reason, sender, now_ms)
+
+    async def publish(self, caller: Caller, room_id: str, tail: bytes, now_ms: int) -> int:
+        room = self._open_room(room_id)
+        self._member(room, caller)
+        return self._emit(room, tail, now_ms)
+
+    async def update_room(
+        self, caller: Caller, room_id: str, status: str | None, patch: dict[str, Any] | None, now_ms: int
+    ) -> int:
+        room = self._open_room(room_id)
+        self._host(room, caller)
+        if patch is not None:
+            new_data = merge_patch.apply(room.game_data, patch)
+            self._check_game_data(new_data)
+            room.game_data = new_data
+        if status is not None:
+            room.status = status
+        payload: dict[str, Any] = {}
+        if status is not None:
+            payload["status"] = status
+        if patch is not None:
+            payload["patch"] = patch
+        return self._emit(room, event_tail("state_change", None, payload, caller.sender(), now_ms), now_ms)
+
+    def _host(self, room: Room, caller: Caller) -> None:
+        p = self._member(room, caller)
+        if p.role != HOST:
+            raise fail(ErrorCode.FORBIDDEN, "only the host may do this")
+
+    async def close_room(self, caller: Caller, room_id: str, now_ms: int) -> int:
+        room = self._open_room(room_id)
+        self._host(room, caller)
+        seq = self._emit(room, event_tail("room_closed", None, None, caller.sender(), now_ms), now_ms)
+        room.status = "closed"
+        room.closed_at = now_ms
+        for p in room.participants.values():
+            if p.status != LEFT:
+                self._remove(room, p, "room_closed", None, now_ms)
+        return seq
+
+    async def list_rooms(self, game_type: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
+        out = []
+        for room in reversed(self.rooms.values()):
+            if room.password_hash is not None:
+                continue
+            if status is None and room.status == "closed":
+                continue
+            if status is not None and room.status != status:
+                continue
+            if game_type is not None and room.game_type != game_type:
+                continue
+            out.append(room.wire())
+            if len(out) >= limit:
+                break
+        return out
+
+    # ------------------------------------------------------------ upkeep
+
+    async def sweep(self, now_ms: int) -> None:
+        for (room_id, device_id), since in list(self.disconnected_since.items()):
+            if now_ms - since < self.participant_prune_ms:
+                continue
+            room = self.rooms.get(room_id)
+            p = None if room is None else room.participants.get(device_id)
+            if room is None or p is None or p.status != DISCONNECTED:
+                self.disconnected_since.pop((room_id, device_id), None)
+                continue
+            self._remove(room, p, "pruned", None, now_ms)
+        for room_id, room in list(self.rooms.items()):
+            if room.closed_at is not None and now_ms - room.closed_at >= self.room_ttl_ms:
+                del self.rooms[room_id]
+                del self.history[room_id]
+        for sid, sock in list(self.sockets.items()):
+            if sock.ended_at is not None and now_ms - sock.ended_at >= self.connection_ttl_ms:
+                del self.sockets[sid]
+        for device_id, dev in list(self.devices.items()):
+            if not dev.sockets and not dev.rooms and now_ms - dev.last_disconnect_ms >= self.connection_ttl_ms:
+                del self.devices[device_id]
