@@ -15,7 +15,9 @@ from prometheus_client import start_http_server
 from roomcast import __version__
 from roomcast.settings import Settings, SettingsError, add_arguments, environment_help
 
-from .server import Gateway, build_memory_node
+from .backend import open_node
+from .node import Node
+from .server import Gateway
 
 log = logging.getLogger("roomcast")
 
@@ -33,13 +35,17 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 async def serve(settings: Settings) -> int:
-    node = build_memory_node(settings)
+    async with open_node(settings) as node:
+        return await _serve(settings, node)
+
+
+async def _serve(settings: Settings, node: Node) -> int:
     gateway = Gateway(settings, node)
     await gateway.start()
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.host, registry=node.metrics.registry)
-    log.info("gateway %s listening on ws://%s:%d/ws (embedded mode: in-memory state)",
-             settings.node_id, settings.host, gateway.port)
+    mode = "cluster mode via Redis" if settings.redis_url else "embedded mode: in-memory state"
+    log.info("gateway %s listening on ws://%s:%d/ws (%s)", settings.node_id, settings.host, gateway.port, mode)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from roomcast.errors import ErrorCode, GatewayError
 from roomcast.store import Bus
@@ -26,14 +26,18 @@ _EVENT_TYPE = b'"event_type":"'
 _ROOM_CLOSED = b'room_closed"'
 
 
+GapSource = Callable[[str, int, int | None], Awaitable[list[tuple[int, bytes]]]]
+
+
 class LocalRoom:
-    __slots__ = ("last_seq", "members", "pending", "ready")
+    __slots__ = ("held", "last_seq", "members", "pending", "ready")
 
     def __init__(self) -> None:
         self.members: dict[Session, None] = {}  # insertion-ordered set
         self.pending: dict[Session, list[tuple[int, bytes]]] = {}
         self.last_seq = 0
         self.ready = asyncio.Event()  # set once the bus subscription is confirmed
+        self.held: list[tuple[int, bytes]] | None = None  # events waiting for a gap repair
 
 
 class Hub:
@@ -43,6 +47,10 @@ class Hub:
         self.rooms: dict[str, LocalRoom] = {}
         self.log_events = log_events
         self.on_room_closed: Callable[[str, list[Session]], None] | None = None
+        # Reads missed events from the room's history (cluster mode); None = no gaps possible.
+        self.gap_source: GapSource | None = None
+        self.gap_repairs = 0
+        self._repairs: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
         bus.set_sink(self.deliver)
 
@@ -91,6 +99,8 @@ class Hub:
                     sent += 1
             self.metrics.out_event.inc(sent)
         local.members[session] = None
+        if head > local.last_seq:
+            local.last_seq = head
 
     async def abort_join(self, room_id: str, session: Session) -> None:
         local = self.rooms.get(room_id)
@@ -122,9 +132,20 @@ class Hub:
         local = self.rooms.get(room_id)
         if local is None:
             return
+        if local.held is not None:
+            local.held.append((seq, frame))  # a gap repair is running: keep the order
+            return
+        last = local.last_seq
+        if seq <= last:
+            return  # already delivered (a resubscribe or repair may repeat a message)
+        if last and seq > last + 1 and self.gap_source is not None:
+            local.held = [(seq, frame)]
+            self._repair(room_id, local, last)
+            return
+        self._fanout(room_id, local, seq, frame)
+
+    def _fanout(self, room_id: str, local: LocalRoom, seq: int, frame: bytes) -> None:
         started = time.perf_counter()
-        if seq <= local.last_seq:
-            return  # already delivered (a resubscribe may repeat a message)
         local.last_seq = seq
         ws_frame = text_frame(frame)
         members = local.members
@@ -139,6 +160,34 @@ class Hub:
         if i >= 0 and frame.startswith(_ROOM_CLOSED, i + len(_EVENT_TYPE)):
             self._closed(room_id, local)
         self.metrics.fanout_latency.observe(time.perf_counter() - started)
+
+    def repair(self, room_ids: list[str]) -> None:
+        """After a resubscribe: fetch whatever each room missed while we were away."""
+        for room_id in room_ids:
+            local = self.rooms.get(room_id)
+            if local is not None and local.held is None and local.last_seq:
+                local.held = []
+                self._repair(room_id, local, local.last_seq)
+
+    def _repair(self, room_id: str, local: LocalRoom, after: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._run_repair(room_id, local, after))
+        self._repairs.add(task)
+        task.add_done_callback(self._repairs.discard)
+
+    async def _run_repair(self, room_id: str, local: LocalRoom, after: int) -> None:
+        assert self.gap_source is not None
+        self.gap_repairs += 1
+        missed: list[tuple[int, bytes]] = []
+        try:
+            missed = await self.gap_source(room_id, after, None)
+        except Exception as exc:
+            log.warning("could not repair a gap in room %s after seq %d: %s", room_id, after, exc)
+        held, local.held = local.held or [], None
+        for seq, frame in sorted(missed + held, key=lambda item: item[0]):
+            if self.rooms.get(room_id) is not local:
+                return
+            if seq > local.last_seq:
+                self._fanout(room_id, local, seq, frame)
 
     def _closed(self, room_id: str, local: LocalRoom) -> None:
         sessions = list(local.members) + list(local.pending)

@@ -51,6 +51,15 @@ class Metrics:
             "roomcast_rate_limited", "Requests refused by a rate limit, by limit.", ["limit"], registry=r)
         self.heartbeat_timeouts = Counter(
             "roomcast_heartbeat_timeouts", "Sockets closed with 4002 after heartbeat silence.", registry=r)
+        self.backend_up = Gauge(
+            "roomcast_backend_up", "1 while the shared backend (Redis in cluster mode) is reachable.", registry=r)
+        self.backend_up.set(1)
+        self.pubsub_reconnects = Counter(
+            "roomcast_pubsub_reconnects", "Times the Redis pub/sub subscription was lost or found silent and rebuilt.",
+            registry=r)
+        self.redis_rtt = Histogram(
+            "roomcast_redis_rtt_seconds", "Round trip of this replica's periodic Redis ping.",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0), registry=r)
         self.ready = Gauge("roomcast_ready", "1 while this replica accepts new sockets.", registry=r)
         self.info = Gauge("roomcast_node_info", "Constant 1, labelled with this replica's node id.", ["node"],
                           registry=r)

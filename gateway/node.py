@@ -49,7 +49,8 @@ class Node:
         self.hub.on_room_closed = self._room_closed
         self.sessions: dict[str, Session] = {}
         self.device_sockets: dict[str, int] = {}
-        self.ready = True
+        self.ready = True  # false once draining
+        self.backend_ok = True  # false while a required backend (Redis) is unreachable
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handlers: dict[type, Callable[[Session, Any], Awaitable[None]]] = {
             p.Ping: self._ping,
@@ -156,6 +157,8 @@ class Node:
         if session.caller is not None:
             self.presence.touch(session.socket_id, now_ms())
         try:
+            if not self.backend_ok and type(msg) is not p.Ping:
+                raise GatewayError(ErrorCode.UNAVAILABLE, "backend unavailable; retry shortly")
             if type(msg) is p.Hello:
                 await self._hello(session, msg)
             elif session.caller is None:
@@ -359,6 +362,41 @@ class Node:
                     await self.store.sweep(now_ms())
             except GatewayError as exc:
                 log.warning("upkeep: %s", exc.message)
+
+    @property
+    def accepting(self) -> bool:
+        """What /readyz reports: not draining and the backend is reachable."""
+        return self.ready and self.backend_ok
+
+    async def reregister(self) -> None:
+        """After a backend outage: put every local socket and its rooms back.
+
+        A participant the reaper marked disconnected meanwhile comes back with
+        `participant_reconnected`; a socket whose room no longer exists (the backend
+        lost its state) is closed with 1012 so its client reconnects and reloads.
+        """
+        restored = 0
+        for session in list(self.sessions.values()):
+            caller = session.caller
+            if caller is None or session.closing:
+                continue
+            try:
+                await self.store.restore(caller, now_ms())
+                for room_id, role in list(session.rooms.items()):
+                    try:
+                        await self.store.join(caller, room_id, role, None, None, now_ms())
+                    except GatewayError as exc:
+                        if exc.code is ErrorCode.UNAVAILABLE:
+                            raise
+                        log.info("room %s is gone after the outage (%s); closing %s with 1012",
+                                 room_id, exc.code.value, caller.socket_id)
+                        session.close(CloseCode.SERVICE_RESTART, "room state lost; reconnect and resume")
+                        break
+                restored += 1
+            except GatewayError as exc:
+                log.warning("re-registering sockets stopped: %s", exc.message)
+                return
+        log.info("re-registered %d sockets", restored)
 
     async def drain(self, code: int = CloseCode.GOING_AWAY) -> None:
         """Stop taking sockets and close every open one with `code`."""

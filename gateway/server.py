@@ -16,40 +16,13 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from roomcast import SUBPROTOCOL
-from roomcast.bus_memory import MemoryBus
-from roomcast.presence_memory import MemoryPresence
 from roomcast.settings import Settings
-from roomcast.store_memory import MemoryStore
 
-from .metrics import Metrics
+from .backend import open_node
 from .node import Node
 from .session import Session
 
 log = logging.getLogger("roomcast.server")
-
-
-def build_memory_node(settings: Settings, metrics: Metrics | None = None) -> Node:
-    """The embedded default: one process, in-memory store, bus and presence."""
-    bus = MemoryBus()
-    store = MemoryStore(
-        bus,
-        history=settings.room_history,
-        room_ttl_ms=settings.room_ttl_ms,
-        connection_ttl_ms=settings.connection_ttl_ms,
-        participant_prune_ms=settings.participant_prune_ms,
-        max_game_data_bytes=settings.max_game_data_bytes,
-    )
-    metrics = metrics or Metrics(node_id=settings.node_id)
-
-    def room_counts() -> None:
-        counts = dict.fromkeys(("active", "waiting", "in_progress", "completed", "closed"), 0)
-        for room in store.rooms.values():
-            counts[room.status] += 1
-        for status, n in counts.items():
-            metrics.rooms.labels(status).set(n)
-
-    metrics.before_scrape.append(room_counts)
-    return Node(settings, store, bus, MemoryPresence(), metrics)
 
 
 def _select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
@@ -78,13 +51,15 @@ class Gateway:
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == "/ws":
-            if not self.node.ready:
+            if not self.node.accepting:
                 return _text(503, "draining\n")
             return None
         if path == "/healthz":
             return _text(200, "ok\n")
         if path == "/readyz":
-            return _text(200, "ready\n") if self.node.ready else _text(503, "not ready\n")
+            if self.node.accepting:
+                return _text(200, "ready\n")
+            return _text(503, "draining\n" if not self.node.ready else "backend unavailable\n")
         if path == "/metrics":
             return self.metrics_response()
         return _text(404, "not found: use /ws, /healthz, /readyz or /metrics\n")
@@ -163,5 +138,5 @@ def _crash_on_error(task: asyncio.Task[None]) -> None:
 
 @contextlib.asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Gateway]:
-    async with Gateway(settings, build_memory_node(settings)) as gw:
+    async with open_node(settings) as node, Gateway(settings, node) as gw:
         yield gw

@@ -140,7 +140,8 @@ class _Fields:
         self.re = re_
 
     def fail(self, message: str, code: ErrorCode = ErrorCode.BAD_REQUEST) -> ProtocolError:
-        return ProtocolError(code, message, re=self.re, has_re=True)
+        # A readable id is a str or int, never None: no id means no `re` in the reply.
+        return ProtocolError(code, message, re=self.re, has_re=self.re is not None)
 
     def string(
         self, name: str, *, required: bool, max_len: int, min_len: int = 0
@@ -420,7 +421,15 @@ _EVENT_TYPE_KEY: Final = b'"event_type":"'
 def event_type_of(frame: bytes) -> str:
     """Read the event_type of an event frame built by `event_frame` without parsing it."""
     start = frame.index(_EVENT_TYPE_KEY) + len(_EVENT_TYPE_KEY)
-    return frame[start : frame.index(b'"', start)].decode()
+    raw = frame[start : frame.index(b'"', start)]
+    if b"\\" not in raw:
+        return raw.decode()
+    # The value has JSON escapes (a quote, backslash or control character): the first
+    # quote may be an escaped one. `"action"` always follows in the tail, and an unescaped
+    # `","action":` cannot occur inside a JSON string, so it marks the value's real end.
+    end = frame.index(b'","action":', start)
+    value: str = orjson.loads(frame[start - 1 : end + 1])
+    return value
 
 
 def event_seq_of(frame: bytes) -> int:

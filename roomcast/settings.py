@@ -130,6 +130,13 @@ SPECS: tuple[Spec, ...] = (
     Spec("jwt_secret", "AUTH_JWT_SECRET", _opt_str, None, "HS256 secret for hello.token (a JWT whose `sub` becomes user_id). Unset = tokens are refused.", None),
     Spec("jwt_audience", "AUTH_JWT_AUDIENCE", _opt_str, None, "Required `aud` of tokens, if set.", None),
     Spec("require_auth", "REQUIRE_AUTH", _bool, False, "Refuse hello without a valid token (`unauthorized`).", None),
+    Spec("redis_url", "REDIS_URL", _opt_str, None, "Redis for cluster mode (redis://[:password@]host:port/db). Unset = embedded single node.", "--redis-url"),
+    Spec("node_ttl_ms", "NODE_TTL", _int(1000, 3_600_000, MS), 10_000, "A replica's registration (ws:node:{id}) expires this long after its last refresh.", None),
+    Spec("pubsub_probe_ms", "PUBSUB_PROBE_INTERVAL", _int(100, 600_000, MS), 1000, "How often a replica checks its pub/sub subscription by publishing to itself.", None),
+    Spec("pubsub_probe_timeout_ms", "PUBSUB_PROBE_TIMEOUT", _int(100, 600_000, MS), 3000, "A probe not seen within this rebuilds the subscription.", None),
+    Spec("coordinator_port", "COORDINATOR_PORT", _int(0, 65535), 8780, "Coordinator HTTP port (/healthz, /readyz, /metrics).", None),
+    Spec("lease_ttl_ms", "COORDINATOR_LEASE_TTL", _int(500, 600_000, MS), 5000, "Coordinator leader lease; a standby takes over within about this long.", None),
+    Spec("reaper_interval_ms", "REAPER_INTERVAL", _int(50, 600_000, MS), 1000, "How often the coordinator looks for timed-out sockets and participants to prune.", None),
     Spec("log_level", "LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR.", "--log-level"),
 )
 
@@ -161,6 +168,13 @@ class Settings:
     jwt_secret: str | None = None
     jwt_audience: str | None = None
     require_auth: bool = False
+    redis_url: str | None = None
+    node_ttl_ms: int = 10_000
+    pubsub_probe_ms: int = 1000
+    pubsub_probe_timeout_ms: int = 3000
+    coordinator_port: int = 8780
+    lease_ttl_ms: int = 5000
+    reaper_interval_ms: int = 1000
     log_level: str = "INFO"
 
     @classmethod

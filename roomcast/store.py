@@ -103,6 +103,11 @@ class RoomStore(Protocol):
         Idempotent: ending an ended socket does nothing."""
         ...
 
+    async def restore(self, caller: Caller, now_ms: int) -> None:
+        """Re-register a socket that is still open after the backend lost track of it
+        (an outage); counts no new connection. The caller then rejoins its rooms."""
+        ...
+
     async def create_room(self, caller: Caller, room: NewRoom, now_ms: int) -> JoinResult:
         """Create a room with the caller as `host`; `conflict` if the id exists."""
         ...

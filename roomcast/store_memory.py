@@ -134,6 +134,9 @@ class MemoryStore:
                 rooms.append(DeviceRoom(room_id, p.role, room.seq))
         return ConnectResult(earlier, rooms)
 
+    async def restore(self, caller: Caller, now_ms: int) -> None:
+        return None  # in-process state cannot be lost while the process lives
+
     async def disconnect(self, caller: Caller, status: str, reason: str, now_ms: int) -> None:
         sock = self.sockets.get(caller.socket_id)
         if sock is None or sock.status != ACTIVE:
@@ -195,13 +198,20 @@ class MemoryStore:
         p = room.participants.get(caller.device_id)
         sender = caller.sender()
         head = room.seq
+        # Read the replay before this join's own event is appended: that append could push
+        # the oldest event the client needs out of the bounded history.
+        recovered = False
+        replay: list[bytes] = []
+        if since is not None and (epoch is None or epoch == room.epoch):
+            recovered, replay = self._replay(room.room_id, since, head)
         if p is not None and p.status != LEFT:
-            was = p.status
+            was, old_socket = p.status, p.socket_id
             p.status = ACTIVE
             p.socket_id = caller.socket_id
             p.user_id = caller.user_id
             self.disconnected_since.pop((room.room_id, caller.device_id), None)
-            if was == DISCONNECTED:
+            # Back after a drop, or on a new socket that replaces a lost one.
+            if was == DISCONNECTED or old_socket != caller.socket_id:
                 self._participant_event(room, "participant_reconnected", p, None, sender, now_ms)
         else:
             if counts_toward_capacity(role) and room.current_players() >= room.max_players:
@@ -218,10 +228,9 @@ class MemoryStore:
             seq=head,
             epoch=room.epoch,
             role=p.role,
-            recovered=False,
+            recovered=recovered,
+            replay=replay,
         )
-        if since is not None and (epoch is None or epoch == room.epoch):
-            result.recovered, result.replay = self._replay(room.room_id, since, head)
         return result
 
     def _replay(self, room_id: str, since: int, head: int) -> tuple[bool, list[bytes]]:

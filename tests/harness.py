@@ -16,7 +16,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator, Mapping
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,46 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+async def ahttp_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    """`http_get` off the event loop, for async tests that keep sockets open meanwhile."""
+    return await asyncio.to_thread(http_get, url, timeout)
+
+
+def unique(prefix: str = "id") -> str:
+    """A fresh id that is a valid device_id and room_id (so tests sharing a gateway never collide)."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text format -> {'name{label="v",...}': value} (labels as written)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        out[key] = float(value)
+    return out
+
+
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    timeout: float = 5 * UNIT,
+    interval: float = 0.02 * UNIT,
+    what: str = "condition",
+) -> None:
+    """Poll `predicate` (sync or async) until it is true; TimeoutError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} not reached within {timeout:.1f}s")
+        await asyncio.sleep(interval)
+
+
 @dataclass
 class GatewayProcess:
     """A `python -m gateway` child process bound to 127.0.0.1 on its own port."""
@@ -66,7 +107,7 @@ class GatewayProcess:
     def start(self, wait: bool = True) -> GatewayProcess:
         OUTPUT.mkdir(exist_ok=True)
         self.log_path = OUTPUT / f"gateway-{self.port}.log"
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+        log = open(self.log_path, "ab")  # owned by the child process from here on
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", *self.args],
             env=self.env,
@@ -117,6 +158,15 @@ class GatewayProcess:
             self.proc.kill()
             self.proc.wait()
 
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def metrics(self, url: str | None = None) -> dict[str, float]:
+        """Scrape /metrics (of the main port unless `url` is given) into a flat dict."""
+        status, body = http_get(url or self.http + "/metrics")
+        assert status == 200, (status, body)
+        return parse_metrics(body)
+
 
 def gateway_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "WEBSOCKET_", "REDIS_URL", "DATABASE_URL"))}
@@ -156,6 +206,23 @@ class Client:
         async with connect(url, compression=None, ping_interval=None, max_size=2**24, **kwargs) as ws:
             yield cls(ws)
 
+    def start_pinging(self, interval: float = 0.4) -> asyncio.Task[None]:
+        """Send a ping every `interval` seconds (for short heartbeat timeouts) until closed.
+        Pongs are dropped so they do not pile up in the inbox."""
+
+        async def run() -> None:
+            with contextlib.suppress(ConnectionClosed, asyncio.CancelledError):
+                while True:
+                    await self.ws.send('{"type":"ping"}')
+                    await asyncio.sleep(interval)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._pinger = task
+        return task
+
+    def _keep(self, msg: dict[str, Any]) -> bool:
+        return not (msg.get("type") == "pong" and "re" not in msg)
+
     def next_id(self) -> int:
         self._next_id += 1
         return self._next_id
@@ -185,7 +252,8 @@ class Client:
             msg = orjson.loads(raw)
             if all(msg.get(k) == v for k, v in match.items()):
                 return msg  # type: ignore[no-any-return]
-            self.inbox.append(msg)
+            if self._keep(msg):
+                self.inbox.append(msg)
 
     async def request(self, msg: dict[str, Any], timeout: float = 5 * UNIT) -> dict[str, Any]:
         """Send with a fresh id and return the direct reply (re == id)."""
@@ -206,6 +274,34 @@ class Client:
             out.append(await self.expect(timeout, type="event", room_id=room_id))
         return out
 
+    async def drain(self, timeout: float = 0.2 * UNIT) -> list[dict[str, Any]]:
+        """Everything queued or arriving within `timeout` of quiet; empties the inbox."""
+        out, self.inbox = self.inbox, []
+        while True:
+            try:
+                raw = await asyncio.wait_for(self.ws.recv(), timeout)
+            except TimeoutError:
+                return out
+            out.append(orjson.loads(raw))
+
+    @contextlib.asynccontextmanager
+    async def keepalive(self, interval: float) -> AsyncIterator[None]:
+        """Send `ping` every `interval` seconds in the background (the protocol heartbeat)."""
+
+        async def beat() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    await self.send({"type": "ping"})
+                    await asyncio.sleep(interval)
+
+        task = asyncio.get_running_loop().create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     async def closed(self, timeout: float = 5 * UNIT) -> int | None:
         """Read until the server closes; return the close code."""
         deadline = time.monotonic() + timeout
@@ -218,3 +314,154 @@ class Client:
                 self.inbox.append(orjson.loads(raw))
         except ConnectionClosed as exc:
             return exc.rcvd.code if exc.rcvd is not None else None
+
+
+# ---------------------------------------------------------------- cluster pieces
+
+
+@dataclass
+class RedisServer:
+    """An ephemeral `redis-server` on a free 127.0.0.1 port (no persistence). It can be
+    stopped and started again on the same port, for outage tests."""
+
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        if not self.port:
+            self.port = free_port()
+        OUTPUT.mkdir(exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--protected-mode", "no", "--logfile", str(OUTPUT / f"redis-{self.port}.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10 * UNIT
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return self
+            time.sleep(0.02)
+        raise TimeoutError(f"redis-server on {self.port} did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip()
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class CoordinatorProcess:
+    port: int
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> CoordinatorProcess:
+        OUTPUT.mkdir(exist_ok=True)
+        self.log_path = OUTPUT / f"coordinator-{self.port}.log"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "coordinator"], env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + 15 * UNIT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"coordinator exited {self.proc.returncode}:\n{self.log()}")
+            with contextlib.suppress(OSError):
+                if http_get(self.http + "/healthz", 0.5)[0] == 200:
+                    return self
+            time.sleep(0.05)
+        raise TimeoutError(f"coordinator not up:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def metric(self, name: str) -> float | None:
+        _, body = http_get(self.http + "/metrics")
+        for line in body.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@dataclass
+class Cluster:
+    redis: RedisServer
+    gateways: list[GatewayProcess]
+    coordinators: list[CoordinatorProcess]
+    env: dict[str, str]
+
+    def add_coordinator(self, node_id: str) -> CoordinatorProcess:
+        env = dict(self.env, NODE_ID=node_id, COORDINATOR_PORT=str(free_port()))
+        coord = CoordinatorProcess(int(env["COORDINATOR_PORT"]), env).start()
+        self.coordinators.append(coord)
+        return coord
+
+
+@contextlib.contextmanager
+def cluster(n_gateways: int = 3, n_coordinators: int = 1, extra_env: Mapping[str, str] | None = None,
+            redis: RedisServer | None = None) -> Iterator[Cluster]:
+    """Redis + coordinators + gateways, all on 127.0.0.1; everything stopped afterwards."""
+    own_redis = redis is None
+    server = redis or RedisServer().start()
+    env = gateway_env(extra_env)
+    env["REDIS_URL"] = server.url
+    c = Cluster(server, [], [], env)
+    try:
+        for i in range(n_coordinators):
+            c.add_coordinator(f"coord-{i}")
+        for i in range(n_gateways):
+            port = free_port()
+            genv = dict(env, GATEWAY_PORT=str(port), NODE_ID=f"gw-{i}")
+            c.gateways.append(GatewayProcess(port, genv).start(wait=False))
+        for g in c.gateways:
+            g.wait_ready()
+        yield c
+    finally:
+        for g in c.gateways:
+            g.stop()
+        for co in c.coordinators:
+            co.stop()
+        if own_redis:
+            server.stop()

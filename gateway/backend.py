@@ -1,0 +1,187 @@
+"""Backends: the embedded in-memory one, or Redis for a cluster. Each is an async
+context manager that builds the store, bus and presence for the Node and runs the
+background tasks that keep them healthy (conventions 11)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from roomcast import keys
+from roomcast.bus_memory import MemoryBus
+from roomcast.bus_redis import RedisBus
+from roomcast.errors import CloseCode, ErrorCode, GatewayError
+from roomcast.presence_memory import MemoryPresence
+from roomcast.presence_redis import RedisPresence
+from roomcast.redis_batch import Batcher, cmd
+from roomcast.redis_client import make_client
+from roomcast.settings import Settings
+from roomcast.store_memory import MemoryStore
+from roomcast.store_redis import RedisStore
+
+from .metrics import Metrics
+from .node import Node, now_ms
+
+log = logging.getLogger("roomcast.backend")
+
+
+def memory_node(settings: Settings, metrics: Metrics) -> Node:
+    bus = MemoryBus()
+    store = MemoryStore(
+        bus,
+        history=settings.room_history,
+        room_ttl_ms=settings.room_ttl_ms,
+        connection_ttl_ms=settings.connection_ttl_ms,
+        participant_prune_ms=settings.participant_prune_ms,
+        max_game_data_bytes=settings.max_game_data_bytes,
+    )
+
+    def room_counts() -> None:
+        counts = dict.fromkeys(("active", "waiting", "in_progress", "completed", "closed"), 0)
+        for room in store.rooms.values():
+            counts[room.status] += 1
+        for status, n in counts.items():
+            metrics.rooms.labels(status).set(n)
+
+    metrics.before_scrape.append(room_counts)
+    return Node(settings, store, bus, MemoryPresence(), metrics)
+
+
+class RedisLink:
+    """Cluster mode: Redis store, bus and presence, plus health, registration and
+    recovery after an outage (resubscribe, refill gaps, re-register local sockets)."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        assert settings.redis_url is not None
+        self.settings = settings
+        self.metrics = metrics
+        self.client = make_client(settings.redis_url)
+        self.batcher = Batcher(self.client)
+        self.store = RedisStore(
+            self.batcher,
+            history=settings.room_history,
+            room_ttl_ms=settings.room_ttl_ms,
+            connection_ttl_ms=settings.connection_ttl_ms,
+            max_game_data_bytes=settings.max_game_data_bytes,
+        )
+        self.presence = RedisPresence(self.batcher)
+        self.bus = RedisBus(
+            settings.redis_url,
+            settings.node_id,
+            lambda channel, data: self.batcher.call(cmd("publish", channel, data)),
+            probe_interval=settings.pubsub_probe_ms / 1000,
+            probe_timeout=settings.pubsub_probe_timeout_ms / 1000,
+        )
+        self.node = Node(settings, self.store, self.bus, self.presence, metrics)
+        self.node.backend_ok = False
+        self.node.hub.gap_source = self.store.read_since
+        self.bus.on_resubscribed = self.node.hub.repair
+        self.bus.on_state = self._bus_state
+        self.redis_ok = False
+        self.bus_ok = False
+        self.lost_at: float | None = None
+        self.was_up = False
+        self.closing = False
+        self.up = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _bus_state(self, up: bool) -> None:
+        self.bus_ok = up
+        if up:
+            self.metrics.pubsub_reconnects.inc(0)
+        else:
+            self.metrics.pubsub_reconnects.inc()
+        self._update()
+
+    def _update(self) -> None:
+        ok = self.redis_ok and self.bus_ok
+        was = self.node.backend_ok
+        self.node.backend_ok = ok
+        self.metrics.backend_up.set(1 if ok else 0)
+        if ok:
+            self.up.set()
+        else:
+            self.up.clear()
+        if self.closing:
+            return
+        if ok and not was:
+            if self.lost_at is not None and self.was_up:
+                log.info("redis is back after %.1fs: re-registering local sockets", time.monotonic() - self.lost_at)
+                self._tasks.append(asyncio.get_running_loop().create_task(self.node.reregister()))
+            self.lost_at = None
+            self.was_up = True
+        elif was and not ok:
+            self.lost_at = time.monotonic()
+            log.warning("redis unavailable: requests get `unavailable`, /readyz is false")
+        elif not ok and self.lost_at is None:
+            self.lost_at = time.monotonic()
+
+    async def _heartbeat(self) -> None:
+        """Every tick: ping Redis, register this replica (with a TTL), flush presence."""
+        s = self.settings
+        interval = min(1.0, s.node_ttl_ms / 3000)
+        while True:
+            try:
+                started = time.perf_counter()
+                b = self.batcher
+                b.call(cmd("set", keys.node(s.node_id), str(now_ms()), px=s.node_ttl_ms))
+                b.call(cmd("zadd", keys.NODES, {s.node_id: now_ms()}))
+                await b.call(cmd("ping"))
+                self.metrics.redis_rtt.observe(time.perf_counter() - started)
+                if not self.redis_ok:
+                    await self.batcher.load_scripts()
+                self.redis_ok = True
+            except (GatewayError, OSError, TimeoutError) as exc:
+                if self.redis_ok:
+                    log.warning("redis ping failed: %s", getattr(exc, "message", exc))
+                self.redis_ok = False
+            except Exception as exc:
+                if self.redis_ok:
+                    log.warning("redis ping failed: %s", exc)
+                self.redis_ok = False
+            self._update()
+            await asyncio.sleep(interval)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self.bus.run()))
+        self._tasks.append(loop.create_task(self._heartbeat()))
+        # Wait briefly for Redis so a healthy cluster is ready at once; if Redis is down
+        # we start anyway, not ready, and recover when it comes back.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.up.wait(), 3.0)
+
+    async def close(self) -> None:
+        self.closing = True
+        with contextlib.suppress(Exception):
+            await self.presence.flush()
+        with contextlib.suppress(Exception):
+            await self.batcher.call(cmd("zrem", keys.NODES, self.settings.node_id))
+            await self.batcher.call(cmd("delete", keys.node(self.settings.node_id)))
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def open_node(settings: Settings, metrics: Metrics | None = None) -> AsyncIterator[Node]:
+    """The Node for these settings, with its backend running."""
+    metrics = metrics or Metrics(node_id=settings.node_id)
+    if settings.redis_url is None:
+        yield memory_node(settings, metrics)
+        return
+    link = RedisLink(settings, metrics)
+    await link.start()
+    try:
+        yield link.node
+    finally:
+        await link.close()
+
+
+__all__ = ["CloseCode", "ErrorCode", "open_node"]

@@ -1,0 +1,219 @@
+"""Bus over Redis pub/sub, with its own lean subscriber connection.
+
+One TCP connection per replica carries SUBSCRIBE/UNSUBSCRIBE and the `message` pushes;
+a small RESP parser (roomcast/resp.py) hands each frame to the sink with no decoding.
+
+Health: every `probe_interval` the replica publishes to its own probe channel through
+the command connection; if the probe does not come back through the subscription within
+`probe_timeout`, the subscription is considered silently broken and is rebuilt. After
+any reconnect every wanted room is resubscribed and `on_resubscribed` is told, so the
+hub can fill the gap from the room streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import cast
+from urllib.parse import unquote, urlparse
+
+from . import keys
+from .errors import ErrorCode, GatewayError
+from .protocol import event_seq_of
+from .resp import Parser, RespError, encode_command
+from .store import EventSink
+
+log = logging.getLogger("roomcast.bus")
+
+
+def _drop(room_id: str, seq: int, frame: bytes) -> None:
+    return None
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, bus: RedisBus) -> None:
+        self.bus = bus
+        self.parser = Parser()
+        self.transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, so no isinstance check.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        parser = self.parser
+        parser.feed(data)
+        try:
+            values = parser.values()
+        except (RespError, ValueError) as exc:
+            log.error("bad data on pub/sub connection: %s", exc)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        sink = self.bus.sink
+        for value in values:
+            if type(value) is list and len(value) == 3 and value[0] == b"message":
+                room_id = keys.room_of_channel(value[1])
+                if room_id is not None:
+                    frame = value[2]
+                    sink(room_id, event_seq_of(frame), frame)
+                elif value[1] == self.bus.probe_channel:
+                    self.bus.probe_seen = time.monotonic()
+            else:
+                self.bus.control(value)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+class RedisBus:
+    def __init__(
+        self,
+        url: str,
+        node_id: str,
+        publish: Callable[[str, bytes], Awaitable[object]],
+        *,
+        probe_interval: float = 1.0,
+        probe_timeout: float = 3.0,
+        subscribe_timeout: float = 3.0,
+    ) -> None:
+        u = urlparse(url)
+        self.host = u.hostname or "127.0.0.1"
+        self.port = u.port or 6379
+        self.username = unquote(u.username) if u.username else None
+        self.password = unquote(u.password) if u.password else None
+        self.node_id = node_id
+        self.probe_channel = keys.node_probe(node_id).encode()
+        self._publish = publish
+        self.probe_interval = probe_interval
+        self.probe_timeout = probe_timeout
+        self.subscribe_timeout = subscribe_timeout
+        self.sink: EventSink = _drop
+        self.wanted: set[str] = set()
+        self._confirm: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._proto: _Protocol | None = None
+        self.connected = asyncio.Event()
+        self.probe_seen = 0.0
+        self.reconnects = 0
+        self.on_resubscribed: Callable[[list[str]], None] | None = None
+        self.on_state: Callable[[bool], None] | None = None
+
+    def set_sink(self, sink: EventSink) -> None:
+        self.sink = sink
+
+    # ------------------------------------------------------------ subscriptions
+
+    def control(self, value: object) -> None:
+        if type(value) is list and len(value) >= 2 and value[0] == b"subscribe":
+            channel = value[1]
+            assert isinstance(channel, bytes)
+            for fut in self._confirm.pop(channel, []):
+                if not fut.done():
+                    fut.set_result(None)
+        elif isinstance(value, RespError):
+            log.error("pub/sub error reply: %s", value)
+
+    def _send(self, *args: str | bytes) -> None:
+        proto = self._proto
+        if proto is None or proto.transport is None or not self.connected.is_set():
+            raise GatewayError(ErrorCode.UNAVAILABLE, "redis pub/sub unavailable; retry")
+        proto.transport.write(encode_command(*args))
+
+    async def subscribe(self, room_id: str) -> None:
+        """Returns once Redis confirmed the subscription (later publishes will arrive)."""
+        self.wanted.add(room_id)
+        channel = keys.channel(room_id).encode()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._confirm.setdefault(channel, []).append(fut)
+        try:
+            self._send(b"SUBSCRIBE", channel)
+            await asyncio.wait_for(fut, self.subscribe_timeout)
+        except (TimeoutError, GatewayError):
+            self.wanted.discard(room_id)
+            with contextlib.suppress(ValueError):
+                self._confirm.get(channel, []).remove(fut)
+            raise GatewayError(ErrorCode.UNAVAILABLE, "redis pub/sub unavailable; retry") from None
+
+    async def unsubscribe(self, room_id: str) -> None:
+        self.wanted.discard(room_id)
+        with contextlib.suppress(GatewayError):
+            self._send(b"UNSUBSCRIBE", keys.channel(room_id).encode())
+
+    # ------------------------------------------------------------ connection loop
+
+    async def run(self) -> None:
+        """Keep the subscription alive until cancelled; reconnect with backoff."""
+        delay = 0.1
+        first = True
+        while True:
+            try:
+                await self._session(first)
+                delay = 0.1
+            except (OSError, TimeoutError, GatewayError, RespError) as exc:
+                log.warning("pub/sub connection failed: %s", exc)
+            finally:
+                self.connected.clear()
+                if self._proto is not None and self._proto.transport is not None:
+                    self._proto.transport.close()
+                self._proto = None
+                for futs in self._confirm.values():
+                    for fut in futs:
+                        if not fut.done():
+                            fut.set_exception(GatewayError(ErrorCode.UNAVAILABLE, "redis pub/sub lost"))
+                self._confirm.clear()
+                if self.on_state is not None:
+                    self.on_state(False)
+            first = False
+            self.reconnects += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _session(self, first: bool) -> None:
+        loop = asyncio.get_running_loop()
+        _, proto = await asyncio.wait_for(
+            loop.create_connection(lambda: _Protocol(self), self.host, self.port), self.subscribe_timeout)
+        self._proto = proto
+        assert proto.transport is not None
+        if self.password is not None:
+            auth = [b"AUTH", *( [self.username.encode()] if self.username else []), self.password.encode()]
+            proto.transport.write(encode_command(*auth))
+        self.connected.set()
+        # Resubscribe everything wanted (and the probe channel), then wait for confirmations.
+        probe = asyncio.get_running_loop().create_future()
+        self._confirm.setdefault(self.probe_channel, []).append(probe)
+        self._send(b"SUBSCRIBE", self.probe_channel)
+        rooms = sorted(self.wanted)
+        futs = []
+        for room_id in rooms:
+            channel = keys.channel(room_id).encode()
+            fut: asyncio.Future[None] = loop.create_future()
+            self._confirm.setdefault(channel, []).append(fut)
+            futs.append(fut)
+            self._send(b"SUBSCRIBE", channel)
+        await asyncio.wait_for(asyncio.gather(probe, *futs), self.subscribe_timeout + len(rooms) * 0.001)
+        if not first:
+            log.info("pub/sub reconnected; resubscribed %d rooms", len(rooms))
+        if self.on_state is not None:
+            self.on_state(True)
+        if not first and self.on_resubscribed is not None:
+            self.on_resubscribed(rooms)
+        self.probe_seen = time.monotonic()
+        while not proto.lost.done():
+            sent = time.monotonic()
+            try:
+                await self._publish(self.probe_channel.decode(), b"probe")
+            except GatewayError:
+                pass  # the command side is down; the probe below will tell
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(proto.lost), self.probe_interval)
+            if proto.lost.done():
+                break
+            if self.probe_seen < sent and time.monotonic() - sent > self.probe_timeout:
+                log.warning("pub/sub probe not seen for %.1fs: rebuilding the subscription",
+                            time.monotonic() - sent)
+                return

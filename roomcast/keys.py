@@ -1,0 +1,75 @@
+"""The Redis key layout (requirements: "Redis Data Structures"), shared by gateway and coordinator.
+
+The requirements name keys like `ws:room:{room_id}`; we keep the braces literally, which
+makes `{room_id}` a Redis Cluster hash tag: every key of one room lands in one slot, so a
+room's Lua scripts never span slots (design invariant 2). Device keys are tagged by device.
+"""
+
+from __future__ import annotations
+
+PREFIX = "ws"
+PRESENCE = "ws:presence"  # zset: socket_id -> last heartbeat (ms)
+ROOM_INDEX = "ws:rooms"  # zset: room_id -> created_at (ms), for list_rooms
+DISCONNECTED = "ws:disconnected"  # zset: "room_id|device_id" -> disconnected at (ms), for pruning
+NODES = "ws:nodes"  # zset: node_id -> last registration (ms)
+REAPER_LEASE = "ws:lease:coordinator"
+
+
+def room(room_id: str) -> str:
+    """Hash: the room's fields, `seq`, `epoch`, `players`, `game_data` (JSON)."""
+    return f"ws:room:{{{room_id}}}"
+
+
+def participants(room_id: str) -> str:
+    """Set: socket ids of the room's active participants (as the requirements define)."""
+    return f"ws:room:{{{room_id}}}:participants"
+
+
+def members(room_id: str) -> str:
+    """Hash: device_id -> "role|status|socket_id|user_id|joined_at"."""
+    return f"ws:room:{{{room_id}}}:members"
+
+
+def stream(room_id: str) -> str:
+    """Stream: the room's events, entry id `<seq>-0`, field `f` = the event frame."""
+    return f"ws:room:{{{room_id}}}:stream"
+
+
+def channel(room_id: str) -> str:
+    """Pub/sub channel of the room's live events."""
+    return f"ws:room:{{{room_id}}}:events"
+
+
+CHANNEL_PREFIX = b"ws:room:{"
+CHANNEL_SUFFIX = b"}:events"
+
+
+def room_of_channel(name: bytes) -> str | None:
+    if name.startswith(CHANNEL_PREFIX) and name.endswith(CHANNEL_SUFFIX):
+        return name[len(CHANNEL_PREFIX) : -len(CHANNEL_SUFFIX)].decode()
+    return None
+
+
+def connection(device_id: str) -> str:
+    """Hash: socket_id, connected_at, last_heartbeat, user_id, connections, sockets."""
+    return f"ws:connections:{{{device_id}}}"
+
+
+def device_rooms(device_id: str) -> str:
+    """Set: rooms where the device is a participant (active or disconnected)."""
+    return f"ws:connections:{{{device_id}}}:rooms"
+
+
+def socket(socket_id: str) -> str:
+    """String: the socket's device_id."""
+    return f"ws:socket:{socket_id}"
+
+
+def node(node_id: str) -> str:
+    """String with a TTL: this replica is alive."""
+    return f"ws:node:{node_id}"
+
+
+def node_probe(node_id: str) -> str:
+    """Pub/sub channel a replica publishes to itself to prove its subscription works."""
+    return f"ws:node:{node_id}:probe"

@@ -1,0 +1,206 @@
+"""Lua scripts: each room operation is one atomic step on the room's keys (one hash slot).
+
+`emit` gives the next seq, appends the frame to the room's stream (entry id `<seq>-0`,
+approximate MAXLEN) and publishes it to the room's channel in the same step, so replay
+and live delivery always agree (design invariant 2). Frames are built by concatenation:
+`{"type":"event","room_id":R,"seq":N,` + tail, where the tail is either made by the
+gateway (`protocol.event_tail`) or, for participant events, by `ptail` below, which must
+produce the same shape (a contract test compares the two).
+
+Room keys: KEYS[1] room hash, KEYS[2] members hash, KEYS[3] participants set,
+KEYS[4] stream. Member values are "role|status|socket_id|user_id|joined_at"; no field
+can contain "|" (roles are fixed words, ids are validated by the protocol).
+Every script returns a table whose first element is 'ok' or 'err' (then an error code).
+"""
+
+from __future__ import annotations
+
+PRELUDE = r"""
+local function mparse(v)
+  return string.match(v, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+end
+local function mfmt(role, status, sock, user, joined)
+  return role .. '|' .. status .. '|' .. sock .. '|' .. user .. '|' .. joined
+end
+local function emit(room_id, tail, now, maxlen)
+  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  redis.call('HSET', KEYS[1], 'updated_at', now)
+  local frame = '{"type":"event","room_id":"' .. room_id .. '","seq":' .. seq .. ',' .. tail
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, seq .. '-0', 'f', frame)
+  redis.call('PUBLISH', 'ws:room:{' .. room_id .. '}:events', frame)
+  return seq
+end
+local function ptail(kind, device, role, reason, sender, now)
+  local payload = '{"device_id":"' .. device .. '","role":"' .. role .. '"'
+  if reason ~= '' then payload = payload .. ',"reason":"' .. reason .. '"' end
+  return '"event_type":"' .. kind .. '","action":null,"payload":' .. payload .. '},"from":'
+    .. sender .. ',"ts":' .. now .. '}'
+end
+local function open_room()
+  local st = redis.call('HGET', KEYS[1], 'status')
+  if not st then return nil, 'not_found' end
+  if st == 'closed' then return nil, 'room_closed' end
+  return st, nil
+end
+"""
+
+# ARGV: room_id game_type max_players game_data now device socket user sender password_hash epoch maxlen
+CREATE = PRELUDE + r"""
+local room_id, now, device = ARGV[1], ARGV[5], ARGV[6]
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'err', 'conflict'} end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('HSET', KEYS[1], 'room_id', room_id, 'game_type', ARGV[2], 'status', 'waiting',
+  'max_players', ARGV[3], 'game_data', ARGV[4], 'created_at', now, 'created_by', device,
+  'password_hash', ARGV[10], 'epoch', ARGV[11], 'seq', 0, 'players', 1, 'gd_ver', 0, 'updated_at', now)
+redis.call('HSET', KEYS[2], device, mfmt('host', 'active', ARGV[7], ARGV[8], now))
+redis.call('SADD', KEYS[3], ARGV[7])
+emit(room_id, ptail('participant_joined', device, 'host', '', ARGV[9], now), now, ARGV[12])
+return {'ok', 0, ARGV[11], 'host', 0, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), {}}
+"""
+
+# ARGV: room_id device socket user role since(-1) epoch('') now sender maxlen
+JOIN = PRELUDE + r"""
+local room_id, device, sock, user, role = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local since, want_epoch, now, sender, maxlen = tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local _, err = open_room()
+if err then return {'err', err} end
+local head = tonumber(redis.call('HGET', KEYS[1], 'seq'))
+local v = redis.call('HGET', KEYS[2], device)
+local r, st, old_sock, _u, joined
+if v then r, st, old_sock, _u, joined = mparse(v) end
+if v and st ~= 'left' then
+  role = r
+  redis.call('HSET', KEYS[2], device, mfmt(r, 'active', sock, user, joined))
+  if old_sock ~= sock then
+    redis.call('SREM', KEYS[3], old_sock)
+    redis.call('SADD', KEYS[3], sock)
+    -- a new socket replaces a lost or disconnected one
+    emit(room_id, ptail('participant_reconnected', device, r, '', sender, now), now, maxlen)
+  elseif st == 'disconnected' then
+    redis.call('SADD', KEYS[3], sock)
+    emit(room_id, ptail('participant_reconnected', device, r, '', sender, now), now, maxlen)
+  end
+else
+  if role ~= 'spectator' then
+    local players = tonumber(redis.call('HGET', KEYS[1], 'players'))
+    if players >= tonumber(redis.call('HGET', KEYS[1], 'max_players')) then
+      return {'err', 'room_full'}
+    end
+    redis.call('HINCRBY', KEYS[1], 'players', 1)
+  end
+  redis.call('HDEL', KEYS[2], device)
+  redis.call('HSET', KEYS[2], device, mfmt(role, 'active', sock, user, now))
+  redis.call('SADD', KEYS[3], sock)
+  emit(room_id, ptail('participant_joined', device, role, '', sender, now), now, maxlen)
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local recovered, replay = 0, {}
+if since >= 0 and (want_epoch == '' or want_epoch == epoch) then
+  if since == head then
+    recovered = 1
+  elseif since < head then
+    local entries = redis.call('XRANGE', KEYS[4], (since + 1) .. '-0', head .. '-0')
+    if #entries == head - since then
+      recovered = 1
+      for i, e in ipairs(entries) do replay[i] = e[2][2] end
+    end
+  end
+end
+return {'ok', head, epoch, role, recovered, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), replay}
+"""
+
+# ARGV: room_id device now sender reason maxlen only_if_disconnected(0/1)
+LEAVE = PRELUDE + r"""
+local room_id, device, now, sender, reason, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'err', 'not_found'} end
+local v = redis.call('HGET', KEYS[2], device)
+if not v then return {'err', 'not_member'} end
+local r, pst, sock, user, joined = mparse(v)
+if pst == 'left' then return {'err', 'not_member'} end
+if ARGV[7] == '1' and pst ~= 'disconnected' then return {'ok', 0} end
+redis.call('HSET', KEYS[2], device, mfmt(r, 'left', sock, user, joined))
+redis.call('SREM', KEYS[3], sock)
+if r ~= 'spectator' then redis.call('HINCRBY', KEYS[1], 'players', -1) end
+if st ~= 'closed' then
+  emit(room_id, ptail('participant_left', device, r, reason, sender, now), now, maxlen)
+end
+return {'ok', 1}
+"""
+
+# ARGV: room_id device tail now maxlen
+PUBLISH = PRELUDE + r"""
+local _, err = open_room()
+if err then return {'err', err} end
+local v = redis.call('HGET', KEYS[2], ARGV[2])
+if not v or string.find(v, '|left|', 1, true) then return {'err', 'not_member'} end
+return {'ok', emit(ARGV[1], ARGV[3], ARGV[4], ARGV[5])}
+"""
+
+# ARGV: room_id device tail now maxlen status('') game_data('') expected_gd_ver
+UPDATE = PRELUDE + r"""
+local _, err = open_room()
+if err then return {'err', err} end
+local v = redis.call('HGET', KEYS[2], ARGV[2])
+if not v then return {'err', 'not_member'} end
+local r, pst = mparse(v)
+if pst == 'left' then return {'err', 'not_member'} end
+if r ~= 'host' then return {'err', 'forbidden'} end
+if ARGV[7] ~= '' then
+  if redis.call('HGET', KEYS[1], 'gd_ver') ~= ARGV[8] then return {'err', 'retry'} end
+  redis.call('HSET', KEYS[1], 'game_data', ARGV[7])
+  redis.call('HINCRBY', KEYS[1], 'gd_ver', 1)
+end
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[6]) end
+return {'ok', emit(ARGV[1], ARGV[3], ARGV[4], ARGV[5])}
+"""
+
+# ARGV: room_id device tail now maxlen ttl_ms
+CLOSE = PRELUDE + r"""
+local room_id, device, now, ttl = ARGV[1], ARGV[2], ARGV[4], ARGV[6]
+local _, err = open_room()
+if err then return {'err', err} end
+local v = redis.call('HGET', KEYS[2], device)
+if not v then return {'err', 'not_member'} end
+local r, pst = mparse(v)
+if pst == 'left' then return {'err', 'not_member'} end
+if r ~= 'host' then return {'err', 'forbidden'} end
+local seq = emit(room_id, ARGV[3], now, ARGV[5])
+redis.call('HSET', KEYS[1], 'status', 'closed', 'closed_at', now, 'players', 0)
+local devices = {}
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  local mr, ms, msock, mu, mj = mparse(all[i + 1])
+  if ms ~= 'left' then
+    redis.call('HSET', KEYS[2], all[i], mfmt(mr, 'left', msock, mu, mj))
+    devices[#devices + 1] = all[i]
+  end
+end
+redis.call('DEL', KEYS[3])
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
+return {'ok', seq, devices}
+"""
+
+# ARGV: room_id device socket now reason maxlen
+DISCONNECT = PRELUDE + r"""
+local room_id, device, sock, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st or st == 'closed' then return {'ok', 0} end
+local v = redis.call('HGET', KEYS[2], device)
+if not v then return {'ok', 0} end
+local r, pst, msock, mu, mj = mparse(v)
+if pst ~= 'active' or msock ~= sock then return {'ok', 0} end
+redis.call('HSET', KEYS[2], device, mfmt(r, 'disconnected', msock, mu, mj))
+redis.call('SREM', KEYS[3], sock)
+emit(room_id, ptail('participant_disconnected', device, r, ARGV[5], 'null', now), now, ARGV[6])
+return {'ok', 1}
+"""
+
+# Refresh a lease only if we hold it. KEYS[1] lease; ARGV: holder ttl_ms
+LEASE_RENEW = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""

@@ -1,0 +1,280 @@
+"""Cluster behaviour with a real Redis, a coordinator and several gateway processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from tests.harness import UNIT, Client, Cluster, ahttp_get, cluster, unique
+
+pytestmark = pytest.mark.system
+
+
+async def _member(url: str, device: str, room_id: str, **join: Any) -> Client:
+    cm = Client.open(url)
+    client = await cm.__aenter__()
+    client._cm = cm  # type: ignore[attr-defined]
+    await client.hello(device)
+    client.start_pinging()
+    reply = await client.request({"type": "join", "room_id": room_id, **join})
+    assert reply["type"] == "joined", reply
+    client.joined = reply  # type: ignore[attr-defined]
+    return client
+
+
+async def _close(*clients: Client) -> None:
+    for c in clients:
+        with contextlib.suppress(Exception):
+            await c._cm.__aexit__(None, None, None)  # type: ignore[attr-defined]
+
+
+def _seqs(events: list[dict[str, Any]]) -> list[int]:
+    return [e["seq"] for e in events]
+
+
+async def _drain_events(client: Client, room_id: str, until_seq: int, timeout: float = 10 * UNIT) -> list[dict[str, Any]]:
+    """Collect the room's events until one with seq >= until_seq arrives."""
+    out: list[dict[str, Any]] = []
+    while not out or out[-1]["seq"] < until_seq:
+        out.append(await client.expect(timeout, type="event", room_id=room_id))
+    return out
+
+
+@pytest.fixture(scope="module")
+def three() -> Any:
+    with cluster(3, 1, {"WEBSOCKET_HEARTBEAT_TIMEOUT": "2000", "RATE_MESSAGES_PER_SEC": "1000",
+                        "RATE_MESSAGES_BURST": "1000"}) as c:
+        yield c
+
+
+async def test_concurrent_events_from_all_replicas_arrive_in_one_order(three: Cluster) -> None:
+    room_id = unique("order")
+    host_cm = Client.open(three.gateways[0].url)
+    host = await host_cm.__aenter__()
+    await host.hello(unique("host"))
+    created = await host.request({"type": "create_room", "room_id": room_id, "game_type": "race", "max_players": 20})
+    assert created["type"] == "room_created"
+    members = [await _member(g.url, unique(f"dev{i}"), room_id) for i, g in enumerate(three.gateways * 2)]
+    everyone = [host, *members]
+    per_client = 15
+    head = max(m.joined["seq"] for m in members)  # type: ignore[attr-defined]
+    # Wait until everyone has seen every join, so all collect from the same point.
+    join_head = head + 1
+    for c in everyone:
+        await _drain_events(c, room_id, join_head)
+
+    async def burst(c: Client) -> None:
+        for i in range(per_client):
+            await c.send({"type": "event", "room_id": room_id, "event_type": "move", "payload": {"i": i}})
+
+    await asyncio.gather(*(burst(c) for c in everyone))
+    final = join_head + per_client * len(everyone)
+    streams = [await _drain_events(c, room_id, final) for c in everyone]
+    orders = [[(e["seq"], e["from"]["device_id"], e["payload"]["i"]) for e in s] for s in streams]
+    assert all(o == orders[0] for o in orders), "replicas disagree on the order"
+    assert _seqs(streams[0]) == list(range(join_head + 1, final + 1))  # gap-free, no duplicate
+    await _close(*everyone)
+    await host_cm.__aexit__(None, None, None)
+
+
+async def test_capacity_race_across_replicas_admits_exactly_the_free_places(three: Cluster) -> None:
+    room_id = unique("cap")
+    places = 4
+    async with Client.open(three.gateways[0].url) as host:
+        await host.hello(unique("host"))
+        await host.request({"type": "create_room", "room_id": room_id, "game_type": "race", "max_players": places + 1})
+        racers = []
+        for i in range(12):
+            cm = Client.open(three.gateways[i % 3].url)
+            c = await cm.__aenter__()
+            c._cm = cm  # type: ignore[attr-defined]
+            await c.hello(unique(f"racer{i}"))
+            racers.append(c)
+        replies = await asyncio.gather(*(c.request({"type": "join", "room_id": room_id}) for c in racers))
+        kinds = sorted(r["type"] if r["type"] == "joined" else r["code"] for r in replies)
+        assert kinds.count("joined") == places
+        assert kinds.count("room_full") == 12 - places
+        # Spectators still get in; the room snapshot agrees with the race's outcome.
+        async with Client.open(three.gateways[2].url) as spec:
+            await spec.hello(unique("spec"))
+            joined = await spec.request({"type": "join", "room_id": room_id, "role": "spectator"})
+            assert joined["type"] == "joined"
+            assert joined["room"]["current_players"] == places + 1
+        await _close(*racers)
+
+
+async def test_killed_replica_clients_resume_elsewhere_exactly_once(three: Cluster) -> None:
+    # A private cluster: this test kills one of its replicas.
+    with cluster(3, 1, {"WEBSOCKET_HEARTBEAT_TIMEOUT": "2000"}, redis=None) as c:
+        room_id = unique("kill")
+        gw0, gw1, gw2 = c.gateways
+        async with Client.open(gw0.url) as host:
+            await host.hello(unique("host"))
+            host.start_pinging()
+            await host.request({"type": "create_room", "room_id": room_id, "game_type": "g", "max_players": 10})
+            stayer = await _member(gw1.url, unique("stayer"), room_id)
+            mover_dev = unique("mover")
+            mover = await _member(gw2.url, mover_dev, room_id)
+            ghost_dev = unique("ghost")
+            ghost = await _member(gw2.url, ghost_dev, room_id)  # never comes back
+            ghost_socket = ghost.welcome["socket_id"]  # type: ignore[index]
+            seen: list[dict[str, Any]] = []
+            stop = asyncio.Event()
+
+            async def publisher() -> int:
+                n = 0
+                while not stop.is_set() and n < 400:
+                    ack = await host.request({"type": "event", "room_id": room_id, "event_type": "tick",
+                                              "payload": {"n": n}})
+                    assert ack["type"] == "ack", ack
+                    n += 1
+                    await asyncio.sleep(0.01)
+                return n
+
+            pub = asyncio.create_task(publisher())
+            # The mover reads some events, then its replica dies under it.
+            while len([e for e in seen if e["event_type"] == "tick"]) < 20:
+                seen.append(await mover.expect(type="event", room_id=room_id))
+            killed_at = time.monotonic()
+            gw2.signal(signal.SIGKILL)
+            gw2.proc.wait()  # type: ignore[union-attr]
+            # Whatever the mover had already received before the kill still counts.
+            with contextlib.suppress(Exception):
+                while True:
+                    seen.append(await mover.expect(0.2 * UNIT, type="event", room_id=room_id))
+            await _close(mover)
+            last = seen[-1]["seq"]
+            epoch = mover.joined["epoch"]  # type: ignore[attr-defined]
+            async with Client.open(gw0.url) as back:
+                welcome = await back.hello(mover_dev)
+                back.start_pinging()
+                assert welcome["reconnect_count"] >= 1
+                assert {"room_id": room_id, "role": "player"}.items() <= next(
+                    r for r in welcome["rooms"] if r["room_id"] == room_id).items()
+                rejoined = await back.request({"type": "join", "room_id": room_id, "since": last, "epoch": epoch})
+                assert rejoined["recovered"] is True and rejoined["role"] == "player"
+                await asyncio.sleep(0.3 * UNIT)
+                stop.set()
+                total = await pub
+                # Collect up to the host's last tick.
+                final_seq = (await host.expect(type="event", room_id=room_id, event_type="tick",
+                                               payload={"n": total - 1}))["seq"]
+                after = await _drain_events(back, room_id, final_seq)
+                all_seqs = _seqs(seen) + _seqs(after)
+                assert all_seqs == list(range(all_seqs[0], final_seq + 1)), "gap or duplicate across the failover"
+                # Everyone else learnt about the ghost (timed out by the coordinator) and the mover.
+                timeout_evt = await stayer.expect(2000 / 1000 * UNIT + 4 * UNIT, type="event", room_id=room_id,
+                                                  event_type="participant_disconnected",
+                                                  payload={"device_id": ghost_dev, "role": "player",
+                                                           "reason": "timeout"})
+                assert timeout_evt["ts"] / 1000 - time.time() < 1
+                assert time.monotonic() - killed_at <= 2.0 + 2.0 + 1.0 * UNIT
+                moved = await stayer.expect(type="event", room_id=room_id, event_type="participant_reconnected",
+                                            payload={"device_id": mover_dev, "role": "player"})
+                assert moved["seq"] > last
+                # The lifecycle stream records the ghost socket as timed out.
+                raw = c.redis.cli("XRANGE", "ws:lifecycle", "-", "+")
+                assert ghost_socket in raw and "timeout" in raw
+            await _close(stayer, ghost)
+
+
+async def test_standby_coordinator_takes_over(three: Cluster) -> None:
+    with cluster(1, 2, {"COORDINATOR_LEASE_TTL": "1500", "WEBSOCKET_HEARTBEAT_TIMEOUT": "1500"}) as c:
+        deadline = time.monotonic() + 10 * UNIT
+        leaders: list[int] = []
+        while time.monotonic() < deadline:
+            leaders = [i for i, co in enumerate(c.coordinators) if co.metric("roomcast_coordinator_leader") == 1]
+            if leaders:
+                break
+            await asyncio.sleep(0.1)
+        assert len(leaders) == 1
+        active, standby = c.coordinators[leaders[0]], c.coordinators[1 - leaders[0]]
+        assert standby.metric("roomcast_coordinator_leader") == 0
+        active.kill()
+        killed = time.monotonic()
+        while standby.metric("roomcast_coordinator_leader") != 1:
+            assert time.monotonic() - killed < 5 * UNIT, "standby did not take over"
+            await asyncio.sleep(0.1)
+        # The new leader does the reaper's work: a socket that goes silent is timed out.
+        async with Client.open(c.gateways[0].url) as watcher, Client.open(c.gateways[0].url) as silent:
+            room_id = unique("lease")
+            await watcher.hello(unique("w"))
+            watcher.start_pinging()
+            await watcher.request({"type": "create_room", "room_id": room_id, "game_type": "g"})
+            await silent.hello(unique("s"))
+            await silent.request({"type": "join", "room_id": room_id})
+            evt = await watcher.expect(6 * UNIT, type="event", event_type="participant_disconnected")
+            assert evt["payload"]["reason"] == "timeout"
+        assert standby.metric("roomcast_cluster_replicas") == 1
+
+
+async def test_pubsub_connection_killed_is_rebuilt_without_losing_events(three: Cluster) -> None:
+    room_id = unique("pubsub")
+    gw0, gw1 = three.gateways[0], three.gateways[1]
+    async with Client.open(gw0.url) as host, Client.open(gw1.url) as far:
+        await host.hello(unique("h"))
+        await host.request({"type": "create_room", "room_id": room_id, "game_type": "g"})
+        await far.hello(unique("f"))
+        joined = await far.request({"type": "join", "room_id": room_id})
+        before = _metric(await ahttp_get(gw1.http + "/metrics"), "roomcast_pubsub_reconnects_total")
+        three.redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
+        for n in range(30):
+            ack = await host.request({"type": "event", "room_id": room_id, "event_type": "tick", "payload": {"n": n}})
+            assert ack["type"] in ("ack", "error")
+            await asyncio.sleep(0.02)
+        acked_last = (await host.request({"type": "event", "room_id": room_id, "event_type": "tick",
+                                          "payload": {"n": 99}}))["seq"]
+        got = await _drain_events(far, room_id, acked_last, 10 * UNIT)
+        seqs = _seqs(got)
+        assert seqs == list(range(joined["seq"] + 1, acked_last + 1))
+        after = _metric(await ahttp_get(gw1.http + "/metrics"), "roomcast_pubsub_reconnects_total")
+        assert after > before
+
+
+def _metric(resp: tuple[int, str], name: str) -> float:
+    for line in resp[1].splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"metric {name} missing")
+
+
+async def test_redis_outage_is_survived_without_restarts() -> None:
+    with cluster(2, 1, {"PUBSUB_PROBE_INTERVAL": "300", "PUBSUB_PROBE_TIMEOUT": "1000"}) as c:
+        gw0, gw1 = c.gateways
+        room_id = unique("outage")
+        async with Client.open(gw0.url) as old:
+            await old.hello(unique("old"))
+            await old.request({"type": "create_room", "room_id": room_id, "game_type": "g"})
+            c.redis.stop()
+            stopped = time.monotonic()
+            # While Redis is down: not ready, and requests get `unavailable`.
+            while (await ahttp_get(gw0.http + "/readyz"))[0] != 503:
+                assert time.monotonic() - stopped < 5 * UNIT
+                await asyncio.sleep(0.1)
+            reply = await old.request({"type": "event", "room_id": room_id, "event_type": "x"})
+            assert reply["type"] == "error" and reply["code"] == "unavailable"
+            await asyncio.sleep(max(0.0, 10 - (time.monotonic() - stopped)))
+            c.redis.start()  # same port, empty: the old room's state is gone
+            for g in (gw0, gw1):
+                deadline = time.monotonic() + 15 * UNIT
+                while (await ahttp_get(g.http + "/readyz"))[0] != 200:
+                    assert time.monotonic() < deadline, "gateway did not recover"
+                    await asyncio.sleep(0.1)
+            # The socket whose room vanished is told to reconnect and reload (1012).
+            assert await old.closed(10 * UNIT) == 1012
+        # New work across both replicas, with no restart of any process.
+        room2 = unique("after")
+        async with Client.open(gw0.url) as a, Client.open(gw1.url) as b:
+            await a.hello(unique("a"))
+            assert (await a.request({"type": "create_room", "room_id": room2, "game_type": "g"}))["type"] == "room_created"
+            await b.hello(unique("b"))
+            assert (await b.request({"type": "join", "room_id": room2}))["type"] == "joined"
+            ack = await a.request({"type": "event", "room_id": room2, "event_type": "hello", "payload": {}})
+            got = await b.expect(type="event", room_id=room2, event_type="hello")
+            assert got["seq"] == ack["seq"]
+        assert all(g.proc is not None and g.proc.poll() is None for g in c.gateways)
