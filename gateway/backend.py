@@ -69,7 +69,7 @@ class RedisLink:
         )
         self.presence = RedisPresence(self.batcher)
         self.bus = RedisBus(
-            settings.redis_url,
+            settings.redis_pubsub_url or settings.redis_url,
             settings.node_id,
             lambda channel, data: self.batcher.call(cmd("publish", channel, data)),
             probe_interval=settings.pubsub_probe_ms / 1000,

@@ -203,17 +203,19 @@ class RedisBus:
         if not first and self.on_resubscribed is not None:
             self.on_resubscribed(rooms)
         self.probe_seen = time.monotonic()
+        unanswered_since: float | None = None  # send time of the oldest probe not seen back
         while not proto.lost.done():
-            sent = time.monotonic()
+            now = time.monotonic()
+            if unanswered_since is not None and self.probe_seen >= unanswered_since:
+                unanswered_since = None
+            if unanswered_since is not None and now - unanswered_since > self.probe_timeout:
+                log.warning("pub/sub probe not seen for %.1fs: rebuilding the subscription", now - unanswered_since)
+                return
+            if unanswered_since is None:
+                unanswered_since = now
             try:
                 await self._publish(self.probe_channel.decode(), b"probe")
             except GatewayError:
-                pass  # the command side is down; the probe below will tell
+                pass  # the command side is down; the missing probe will tell
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(proto.lost), self.probe_interval)
-            if proto.lost.done():
-                break
-            if self.probe_seen < sent and time.monotonic() - sent > self.probe_timeout:
-                log.warning("pub/sub probe not seen for %.1fs: rebuilding the subscription",
-                            time.monotonic() - sent)
-                return

@@ -131,6 +131,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("jwt_audience", "AUTH_JWT_AUDIENCE", _opt_str, None, "Required `aud` of tokens, if set.", None),
     Spec("require_auth", "REQUIRE_AUTH", _bool, False, "Refuse hello without a valid token (`unauthorized`).", None),
     Spec("redis_url", "REDIS_URL", _opt_str, None, "Redis for cluster mode (redis://[:password@]host:port/db). Unset = embedded single node.", "--redis-url"),
+    Spec("redis_pubsub_url", "REDIS_PUBSUB_URL", _opt_str, None, "Redis for the pub/sub subscription, if not REDIS_URL (e.g. a separate instance).", None),
     Spec("node_ttl_ms", "NODE_TTL", _int(1000, 3_600_000, MS), 10_000, "A replica's registration (ws:node:{id}) expires this long after its last refresh.", None),
     Spec("pubsub_probe_ms", "PUBSUB_PROBE_INTERVAL", _int(100, 600_000, MS), 1000, "How often a replica checks its pub/sub subscription by publishing to itself.", None),
     Spec("pubsub_probe_timeout_ms", "PUBSUB_PROBE_TIMEOUT", _int(100, 600_000, MS), 3000, "A probe not seen within this rebuilds the subscription.", None),
@@ -169,6 +170,7 @@ class Settings:
     jwt_audience: str | None = None
     require_auth: bool = False
     redis_url: str | None = None
+    redis_pubsub_url: str | None = None
     node_ttl_ms: int = 10_000
     pubsub_probe_ms: int = 1000
     pubsub_probe_timeout_ms: int = 3000

@@ -465,3 +465,70 @@ def cluster(n_gateways: int = 3, n_coordinators: int = 1, extra_env: Mapping[str
             co.stop()
         if own_redis:
             server.stop()
+
+
+class StallProxy:
+    """A loopback TCP proxy (in its own thread) that can silently stall the connections it
+    carries: bytes stop flowing both ways but nothing is closed, like a half-open link."""
+
+    def __init__(self, target_port: int) -> None:
+        import threading
+
+        self.target_port = target_port
+        self.port = free_port()
+        self._stalled: set[int] = set()
+        self._conns: list[int] = []
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._ready.wait(5)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
+        self._server = server
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = len(self._conns)
+        self._conns.append(conn)
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while True:
+                    data = await src.read(65536)
+                    if not data:
+                        break
+                    while conn in self._stalled:  # noqa: ASYNC110 - polling a flag set from another thread
+                        await asyncio.sleep(0.05)  # hold the bytes: a silent link
+                    dst.write(data)
+                    await dst.drain()
+            with contextlib.suppress(Exception):
+                dst.close()
+
+        await asyncio.gather(pump(reader, up_w), pump(up_r, writer))
+
+    def stall_existing(self) -> None:
+        """Stall every connection made so far; new ones flow normally."""
+        self._stalled.update(self._conns)
+
+    def close(self) -> None:
+        def shutdown() -> None:
+            self._server.close()
+            for task in asyncio.all_tasks(self._loop):
+                task.cancel()
+            self._loop.call_later(0.1, self._loop.stop)
+
+        self._loop.call_soon_threadsafe(shutdown)
+        self._thread.join(5)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import UNIT, Client, Cluster, ahttp_get, cluster, unique
+from tests.harness import UNIT, Client, Cluster, GatewayProcess, StallProxy, ahttp_get, cluster, free_port, unique
 
 pytestmark = pytest.mark.system
 
@@ -220,6 +220,7 @@ async def test_pubsub_connection_killed_is_rebuilt_without_losing_events(three: 
         await host.hello(unique("h"))
         await host.request({"type": "create_room", "room_id": room_id, "game_type": "g"})
         await far.hello(unique("f"))
+        far.start_pinging()
         joined = await far.request({"type": "join", "room_id": room_id})
         before = _metric(await ahttp_get(gw1.http + "/metrics"), "roomcast_pubsub_reconnects_total")
         three.redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
@@ -278,3 +279,34 @@ async def test_redis_outage_is_survived_without_restarts() -> None:
             got = await b.expect(type="event", room_id=room2, event_type="hello")
             assert got["seq"] == ack["seq"]
         assert all(g.proc is not None and g.proc.poll() is None for g in c.gateways)
+
+
+async def test_silently_stalled_subscription_is_noticed_and_rebuilt(three: Cluster) -> None:
+    proxy = StallProxy(three.redis.port)
+    env = dict(three.env, GATEWAY_PORT=str(free_port()), NODE_ID="gw-stall", REDIS_PUBSUB_URL=proxy.url,
+               PUBSUB_PROBE_INTERVAL="200", PUBSUB_PROBE_TIMEOUT="800")
+    far_gw = GatewayProcess(int(env["GATEWAY_PORT"]), env).start()
+    try:
+        room_id = unique("stall")
+        async with Client.open(three.gateways[0].url) as host, Client.open(far_gw.url) as far:
+            await host.hello(unique("h"))
+            await host.request({"type": "create_room", "room_id": room_id, "game_type": "g"})
+            await far.hello(unique("f"))
+            far.start_pinging()
+            joined = await far.request({"type": "join", "room_id": room_id})
+            before = _metric(await ahttp_get(far_gw.http + "/metrics"), "roomcast_pubsub_reconnects_total")
+            proxy.stall_existing()  # the subscription goes silent; nothing is closed
+            last = joined["seq"]
+            for n in range(40):
+                ack = await host.request({"type": "event", "room_id": room_id, "event_type": "tick",
+                                          "payload": {"n": n}})
+                last = ack["seq"]
+                await asyncio.sleep(0.05)
+            got = await _drain_events(far, room_id, last, 10 * UNIT)
+            assert _seqs(got) == list(range(joined["seq"] + 1, last + 1))
+            after = _metric(await ahttp_get(far_gw.http + "/metrics"), "roomcast_pubsub_reconnects_total")
+            assert after > before
+            assert "probe not seen" in far_gw.log()
+    finally:
+        far_gw.stop()
+        proxy.close()
