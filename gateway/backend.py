@@ -10,10 +10,18 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
+import asyncpg
+
 from roomcast import keys
 from roomcast.bus_memory import MemoryBus
 from roomcast.bus_redis import RedisBus
 from roomcast.errors import CloseCode, ErrorCode, GatewayError
+from roomcast.flusher import Flusher, FlusherMetrics
+from roomcast.history import PostgresWriter
+from roomcast.history_memory import MemoryHistorySource
+from roomcast.history_read import HistoryReader
+from roomcast.jobs import delete_old_connections, update_heartbeats
+from roomcast.migrate import migrate
 from roomcast.presence_memory import MemoryPresence
 from roomcast.presence_redis import RedisPresence
 from roomcast.redis_batch import Batcher, cmd
@@ -28,6 +36,79 @@ from .node import Node, now_ms
 log = logging.getLogger("roomcast.backend")
 
 
+async def ensure_schema(settings: Settings) -> None:
+    """Apply migrations (if AUTO_MIGRATE), retrying while Postgres is unreachable."""
+    assert settings.database_url is not None
+    delay = 0.5
+    while True:
+        try:
+            if settings.auto_migrate:
+                applied = await migrate(settings.database_url)
+                if applied:
+                    log.info("applied migrations %s", ", ".join(applied))
+            return
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning("postgres not ready for migrations (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class EmbeddedHistory:
+    """Embedded gateway with DATABASE_URL: the same flusher, writer and jobs as the
+    coordinator, fed from the memory store's outbox, in this process."""
+
+    def __init__(self, settings: Settings, store: MemoryStore, node: Node, metrics: Metrics) -> None:
+        assert settings.database_url is not None
+        self.settings = settings
+        self.store = store
+        self.node = node
+        self.flush_metrics = FlusherMetrics(metrics.registry)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        s = self.settings
+        assert s.database_url is not None
+        self.pool = await asyncpg.create_pool(s.database_url, min_size=0, max_size=4)
+        self.node.history = HistoryReader(self.pool).events
+        self.source = MemoryHistorySource(self.store)
+        self.flusher = Flusher(self.source, PostgresWriter(self.pool), self.flush_metrics,
+                               batch_rows=s.history_batch_rows, interval=s.history_flush_ms / 1000)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._run()))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._jobs()))
+
+    async def _run(self) -> None:
+        await ensure_schema(self.settings)
+        await self.flusher.run()
+
+    async def _jobs(self) -> None:
+        s = self.settings
+        last_cleanup = 0.0
+        while True:
+            await asyncio.sleep(s.heartbeat_flush_ms / 1000)
+            try:
+                presence = self.node.presence
+                if isinstance(presence, MemoryPresence):
+                    await update_heartbeats(self.pool, presence.snapshot())
+                if time.monotonic() - last_cleanup >= s.cleanup_interval_ms / 1000:
+                    last_cleanup = time.monotonic()
+                    await delete_old_connections(self.pool, s.connection_retention_days)
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                log.warning("history jobs: postgres unavailable (%s)", exc)
+
+    async def close(self) -> None:
+        """Flush what is left (bounded in time), then stop."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                while await self.source.backlog():
+                    await self.flusher.run_once()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.pool.close()
+
+
 def memory_node(settings: Settings, metrics: Metrics) -> Node:
     bus = MemoryBus()
     store = MemoryStore(
@@ -37,6 +118,7 @@ def memory_node(settings: Settings, metrics: Metrics) -> Node:
         connection_ttl_ms=settings.connection_ttl_ms,
         participant_prune_ms=settings.participant_prune_ms,
         max_game_data_bytes=settings.max_game_data_bytes,
+        history_mode=settings.database_url is not None,
     )
 
     def room_counts() -> None:
@@ -47,7 +129,15 @@ def memory_node(settings: Settings, metrics: Metrics) -> Node:
             metrics.rooms.labels(status).set(n)
 
     metrics.before_scrape.append(room_counts)
-    return Node(settings, store, bus, MemoryPresence(), metrics)
+    node = Node(settings, store, bus, MemoryPresence(), metrics)
+
+    async def close_abandoned(now: int) -> None:
+        closed = await store.close_abandoned(now - settings.abandoned_room_ms, now)
+        if closed:
+            log.info("cleanup: closed %d abandoned rooms: %s", len(closed), ", ".join(closed[:20]))
+
+    node.upkeep_hooks.append(close_abandoned)
+    return node
 
 
 class RedisLink:
@@ -66,6 +156,7 @@ class RedisLink:
             room_ttl_ms=settings.room_ttl_ms,
             connection_ttl_ms=settings.connection_ttl_ms,
             max_game_data_bytes=settings.max_game_data_bytes,
+            history_mode=settings.database_url is not None,
         )
         self.presence = RedisPresence(self.batcher)
         self.bus = RedisBus(
@@ -147,6 +238,11 @@ class RedisLink:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self.pool: asyncpg.Pool | None = None
+        if self.settings.database_url is not None:
+            # Only for replaying old ranges; the coordinator writes history.
+            self.pool = await asyncpg.create_pool(self.settings.database_url, min_size=0, max_size=4)
+            self.node.history = HistoryReader(self.pool).events
         self._tasks.append(loop.create_task(self.bus.run()))
         self._tasks.append(loop.create_task(self._heartbeat()))
         # Wait briefly for Redis so a healthy cluster is ready at once; if Redis is down
@@ -167,6 +263,8 @@ class RedisLink:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.client.aclose()
+        if self.pool is not None:
+            await self.pool.close()
 
 
 @contextlib.asynccontextmanager
@@ -174,7 +272,17 @@ async def open_node(settings: Settings, metrics: Metrics | None = None) -> Async
     """The Node for these settings, with its backend running."""
     metrics = metrics or Metrics(node_id=settings.node_id)
     if settings.redis_url is None:
-        yield memory_node(settings, metrics)
+        node = memory_node(settings, metrics)
+        if settings.database_url is None:
+            yield node
+            return
+        assert isinstance(node.store, MemoryStore)
+        history = EmbeddedHistory(settings, node.store, node, metrics)
+        await history.start()
+        try:
+            yield node
+        finally:
+            await history.close()
         return
     link = RedisLink(settings, metrics)
     await link.start()

@@ -10,9 +10,10 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from prometheus_client import start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from roomcast import __version__
+from roomcast.http_mini import serve_http
 from roomcast.settings import Settings, SettingsError, add_arguments, environment_help
 
 from .backend import open_node
@@ -42,8 +43,15 @@ async def serve(settings: Settings) -> int:
 async def _serve(settings: Settings, node: Node) -> int:
     gateway = Gateway(settings, node)
     await gateway.start()
+    metrics_http = None
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.host, registry=node.metrics.registry)
+        # Served on the event loop, like /metrics on the main port, so the scrape hooks that
+        # set gauges (roomcast_rooms{status}) run here too and never race the loop's state.
+        def metrics_route() -> tuple[int, str, bytes]:
+            node.metrics.refresh()
+            return 200, CONTENT_TYPE_LATEST, generate_latest(node.metrics.registry)
+
+        metrics_http = await serve_http(settings.host, settings.metrics_port, {"/metrics": metrics_route})
     mode = "cluster mode via Redis" if settings.redis_url else "embedded mode: in-memory state"
     log.info("gateway %s listening on ws://%s:%d/ws (%s)", settings.node_id, settings.host, gateway.port, mode)
     stop = asyncio.Event()
@@ -53,6 +61,8 @@ async def _serve(settings: Settings, node: Node) -> int:
     await stop.wait()
     log.info("stopping: readiness off, closing %d sockets with 1001", len(node.sessions))
     await gateway.stop()
+    if metrics_http is not None:
+        metrics_http.close()
     log.info("stopped")
     return 0
 

@@ -49,6 +49,10 @@ class Node:
         self.hub.on_room_closed = self._room_closed
         self.sessions: dict[str, Session] = {}
         self.device_sockets: dict[str, int] = {}
+        # Reads old event ranges from Postgres, when history is configured.
+        self.history: Callable[[str, int, int], Awaitable[list[tuple[int, bytes]]]] | None = None
+        # Extra periodic work (each gets now_ms), run with the store sweep.
+        self.upkeep_hooks: list[Callable[[int], Awaitable[object]]] = []
         self.ready = True  # false once draining
         self.backend_ok = True  # false while a required backend (Redis) is unreachable
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -137,6 +141,9 @@ class Node:
         """One client frame. Never raises for bad input: it answers with an error."""
         now = time.monotonic()
         session.last_seen = now
+        if session.caller is not None:
+            # Any frame is a heartbeat, valid or not: presence agrees with our own timer.
+            self.presence.touch(session.socket_id, now_ms())
         if isinstance(data, bytes):
             self.metrics.in_invalid.inc()
             self.error(session, GatewayError(ErrorCode.BAD_REQUEST, "binary frames are not supported; send text"))
@@ -154,8 +161,6 @@ class Node:
             self.error(session, exc)
             return
         self.metrics.in_by_type[_TYPE_NAMES[type(msg)]].inc()
-        if session.caller is not None:
-            self.presence.touch(session.socket_id, now_ms())
         try:
             if not self.backend_ok and type(msg) is not p.Ping:
                 raise GatewayError(ErrorCode.UNAVAILABLE, "backend unavailable; retry shortly")
@@ -275,6 +280,11 @@ class Node:
             if room_id not in session.rooms:
                 await self.hub.abort_join(room_id, session)
             raise
+        if (msg.since is not None and not result.recovered and self.history is not None
+                and msg.since < result.seq and (msg.epoch is None or msg.epoch == result.epoch)):
+            frames = await self._replay_from_history(room_id, msg.since, result.seq)
+            if frames is not None:
+                result.replay, result.recovered = frames, True
         session.rooms[room_id] = result.role
         self.reply(session, "joined", {
             "type": "joined",
@@ -287,6 +297,22 @@ class Node:
             "recovered": result.recovered,
         })
         self.hub.finish_join(room_id, session, result.seq, result.replay)
+
+    async def _replay_from_history(self, room_id: str, since: int, head: int) -> list[bytes] | None:
+        """Events (since, head]: what the store still keeps, and the older part from
+        Postgres. None unless every one of them is found (then `recovered` stays false)."""
+        assert self.history is not None
+        try:
+            recent = await self.store.read_since(room_id, since, head)
+            first = recent[0][0] if recent else head + 1
+            older = await self.history(room_id, since, first - 1) if first > since + 1 else []
+        except Exception as exc:
+            log.warning("replay of room %s from history failed: %s", room_id, exc)
+            return None
+        events = older + recent
+        if [seq for seq, _ in events] != list(range(since + 1, head + 1)):
+            return None
+        return [frame for _, frame in events]
 
     async def _leave(self, session: Session, msg: p.Leave) -> None:
         caller = session.caller
@@ -360,6 +386,8 @@ class Node:
                 if now - last_sweep >= 1.0:
                     last_sweep = now
                     await self.store.sweep(now_ms())
+                    for hook in self.upkeep_hooks:
+                        await hook(now_ms())
             except GatewayError as exc:
                 log.warning("upkeep: %s", exc.message)
 

@@ -13,6 +13,11 @@ ROOM_INDEX = "ws:rooms"  # zset: room_id -> created_at (ms), for list_rooms
 DISCONNECTED = "ws:disconnected"  # zset: "room_id|device_id" -> disconnected at (ms), for pruning
 NODES = "ws:nodes"  # zset: node_id -> last registration (ms)
 REAPER_LEASE = "ws:lease:coordinator"
+LIFECYCLE = "ws:lifecycle"  # stream: connection lifecycle records, consumed by the flusher
+FLUSH_DIRTY = "ws:flush:dirty"  # set: rooms with events not yet persisted
+FLUSH_CURSOR = "ws:flush:cursor"  # hash: room_id -> last seq persisted to Postgres
+DEADLETTER = "ws:deadletter"  # stream: history units that could not be written
+FLUSH_GROUP = "flusher"
 
 
 def room(room_id: str) -> str:

@@ -19,5 +19,8 @@ class MemoryPresence:
     async def expired(self, older_than_ms: int) -> list[str]:
         return [sid for sid, ts in self._last.items() if ts < older_than_ms]
 
+    def snapshot(self) -> dict[str, int]:
+        return dict(self._last)
+
     def __len__(self) -> int:
         return len(self._last)

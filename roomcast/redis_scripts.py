@@ -26,7 +26,11 @@ local function emit(room_id, tail, now, maxlen)
   local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   redis.call('HSET', KEYS[1], 'updated_at', now)
   local frame = '{"type":"event","room_id":"' .. room_id .. '","seq":' .. seq .. ',' .. tail
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, seq .. '-0', 'f', frame)
+  if maxlen == '0' then  -- history mode: the flusher trims what Postgres holds
+    redis.call('XADD', KEYS[4], seq .. '-0', 'f', frame)
+  else
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, seq .. '-0', 'f', frame)
+  end
   redis.call('PUBLISH', 'ws:room:{' .. room_id .. '}:events', frame)
   return seq
 end
@@ -45,13 +49,15 @@ end
 """
 
 # ARGV: room_id game_type max_players game_data now device socket user sender password_hash epoch maxlen
+# (maxlen '0' = do not trim: history mode)
 CREATE = PRELUDE + r"""
 local room_id, now, device = ARGV[1], ARGV[5], ARGV[6]
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'err', 'conflict'} end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('HSET', KEYS[1], 'room_id', room_id, 'game_type', ARGV[2], 'status', 'waiting',
   'max_players', ARGV[3], 'game_data', ARGV[4], 'created_at', now, 'created_by', device,
-  'password_hash', ARGV[10], 'epoch', ARGV[11], 'seq', 0, 'players', 1, 'gd_ver', 0, 'updated_at', now)
+  'password_hash', ARGV[10], 'epoch', ARGV[11], 'seq', 0, 'players', 1, 'gd_ver', 0, 'updated_at', now,
+  'creator_user', ARGV[8])
 redis.call('HSET', KEYS[2], device, mfmt('host', 'active', ARGV[7], ARGV[8], now))
 redis.call('SADD', KEYS[3], ARGV[7])
 emit(room_id, ptail('participant_joined', device, 'host', '', ARGV[9], now), now, ARGV[12])
@@ -65,6 +71,20 @@ local since, want_epoch, now, sender, maxlen = tonumber(ARGV[6]), ARGV[7], ARGV[
 local _, err = open_room()
 if err then return {'err', err} end
 local head = tonumber(redis.call('HGET', KEYS[1], 'seq'))
+-- Read the replay before this join adds its own event: that XADD may trim the stream.
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local recovered, replay = 0, {}
+if since >= 0 and (want_epoch == '' or want_epoch == epoch) then
+  if since == head then
+    recovered = 1
+  elseif since < head then
+    local entries = redis.call('XRANGE', KEYS[4], (since + 1) .. '-0', head .. '-0')
+    if #entries == head - since then
+      recovered = 1
+      for i, e in ipairs(entries) do replay[i] = e[2][2] end
+    end
+  end
+end
 local v = redis.call('HGET', KEYS[2], device)
 local r, st, old_sock, _u, joined
 if v then r, st, old_sock, _u, joined = mparse(v) end
@@ -92,19 +112,6 @@ else
   redis.call('HSET', KEYS[2], device, mfmt(role, 'active', sock, user, now))
   redis.call('SADD', KEYS[3], sock)
   emit(room_id, ptail('participant_joined', device, role, '', sender, now), now, maxlen)
-end
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-local recovered, replay = 0, {}
-if since >= 0 and (want_epoch == '' or want_epoch == epoch) then
-  if since == head then
-    recovered = 1
-  elseif since < head then
-    local entries = redis.call('XRANGE', KEYS[4], (since + 1) .. '-0', head .. '-0')
-    if #entries == head - since then
-      recovered = 1
-      for i, e in ipairs(entries) do replay[i] = e[2][2] end
-    end
-  end
 end
 return {'ok', head, epoch, role, recovered, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), replay}
 """
@@ -137,7 +144,7 @@ if not v or string.find(v, '|left|', 1, true) then return {'err', 'not_member'} 
 return {'ok', emit(ARGV[1], ARGV[3], ARGV[4], ARGV[5])}
 """
 
-# ARGV: room_id device tail now maxlen status('') game_data('') expected_gd_ver
+# ARGV: room_id device tail now maxlen status('') game_data('') expected_gd_ver max_game_data_bytes
 UPDATE = PRELUDE + r"""
 local _, err = open_room()
 if err then return {'err', err} end
@@ -148,6 +155,8 @@ if pst == 'left' then return {'err', 'not_member'} end
 if r ~= 'host' then return {'err', 'forbidden'} end
 if ARGV[7] ~= '' then
   if redis.call('HGET', KEYS[1], 'gd_ver') ~= ARGV[8] then return {'err', 'retry'} end
+  -- the size is checked here, after the room and the caller, as the memory store does
+  if #ARGV[7] > tonumber(ARGV[9]) then return {'err', 'bad_request'} end
   redis.call('HSET', KEYS[1], 'game_data', ARGV[7])
   redis.call('HINCRBY', KEYS[1], 'gd_ver', 1)
 end
@@ -177,7 +186,9 @@ for i = 1, #all, 2 do
   end
 end
 redis.call('DEL', KEYS[3])
-for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
+if ttl ~= '0' then  -- history mode: the flusher expires the room once persisted
+  for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
+end
 return {'ok', seq, devices}
 """
 
@@ -203,4 +214,29 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return 1
 end
 return 0
+"""
+
+# Close a room on the server's own behalf (cleanup job: abandoned rooms), only if it has
+# had no event since `idle_before`. ARGV: room_id now maxlen ttl_ms idle_before tail
+CLOSE_IDLE = PRELUDE + r"""
+local room_id, now, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st or st == 'closed' then return {'ok', 0, {}} end
+if tonumber(redis.call('HGET', KEYS[1], 'updated_at')) >= tonumber(ARGV[5]) then return {'ok', 0, {}} end
+local seq = emit(room_id, ARGV[6], now, maxlen)
+redis.call('HSET', KEYS[1], 'status', 'closed', 'closed_at', now, 'players', 0)
+local devices = {}
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  local mr, ms, msock, mu, mj = mparse(all[i + 1])
+  if ms ~= 'left' then
+    redis.call('HSET', KEYS[2], all[i], mfmt(mr, 'left', msock, mu, mj))
+    devices[#devices + 1] = all[i]
+  end
+end
+redis.call('DEL', KEYS[3])
+if ttl ~= '0' then
+  for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+return {'ok', seq, devices}
 """

@@ -132,6 +132,14 @@ SPECS: tuple[Spec, ...] = (
     Spec("require_auth", "REQUIRE_AUTH", _bool, False, "Refuse hello without a valid token (`unauthorized`).", None),
     Spec("redis_url", "REDIS_URL", _opt_str, None, "Redis for cluster mode (redis://[:password@]host:port/db). Unset = embedded single node.", "--redis-url"),
     Spec("redis_pubsub_url", "REDIS_PUBSUB_URL", _opt_str, None, "Redis for the pub/sub subscription, if not REDIS_URL (e.g. a separate instance).", None),
+    Spec("database_url", "DATABASE_URL", _opt_str, None, "Postgres for history and analytics (postgresql://user@host:port/db). Unset = no history.", "--database-url"),
+    Spec("auto_migrate", "AUTO_MIGRATE", _bool, True, "Apply schema migrations at start (embedded gateway, coordinator). Set false where a migration Job runs them.", None),
+    Spec("history_batch_rows", "HISTORY_BATCH_ROWS", _int(1, 100_000), 1000, "Most rows the flusher writes per batch.", None),
+    Spec("history_flush_ms", "HISTORY_FLUSH_INTERVAL", _int(10, 600_000, MS), 200, "How long the flusher lets a partial batch fill before writing it.", None),
+    Spec("heartbeat_flush_ms", "HEARTBEAT_FLUSH_INTERVAL", _int(100, 3_600_000, MS), 10_000, "How often websocket_connections.last_heartbeat is updated from presence, in one batch.", None),
+    Spec("connection_retention_days", "CONNECTION_RETENTION_DAYS", _int(1, 36_500), 30, "Connection rows older than this are deleted by the cleanup job.", None),
+    Spec("abandoned_room_ms", "ABANDONED_ROOM_AFTER", _int(1000, 30 * 86_400_000, MS), 3_600_000, "A room with no event for this long is closed by the cleanup job.", None),
+    Spec("cleanup_interval_ms", "CLEANUP_INTERVAL", _int(100, 86_400_000, MS), 60_000, "How often the cleanup jobs run.", None),
     Spec("node_ttl_ms", "NODE_TTL", _int(1000, 3_600_000, MS), 10_000, "A replica's registration (ws:node:{id}) expires this long after its last refresh.", None),
     Spec("pubsub_probe_ms", "PUBSUB_PROBE_INTERVAL", _int(100, 600_000, MS), 1000, "How often a replica checks its pub/sub subscription by publishing to itself.", None),
     Spec("pubsub_probe_timeout_ms", "PUBSUB_PROBE_TIMEOUT", _int(100, 600_000, MS), 3000, "A probe not seen within this rebuilds the subscription.", None),
@@ -171,6 +179,14 @@ class Settings:
     require_auth: bool = False
     redis_url: str | None = None
     redis_pubsub_url: str | None = None
+    database_url: str | None = None
+    auto_migrate: bool = True
+    history_batch_rows: int = 1000
+    history_flush_ms: int = 200
+    heartbeat_flush_ms: int = 10_000
+    connection_retention_days: int = 30
+    abandoned_room_ms: int = 3_600_000
+    cleanup_interval_ms: int = 60_000
     node_ttl_ms: int = 10_000
     pubsub_probe_ms: int = 1000
     pubsub_probe_timeout_ms: int = 3000

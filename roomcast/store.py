@@ -143,6 +143,10 @@ class RoomStore(Protocol):
         """Host only: close the room with `room_closed` (its last event); members leave."""
         ...
 
+    async def read_since(self, room_id: str, after: int, upto: int | None = None) -> list[tuple[int, bytes]]:
+        """(seq, frame) of the room's kept events with after < seq <= upto, in order."""
+        ...
+
     async def list_rooms(self, game_type: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
         """Public rooms (no password), newest first; closed rooms only if asked for."""
         ...

@@ -62,8 +62,15 @@ class MemoryStore:
         connection_ttl_ms: int = 300_000,
         participant_prune_ms: int = 300_000,
         max_game_data_bytes: int = 32_768,
+        history_mode: bool = False,
     ) -> None:
         self.bus = bus
+        # History mode (embedded gateway with DATABASE_URL): every event and lifecycle
+        # record also waits in an outbox until the in-process flusher has written it.
+        self.history_mode = history_mode
+        self.outbox_events: dict[str, list[tuple[int, bytes]]] = {}
+        self.outbox_lifecycle: list[dict[str, str]] = []
+        self.lifecycle_seq = 0
         self.history_len = history
         self.room_ttl_ms = room_ttl_ms
         self.connection_ttl_ms = connection_ttl_ms
@@ -82,6 +89,8 @@ class MemoryStore:
         room.updated_at = now_ms
         frame = event_frame(room.room_id, room.seq, tail)
         self.history[room.room_id].append((room.seq, frame))
+        if self.history_mode:
+            self.outbox_events.setdefault(room.room_id, []).append((room.seq, frame))
         self.bus.publish(room.room_id, room.seq, frame)
         return room.seq
 
@@ -113,6 +122,25 @@ class MemoryStore:
         if len(orjson.dumps(game_data)) > self.max_game_data_bytes:
             raise fail(ErrorCode.BAD_REQUEST, f"game_data would exceed {self.max_game_data_bytes} bytes")
 
+    def _lifecycle(self, fields: dict[str, str]) -> None:
+        if self.history_mode:
+            self.outbox_lifecycle.append(fields)
+
+    def snapshot(self, room_id: str) -> dict[str, str] | None:
+        """The room's fields in the shape of its Redis hash (for the history writer)."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            return None
+        creator = room.participants.get(room.created_by)
+        return {
+            "room_id": room.room_id, "game_type": room.game_type, "status": room.status,
+            "max_players": str(room.max_players), "players": str(room.current_players()),
+            "game_data": orjson.dumps(room.game_data).decode(), "created_at": str(room.created_at),
+            "created_by": room.created_by, "creator_user": (creator.user_id or "") if creator else "",
+            "updated_at": str(room.updated_at), "closed_at": "" if room.closed_at is None else str(room.closed_at),
+            "seq": str(room.seq),
+        }
+
     # ------------------------------------------------------------ connections
 
     async def connect(self, caller: Caller, info: ConnectionInfo, now_ms: int) -> ConnectResult:
@@ -124,6 +152,10 @@ class MemoryStore:
         dev.sockets.add(caller.socket_id)
         dev.info = info
         self.sockets[caller.socket_id] = SocketRecord(caller.device_id, caller.user_id, now_ms)
+        self._lifecycle({"kind": "connect", "socket_id": caller.socket_id, "device_id": caller.device_id,
+                         "user_id": caller.user_id or "", "ts": str(now_ms), "ip": info.ip or "",
+                         "user_agent": info.user_agent or "", "fingerprint": info.fingerprint or "",
+                         "metadata": orjson.dumps(info.metadata or {}).decode()})
         rooms = []
         for room_id in sorted(dev.rooms):
             room = self.rooms.get(room_id)
@@ -143,6 +175,8 @@ class MemoryStore:
             return
         sock.status = status
         sock.ended_at = now_ms
+        self._lifecycle({"kind": "disconnect", "status": status, "socket_id": caller.socket_id,
+                         "device_id": caller.device_id, "ts": str(now_ms), "reason": reason})
         dev = self.devices.get(caller.device_id)
         if dev is None:
             return
@@ -244,6 +278,10 @@ class MemoryStore:
         frames = [frame for seq, frame in kept if since < seq <= head]
         return len(frames) == head - since, frames
 
+    async def read_since(self, room_id: str, after: int, upto: int | None = None) -> list[tuple[int, bytes]]:
+        kept = self.history.get(room_id, ())
+        return [(seq, f) for seq, f in kept if seq > after and (upto is None or seq <= upto)]
+
     async def leave(self, caller: Caller, room_id: str, now_ms: int) -> None:
         room = self._room(room_id)
         p = self._member(room, caller)
@@ -296,6 +334,21 @@ class MemoryStore:
             if p.status != LEFT:
                 self._remove(room, p, "room_closed", None, now_ms)
         return seq
+
+    async def close_abandoned(self, idle_before_ms: int, now_ms: int) -> list[str]:
+        """Close rooms with no event since `idle_before_ms` (`room_closed`, reason `abandoned`)."""
+        closed = []
+        for room in list(self.rooms.values()):
+            if room.status == "closed" or room.updated_at >= idle_before_ms:
+                continue
+            self._emit(room, event_tail("room_closed", None, {"reason": "abandoned"}, None, now_ms), now_ms)
+            room.status = "closed"
+            room.closed_at = now_ms
+            for p in room.participants.values():
+                if p.status != LEFT:
+                    self._remove(room, p, "room_closed", None, now_ms)
+            closed.append(room.room_id)
+        return closed
 
     async def list_rooms(self, game_type: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
         out = []

@@ -8,6 +8,7 @@ readers skip.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -21,7 +22,7 @@ from .redis_batch import Batcher, cmd
 from .room import ACTIVE, LEFT, new_epoch
 from .store import Caller, ConnectionInfo, ConnectResult, DeviceRoom, JoinResult, NewRoom, fail
 
-LIFECYCLE = "ws:lifecycle"  # stream of connection lifecycle records (for history, issue 4)
+LIFECYCLE = keys.LIFECYCLE
 _ERRORS = {c.value: c for c in ErrorCode}
 
 
@@ -89,10 +90,14 @@ class RedisStore:
         connection_ttl_ms: int = 300_000,
         max_game_data_bytes: int = 32_768,
         lifecycle_maxlen: int = 1_000_000,
+        history_mode: bool = False,
     ) -> None:
         self.b = batcher
-        self.history = history
-        self.room_ttl_ms = room_ttl_ms
+        # In history mode (Postgres configured) streams are not trimmed and closed rooms
+        # not expired here: the flusher does both once the rows are in Postgres.
+        self.history_mode = history_mode
+        self.history = 0 if history_mode else history
+        self.room_ttl_ms = 0 if history_mode else room_ttl_ms
         self.connection_ttl_ms = connection_ttl_ms
         self.max_game_data_bytes = max_game_data_bytes
         self.lifecycle_maxlen = lifecycle_maxlen
@@ -103,10 +108,16 @@ class RedisStore:
         self.s_update = batcher.register(lua.UPDATE)
         self.s_close = batcher.register(lua.CLOSE)
         self.s_disconnect = batcher.register(lua.DISCONNECT)
+        self.s_close_idle = batcher.register(lua.CLOSE_IDLE)
 
     @staticmethod
     def room_keys(room_id: str) -> list[str]:
         return [keys.room(room_id), keys.members(room_id), keys.participants(room_id), keys.stream(room_id)]
+
+    def _dirty(self, room_id: str) -> None:
+        """Tell the flusher this room has new events (same pipeline as the event)."""
+        if self.history_mode:
+            self.b.call(cmd("sadd", keys.FLUSH_DIRTY, room_id))
 
     def _lifecycle(self, fields: dict[str, Any]) -> None:
         self.b.call(cmd("xadd", LIFECYCLE, fields, maxlen=self.lifecycle_maxlen, approximate=True))
@@ -168,16 +179,18 @@ class RedisStore:
         b = self.b
         removed = b.call(lambda p: p.zrem(keys.PRESENCE, caller.socket_id))
         b.call(lambda p: p.pexpire(keys.socket(caller.socket_id), self.connection_ttl_ms))
-        left = b.call(lambda p: p.hincrby(conn, "sockets", -1))
         for rid, fut in zip(room_ids, futs, strict=True):
             reply = _check(await fut)
             if int(reply[1]):
                 b.call(cmd("zadd", keys.DISCONNECTED, {f"{rid}|{dev}": now_ms}))
-        if int(await removed):
-            # Only the first to end a socket records it (the gateway or the reaper).
-            self._lifecycle({"kind": "disconnect", "status": status, "socket_id": caller.socket_id,
-                             "device_id": dev, "ts": now_ms, "reason": reason})
-        if int(await left) <= 0:
+                self._dirty(rid)
+        if not int(await removed):
+            # Only the first to end a socket (the gateway or the reaper) records it and counts
+            # it off the device: ending it again must leave the device's other sockets alone.
+            return
+        self._lifecycle({"kind": "disconnect", "status": status, "socket_id": caller.socket_id,
+                         "device_id": dev, "ts": now_ms, "reason": reason})
+        if int(await b.call(lambda p: p.hincrby(conn, "sockets", -1))) <= 0:
             b.call(lambda p: p.hset(conn, mapping={"sockets": 0, "status": status, "disconnected_at": now_ms}))
             await b.call(lambda p: p.pexpire(conn, self.connection_ttl_ms))
 
@@ -209,6 +222,7 @@ class RedisStore:
             room.room_id, room.game_type, room.max_players, data, now_ms, caller.device_id,
             caller.socket_id, caller.user_id or "", sender, room.password_hash or "", new_epoch(), self.history])
         # Index writes go in the same batch; the room index is only read by list_rooms.
+        self._dirty(room.room_id)
         reply = _check(await fut)
         b = self.b
         b.call(lambda p: p.sadd(keys.device_rooms(caller.device_id), room.room_id))
@@ -226,6 +240,7 @@ class RedisStore:
         fut = self.b.eval(self.s_join, self.room_keys(room_id), [
             room_id, caller.device_id, caller.socket_id, caller.user_id or "", role,
             -1 if since is None else since, epoch or "", now_ms, sender, self.history])
+        self._dirty(room_id)
         reply = _check(await fut)
         b = self.b
         b.call(lambda p: p.sadd(keys.device_rooms(caller.device_id), room_id))
@@ -239,6 +254,7 @@ class RedisStore:
                      only_if_disconnected: bool) -> bool:
         fut = self.b.eval(self.s_leave, self.room_keys(room_id), [
             room_id, device_id, now_ms, sender, reason, self.history, "1" if only_if_disconnected else "0"])
+        self._dirty(room_id)
         reply = _check(await fut)
         b = self.b
         if int(reply[1]):
@@ -257,9 +273,10 @@ class RedisStore:
             raise
 
     async def publish(self, caller: Caller, room_id: str, tail: bytes, now_ms: int) -> int:
-        reply = _check(await self.b.eval(self.s_publish, self.room_keys(room_id),
-                                         [room_id, caller.device_id, tail, now_ms, self.history]))
-        return int(reply[1])
+        fut = self.b.eval(self.s_publish, self.room_keys(room_id), [room_id, caller.device_id, tail, now_ms,
+                                                                    self.history])
+        self._dirty(room_id)
+        return int(_check(await fut)[1])
 
     async def update_room(
         self, caller: Caller, room_id: str, status: str | None, patch: dict[str, Any] | None, now_ms: int
@@ -277,26 +294,60 @@ class RedisStore:
                 if gd is None:
                     raise fail(ErrorCode.NOT_FOUND, "no such room")
                 data = orjson.dumps(merge_patch.apply(orjson.loads(gd), patch))
-                self._check_game_data(data)
                 ver = ver_raw
             try:
-                reply = _check(await self.b.eval(self.s_update, self.room_keys(room_id), [
-                    room_id, caller.device_id, tail, now_ms, self.history, status or "", data, ver]))
+                fut = self.b.eval(self.s_update, self.room_keys(room_id), [
+                    room_id, caller.device_id, tail, now_ms, self.history, status or "", data, ver,
+                    self.max_game_data_bytes])
+                self._dirty(room_id)
+                reply = _check(await fut)
             except _Retry:
                 continue  # another host update won the race: re-read and re-apply
+            except GatewayError as exc:
+                if exc.code is ErrorCode.BAD_REQUEST:
+                    self._check_game_data(data)  # the script found it too large: say by how much
+                raise
             return int(reply[1])
         raise fail(ErrorCode.UNAVAILABLE, "room is being updated concurrently; retry")
 
     async def close_room(self, caller: Caller, room_id: str, now_ms: int) -> int:
         tail = event_tail("room_closed", None, None, caller.sender(), now_ms)
-        reply = _check(await self.b.eval(self.s_close, self.room_keys(room_id), [
-            room_id, caller.device_id, tail, now_ms, self.history, self.room_ttl_ms]))
+        fut = self.b.eval(self.s_close, self.room_keys(room_id), [
+            room_id, caller.device_id, tail, now_ms, self.history, self.room_ttl_ms])
+        self._dirty(room_id)
+        reply = _check(await fut)
+        index_writes = []
         for dev in reply[2]:
             d = _s(dev)
-            self.b.call(cmd("srem", keys.device_rooms(d), room_id))
-            self.b.call(cmd("zrem", keys.DISCONNECTED, f"{room_id}|{d}"))
-        await self.b.call(lambda p: p.zadd(keys.ROOM_INDEX, {room_id: now_ms}, xx=True))
+            index_writes.append(self.b.call(cmd("srem", keys.device_rooms(d), room_id)))
+            index_writes.append(self.b.call(cmd("zrem", keys.DISCONNECTED, f"{room_id}|{d}")))
+        # The room keeps its place in the room index (created_at): list_rooms is newest-created first.
+        await asyncio.gather(*index_writes)
         return int(reply[1])
+
+    async def close_abandoned(self, idle_before_ms: int, now_ms: int, limit: int = 1000) -> list[str]:
+        """Close rooms with no event since `idle_before_ms` (`room_closed`, reason
+        `abandoned`). Returns the rooms closed."""
+        closed = []
+        ids = [_s(r) for r in await self.b.call(cmd("zrange", keys.ROOM_INDEX, 0, limit - 1))]
+        tail = event_tail("room_closed", None, {"reason": "abandoned"}, None, now_ms)
+        for room_id in ids:
+            status, updated = await self.b.call(cmd("hmget", keys.room(room_id), "status", "updated_at"))
+            if status is None:
+                self.b.call(cmd("zrem", keys.ROOM_INDEX, room_id))
+                continue
+            if _s(status) == "closed" or int(updated or 0) >= idle_before_ms:
+                continue
+            fut = self.b.eval(self.s_close_idle, self.room_keys(room_id), [
+                room_id, now_ms, self.history, self.room_ttl_ms, idle_before_ms, tail])
+            self._dirty(room_id)
+            reply = _check(await fut)
+            if int(reply[1]):
+                for dev in reply[2]:
+                    self.b.call(cmd("srem", keys.device_rooms(_s(dev)), room_id))
+                    self.b.call(cmd("zrem", keys.DISCONNECTED, f"{room_id}|{_s(dev)}"))
+                closed.append(room_id)
+        return closed
 
     async def list_rooms(self, game_type: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

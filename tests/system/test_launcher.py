@@ -15,6 +15,21 @@ from tests.harness import ROOT, UNIT, Client, free_port, http_get, unique
 pytestmark = pytest.mark.system
 
 
+def _free_pair() -> int:
+    """A port p such that p and p + 1 are both free right now."""
+    import socket
+
+    for _ in range(100):
+        p = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p + 1))
+            except OSError:
+                continue
+        return p
+    raise RuntimeError("no two consecutive free ports")
+
+
 async def _talk_across(port_a: int, port_b: int) -> None:
     room = unique("launch")
     async with Client.open(f"ws://127.0.0.1:{port_a}/ws") as a, Client.open(f"ws://127.0.0.1:{port_b}/ws") as b:
@@ -27,9 +42,10 @@ async def _talk_across(port_a: int, port_b: int) -> None:
 
 
 def test_launcher_runs_a_working_cluster_and_stops_it() -> None:
-    port, redis_port, coord_port = free_port(), free_port(), free_port()
-    while port + 1 in (redis_port, coord_port):
-        port = free_port()
+    port = _free_pair()
+    redis_port, coord_port = free_port(), free_port()
+    while {redis_port, coord_port} & {port, port + 1}:
+        redis_port, coord_port = free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.launcher", "--gateways", "2", "--port", str(port),
          "--redis-port", str(redis_port), "--coordinator-port", str(coord_port)],

@@ -1,0 +1,185 @@
+"""The coordinator service: one lease, and while holding it the reaper, the history
+flusher and the cleanup jobs. Standbys keep trying for the lease."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import asyncpg
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+from roomcast import keys
+from roomcast.errors import GatewayError
+from roomcast.flusher import Flusher, FlusherMetrics
+from roomcast.history import PostgresWriter
+from roomcast.history_redis import RedisHistorySource
+from roomcast.http_mini import serve_http
+from roomcast.jobs import delete_old_connections, update_heartbeats
+from roomcast.migrate import migrate
+from roomcast.redis_batch import Batcher, cmd
+from roomcast.redis_client import make_client
+from roomcast.settings import Settings
+from roomcast.store_redis import RedisStore
+
+from .lease import Lease
+from .reaper import Reaper
+
+log = logging.getLogger("roomcast.coordinator")
+
+
+class CoordinatorMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.leader = Gauge("roomcast_coordinator_leader", "1 while this coordinator holds the lease.", registry=r)
+        self.replicas = Gauge("roomcast_cluster_replicas", "Gateway replicas registered and alive.", registry=r)
+        self.timeouts = Counter("roomcast_reaper_timeouts", "Sockets marked timeout by the reaper.", registry=r)
+        self.pruned = Counter("roomcast_reaper_pruned", "Disconnected participants pruned.", registry=r)
+        self.runs = Counter("roomcast_reaper_runs", "Reaper passes completed.", registry=r)
+        self.redis_up = Gauge("roomcast_backend_up", "1 while Redis is reachable.", registry=r)
+        self.cleanup = Counter("roomcast_cleanup_actions", "What the cleanup jobs did, by job.", ["job"], registry=r)
+        self.flush = FlusherMetrics(r)
+
+
+class Coordinator:
+    def __init__(self, settings: Settings) -> None:
+        assert settings.redis_url is not None
+        self.settings = settings
+        self.metrics = CoordinatorMetrics()
+        self.client = make_client(settings.redis_url)
+        self.batcher = Batcher(self.client)
+        history_mode = settings.database_url is not None
+        self.store = RedisStore(self.batcher, history=settings.room_history, room_ttl_ms=settings.room_ttl_ms,
+                                connection_ttl_ms=settings.connection_ttl_ms, history_mode=history_mode)
+        self.reaper = Reaper(self.batcher, self.store, heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
+                             prune_after_ms=settings.participant_prune_ms, node_ttl_ms=settings.node_ttl_ms)
+        self.lease = Lease(self.batcher, keys.REAPER_LEASE, settings.node_id, settings.lease_ttl_ms)
+        self.redis_ok = False
+        self.pool: asyncpg.Pool | None = None
+        self.flusher: Flusher | None = None
+        self.schema_ready = asyncio.Event()
+        self.stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    def routes(self) -> dict[str, Any]:
+        def metrics_route() -> tuple[int, str, bytes]:
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry)
+
+        def ready() -> tuple[int, str, bytes]:
+            return (200, "text/plain", b"ready\n") if self.redis_ok else (503, "text/plain", b"redis down\n")
+
+        return {"/healthz": lambda: (200, "text/plain", b"ok\n"), "/readyz": ready, "/metrics": metrics_route}
+
+    async def run(self) -> int:
+        s = self.settings
+        http = await serve_http(s.host, s.coordinator_port, self.routes())
+        log.info("coordinator %s on http://%s:%d (lease %s, ttl %d ms, history %s)", s.node_id, s.host,
+                 s.coordinator_port, keys.REAPER_LEASE, s.lease_ttl_ms, "on" if s.database_url else "off")
+        loop = asyncio.get_running_loop()
+        if s.database_url is not None:
+            self.pool = await asyncpg.create_pool(s.database_url, min_size=0, max_size=4)
+            source = RedisHistorySource(self.batcher, s.node_id, keep=s.room_history, room_ttl_ms=s.room_ttl_ms)
+            self.flusher = Flusher(source, PostgresWriter(self.pool), self.metrics.flush,
+                                   batch_rows=s.history_batch_rows, interval=s.history_flush_ms / 1000)
+            self._tasks.append(loop.create_task(self._history()))
+        self._tasks.append(loop.create_task(self._jobs()))
+        try:
+            await self._lease_loop()
+        finally:
+            log.info("stopping")
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            with contextlib.suppress(Exception):
+                await self.lease.release()
+            http.close()
+            await self.client.aclose()
+            if self.pool is not None:
+                await self.pool.close()
+        return 0
+
+    async def _lease_loop(self) -> None:
+        s = self.settings
+        # Often enough that a timeout is noticed within a fraction of itself, and that a
+        # standby takes over soon after the active one's lease lapses.
+        interval = min(s.reaper_interval_ms, s.heartbeat_timeout_ms / 5, s.lease_ttl_ms / 3) / 1000
+        while not self.stop.is_set():
+            try:
+                if not self.redis_ok:
+                    await self.batcher.load_scripts()
+                leader = await self.lease.tick()
+                self.metrics.leader.set(1 if leader else 0)
+                if leader:
+                    result = await self.reaper.run_once(int(time.time() * 1000))
+                    self.metrics.timeouts.inc(result.timed_out)
+                    self.metrics.pruned.inc(result.pruned)
+                    self.metrics.replicas.set(result.replicas)
+                    self.metrics.runs.inc()
+                self.redis_ok = True
+            except (GatewayError, OSError, TimeoutError) as exc:
+                if self.redis_ok:
+                    log.warning("redis unavailable: %s", getattr(exc, "message", exc))
+                self.redis_ok = False
+                self.lease.held = False
+                self.metrics.leader.set(0)
+            except Exception:
+                log.exception("reaper pass failed")
+                self.redis_ok = False
+            self.metrics.redis_up.set(1 if self.redis_ok else 0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), interval)
+
+    async def _history(self) -> None:
+        assert self.flusher is not None
+        s = self.settings
+        delay = 0.5
+        while s.auto_migrate:
+            try:
+                await migrate(s.database_url or "")
+                break
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                log.warning("postgres not ready for migrations (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self.schema_ready.set()
+        while True:
+            try:
+                await self.flusher.run(active=lambda: self.lease.held and self.redis_ok)
+            except (GatewayError, OSError) as exc:  # redis trouble: the lease loop notices too
+                log.warning("flusher paused: %s", getattr(exc, "message", exc))
+                await asyncio.sleep(1.0)
+
+    async def _jobs(self) -> None:
+        """Cleanup jobs and the heartbeat batch, while holding the lease."""
+        s = self.settings
+        last_cleanup = last_beats = 0.0
+        tick = min(s.cleanup_interval_ms, s.heartbeat_flush_ms, 1000) / 1000
+        while True:
+            await asyncio.sleep(tick)
+            if not (self.lease.held and self.redis_ok):
+                continue
+            now = time.monotonic()
+            now_ms = int(time.time() * 1000)
+            try:
+                if now - last_cleanup >= s.cleanup_interval_ms / 1000:
+                    last_cleanup = now
+                    closed = await self.store.close_abandoned(now_ms - s.abandoned_room_ms, now_ms)
+                    if closed:
+                        log.info("cleanup: closed %d abandoned rooms", len(closed))
+                        self.metrics.cleanup.labels("abandoned_rooms").inc(len(closed))
+                    if self.pool is not None and self.schema_ready.is_set():
+                        n = await delete_old_connections(self.pool, s.connection_retention_days)
+                        self.metrics.cleanup.labels("old_connections").inc(n)
+                if self.pool is not None and self.schema_ready.is_set() and now - last_beats >= s.heartbeat_flush_ms / 1000:
+                    last_beats = now
+                    raw = await self.batcher.call(cmd("zrange", keys.PRESENCE, 0, -1, withscores=True))
+                    beats = {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw}
+                    n = await update_heartbeats(self.pool, beats)
+                    self.metrics.cleanup.labels("heartbeats").inc(n)
+            except (GatewayError, OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                log.warning("cleanup jobs: %s", getattr(exc, "message", exc))

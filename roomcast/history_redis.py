@@ -1,0 +1,134 @@
+"""HistorySource over Redis: room streams (found through the `ws:flush:dirty` set) and the
+`ws:lifecycle` stream (read through a consumer group, acknowledged after commit).
+
+In history mode the gateways do not trim room streams or expire closed rooms: the
+flusher trims only what Postgres already holds (keeping the last `keep` events for
+fast replay) and expires a closed room's keys once its last event is persisted, so a
+Postgres outage loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from redis.exceptions import ResponseError
+
+from . import keys
+from .history import Batch, DeadLetter, LifecycleRecord, RoomChunk, WriteResult
+from .redis_batch import Batcher, cmd
+
+log = logging.getLogger("roomcast.history")
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class RedisHistorySource:
+    def __init__(self, batcher: Batcher, consumer: str, *, keep: int = 1000, room_ttl_ms: int = 3_600_000,
+                 rooms_per_take: int = 200, events_per_room: int = 1000, claim_idle_ms: int = 10_000) -> None:
+        self.b = batcher
+        self.consumer = consumer
+        self.keep = keep
+        self.room_ttl_ms = room_ttl_ms
+        self.rooms_per_take = rooms_per_take
+        self.events_per_room = events_per_room
+        self.claim_idle_ms = claim_idle_ms
+        self._ready = False
+
+    async def _setup(self) -> None:
+        try:
+            await self.b.call(cmd("xgroup_create", keys.LIFECYCLE, keys.FLUSH_GROUP, id="0", mkstream=True))
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._ready = True
+
+    async def take(self, max_rows: int) -> Batch:
+        if not self._ready:
+            await self._setup()
+        b = self.b
+        batch = Batch()
+        # Entries another (dead) flusher took but never acknowledged become ours.
+        await b.call(cmd("xautoclaim", keys.LIFECYCLE, keys.FLUSH_GROUP, self.consumer, self.claim_idle_ms,
+                         start_id="0-0", count=max_rows, justid=True))
+        for start in ("0", ">"):  # first our own unacknowledged entries, then new ones
+            reply = await b.call(cmd("xreadgroup", keys.FLUSH_GROUP, self.consumer, {keys.LIFECYCLE: start},
+                                     count=max_rows))
+            for _stream, entries in reply or []:
+                for eid, fields in entries:
+                    if fields:
+                        batch.lifecycle.append(LifecycleRecord(_s(eid), {_s(k): _s(v) for k, v in fields.items()}))
+            if batch.lifecycle:
+                break
+        rooms = [_s(r) for r in await b.call(cmd("spop", keys.FLUSH_DIRTY, self.rooms_per_take)) or []]
+        if not rooms:
+            return batch
+        cursors = await b.call(cmd("hmget", keys.FLUSH_CURSOR, rooms))
+        futs = []
+        for room_id, cur in zip(rooms, cursors, strict=True):
+            after = int(cur) if cur else 0
+            futs.append((room_id,
+                         b.call(cmd("xrange", keys.stream(room_id), f"{after + 1}-0", "+", count=self.events_per_room)),
+                         b.call(cmd("hgetall", keys.room(room_id)))))
+        for room_id, events_f, snap_f in futs:
+            entries = await events_f
+            snap = {_s(k): _s(v) for k, v in (await snap_f).items()}
+            events = [(int(_s(eid).split("-")[0]), bytes(f[b"f"])) for eid, f in entries]
+            batch.rooms.append(RoomChunk(room_id, events, snap or None))
+        return batch
+
+    async def commit(self, batch: Batch, result: WriteResult) -> None:
+        b = self.b
+        if batch.lifecycle:
+            b.call(cmd("xack", keys.LIFECYCLE, keys.FLUSH_GROUP, *[r.id for r in batch.lifecycle]))
+            b.call(cmd("xdel", keys.LIFECYCLE, *[r.id for r in batch.lifecycle]))
+        for chunk in batch.rooms:
+            persisted = result.persisted_seq.get(chunk.room_id)
+            if persisted is None:
+                continue
+            b.call(cmd("hset", keys.FLUSH_CURSOR, chunk.room_id, persisted))
+            head = int(chunk.snapshot["seq"]) if chunk.snapshot else persisted
+            # Drop only what Postgres holds, and keep the newest `keep` for fast replay.
+            min_id = min(persisted + 1, max(1, head - self.keep + 1))
+            b.call(cmd("xtrim", keys.stream(chunk.room_id), minid=f"{min_id}-0", approximate=False))
+            if len(chunk.events) >= self.events_per_room:
+                b.call(cmd("sadd", keys.FLUSH_DIRTY, chunk.room_id))  # more to read
+            elif chunk.snapshot and chunk.snapshot.get("status") == "closed" and persisted >= head:
+                for key in (keys.room(chunk.room_id), keys.members(chunk.room_id),
+                            keys.participants(chunk.room_id), keys.stream(chunk.room_id)):
+                    b.call(cmd("pexpire", key, self.room_ttl_ms))
+                b.call(cmd("hdel", keys.FLUSH_CURSOR, chunk.room_id))
+        await b.call(cmd("ping"))
+
+    async def give_back(self, batch: Batch) -> None:
+        rooms = [c.room_id for c in batch.rooms]
+        if rooms:
+            await self.b.call(cmd("sadd", keys.FLUSH_DIRTY, *rooms))
+        # Lifecycle entries stay pending in the group; the next take reads them again.
+
+    async def dead_letter(self, letters: list[DeadLetter]) -> None:
+        for d in letters:
+            self.b.call(cmd("xadd", keys.DEADLETTER, {"source": d.source, "ref": d.ref, "data": d.data,
+                                                      "error": d.error[:1000]}, maxlen=100_000, approximate=True))
+        await self.b.call(cmd("ping"))
+
+    async def backlog(self) -> int:
+        info = await self.b.call(cmd("xinfo_groups", keys.LIFECYCLE))
+        lag = 0
+        for group in info or []:
+            g = {(_s(k) if isinstance(k, bytes) else k): v for k, v in group.items()}
+            if g.get("name") in (keys.FLUSH_GROUP, keys.FLUSH_GROUP.encode()):
+                lag = int(g.get("lag") or 0) + int(g.get("pending") or 0)
+        dirty = int(await self.b.call(cmd("scard", keys.FLUSH_DIRTY)))
+        return lag + dirty
+
+
+def dead_letters(raw: list[Any]) -> list[dict[str, str]]:
+    """Decode XRANGE output of the dead-letter stream (for tools and tests)."""
+    return [{_s(k): _s(v) for k, v in fields.items()} | {"id": _s(eid)} for eid, fields in raw]
+
+
+__all__ = ["RedisHistorySource", "dead_letters", "orjson"]

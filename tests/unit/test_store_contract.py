@@ -1,0 +1,1062 @@
+"""The RoomStore contract (roomcast/store.py), run against every backend.
+
+Conventions 5: one contract suite, so the embedded default and the cluster cannot drift
+apart. To run it against another backend, add one entry to BACKENDS: an async context
+manager (given the test's fixture request, to reach session resources) that yields a
+`Backend`: store, bus, a `settle` that waits until events published so far have reached
+the bus sink, and the backend's upkeep (`prune`, `expire`). Time is passed explicitly
+(`now_ms`); no test sleeps.
+
+Backends: "memory" (the embedded default) and "redis" (the cluster's store, bus and the
+coordinator's reaper, against one ephemeral redis-server per test session, started only
+if a redis test runs, flushed before each test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from coordinator.reaper import Reaper
+from roomcast import keys, protocol
+from roomcast.bus_memory import MemoryBus
+from roomcast.bus_redis import RedisBus
+from roomcast.errors import ErrorCode, GatewayError
+from roomcast.redis_batch import Batcher, cmd
+from roomcast.redis_client import make_client
+from roomcast.store import (
+    Bus,
+    Caller,
+    ConnectionInfo,
+    ConnectResult,
+    DeviceRoom,
+    EventSink,
+    JoinResult,
+    NewRoom,
+    RoomStore,
+)
+from roomcast.store_memory import MemoryStore
+from roomcast.store_redis import RedisStore
+from tests.harness import UNIT, RedisServer
+
+T0 = 1_700_000_000_000
+HISTORY = 10
+PRUNE_MS = 60_000
+ROOM_TTL_MS = 120_000
+CONNECTION_TTL_MS = 30_000
+MAX_GAME_DATA_BYTES = 200
+
+ROOM = "room-1"
+ROOM_KEYS = {"room_id", "game_type", "status", "max_players", "current_players", "game_data",
+             "created_at", "created_by", "seq"}
+EVENT_KEYS = {"type", "room_id", "seq", "event_type", "action", "payload", "from", "ts"}
+
+
+# ---------------------------------------------------------------- backends
+
+
+@dataclass
+class Backend:
+    store: RoomStore
+    bus: Bus
+    settle: Callable[[], Awaitable[None]]
+    # Upkeep as of `now_ms` that prunes participants disconnected for PRUNE_MS or longer
+    # (memory: `sweep`; Redis: a pass of the coordinator's reaper).
+    prune: Callable[[int], Awaitable[None]]
+    # Let time pass up to `now_ms` for records that expire by age: closed rooms ROOM_TTL_MS
+    # after closing, connection records of devices with no open socket CONNECTION_TTL_MS
+    # after their last disconnect (memory: `sweep`; Redis: key TTLs, see `_RedisClock`).
+    expire: Callable[[int], Awaitable[None]]
+    # False if history is trimmed lazily (Redis `XADD MAXLEN ~`): events beyond HISTORY
+    # may still be kept and replayed, which the contract allows.
+    exact_history: bool = True
+
+
+async def _nothing_to_wait_for() -> None:
+    return None
+
+
+@contextlib.asynccontextmanager
+async def memory_backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    bus = MemoryBus()
+    store = MemoryStore(
+        bus,
+        history=HISTORY,
+        room_ttl_ms=ROOM_TTL_MS,
+        connection_ttl_ms=CONNECTION_TTL_MS,
+        participant_prune_ms=PRUNE_MS,
+        max_game_data_bytes=MAX_GAME_DATA_BYTES,
+    )
+    yield Backend(store, bus, _nothing_to_wait_for, store.sweep, store.sweep)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One ephemeral redis-server for the session; requested only by redis-backed tests."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _drop(room_id: str, seq: int, frame: bytes) -> None:
+    return None
+
+
+class _SettlingBus:
+    """The RedisBus as the tests see it, noting the highest seq delivered per room so
+    `settle` can wait for exactly the events published so far (each room's `seq`)."""
+
+    SETTLE_TIMEOUT = 5 * UNIT
+
+    def __init__(self, bus: RedisBus, client: Redis) -> None:
+        self.bus = bus
+        self.client = client
+        self.rooms: set[str] = set()
+        self.delivered: dict[str, int] = {}
+        self.arrived = asyncio.Event()
+        self._sink: EventSink = _drop
+        bus.set_sink(self._deliver)
+
+    def _deliver(self, room_id: str, seq: int, frame: bytes) -> None:
+        self.delivered[room_id] = max(seq, self.delivered.get(room_id, 0))
+        self.arrived.set()
+        self._sink(room_id, seq, frame)
+
+    def set_sink(self, sink: EventSink) -> None:
+        self._sink = sink
+
+    async def subscribe(self, room_id: str) -> None:
+        await self.bus.subscribe(room_id)
+        self.rooms.add(room_id)
+
+    async def unsubscribe(self, room_id: str) -> None:
+        self.rooms.discard(room_id)
+        await self.bus.unsubscribe(room_id)
+
+    async def settle(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.SETTLE_TIMEOUT
+        while True:
+            self.arrived.clear()
+            rooms = sorted(self.rooms)
+            pipe = self.client.pipeline(transaction=False)
+            for r in rooms:
+                pipe.hget(keys.room(r), "seq")
+            heads = [int(h or 0) for h in await pipe.execute()]
+            behind = {r: (self.delivered.get(r, 0), h) for r, h in zip(rooms, heads, strict=True)
+                      if self.delivered.get(r, 0) < h}
+            if not behind:
+                return
+            left = deadline - loop.time()
+            if left <= 0:
+                raise AssertionError(f"events not delivered within {self.SETTLE_TIMEOUT}s: (delivered, seq) {behind}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), left)
+
+
+class _RedisClock:
+    """Redis expires records by key TTLs in real time, set when the record ends. `expire`
+    checks that every TTL is the configured lifetime, then stands in for the clock: it
+    deletes the keys whose lifetime, counted from the test time the record ended (which the
+    record keeps: a room's `closed_at`, a connection's `disconnected_at`), is over."""
+
+    SLACK_MS = int(10_000 * UNIT)  # real time that may pass between setting a TTL and reading it
+
+    def __init__(self, client: Redis) -> None:
+        self.client = client
+
+    async def _ttl(self, key: str, lifetime: int) -> bool:
+        ttl = int(await self.client.pttl(key))
+        if ttl < 0:
+            return False  # -1: kept until removed; -2: no such key
+        assert lifetime - self.SLACK_MS < ttl <= lifetime, f"{key}: PTTL {ttl}, expected about {lifetime}"
+        return True
+
+    async def expire(self, now_ms: int) -> None:
+        due: list[str] = []
+        async for raw in self.client.scan_iter(match="ws:*", count=1000):
+            key = raw.decode()
+            if key.startswith("ws:room:{"):
+                room_id = key[len("ws:room:{") : key.index("}")]
+                if await self._ttl(key, ROOM_TTL_MS):
+                    closed_at = await self.client.hget(keys.room(room_id), "closed_at")
+                    assert closed_at is not None, f"{key} expires but room {room_id} is not closed"
+                    if now_ms - int(closed_at) >= ROOM_TTL_MS:
+                        due.append(key)
+            elif key.startswith("ws:connections:{") and key.endswith("}"):
+                if await self._ttl(key, CONNECTION_TTL_MS):
+                    fields = await self.client.hmget(key, "sockets", "disconnected_at")
+                    assert fields[0] is not None and int(fields[0]) <= 0, f"{key} expires with an open socket"
+                    assert fields[1] is not None, f"{key} expires but has no disconnected_at"
+                    if now_ms - int(fields[1]) >= CONNECTION_TTL_MS:
+                        due.append(key)
+            elif key.startswith("ws:socket:"):
+                # socket -> device, read only by the reaper's heartbeat timeouts (not part
+                # of this contract): check its lifetime, leave it to Redis.
+                await self._ttl(key, CONNECTION_TTL_MS)
+            else:
+                assert int(await self.client.pttl(key)) < 0, f"unexpected TTL on {key}"
+        if due:
+            await self.client.delete(*due)
+
+
+@contextlib.asynccontextmanager
+async def redis_backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    server: RedisServer = request.getfixturevalue("redis_server")
+    client = make_client(server.url)
+    await client.flushall()
+    batcher = Batcher(client)
+    store = RedisStore(
+        batcher,
+        history=HISTORY,
+        room_ttl_ms=ROOM_TTL_MS,
+        connection_ttl_ms=CONNECTION_TTL_MS,
+        max_game_data_bytes=MAX_GAME_DATA_BYTES,
+    )
+    await batcher.load_scripts()
+    # Heartbeat timeouts are the reaper's other job; none of these tests heartbeats, so
+    # they are kept out of the way.
+    reaper = Reaper(batcher, store, heartbeat_timeout_ms=10**12, prune_after_ms=PRUNE_MS, node_ttl_ms=10_000)
+
+    async def prune(now_ms: int) -> None:
+        await reaper.run_once(now_ms)
+
+    bus = RedisBus(server.url, "contract-test", lambda ch, data: batcher.call(cmd("publish", ch, data)))
+    task = asyncio.get_running_loop().create_task(bus.run())
+    try:
+        await asyncio.wait_for(bus.connected.wait(), 5 * UNIT)
+        settling = _SettlingBus(bus, client)
+        yield Backend(store, settling, settling.settle, prune, _RedisClock(client).expire, exact_history=False)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await client.aclose()
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest], contextlib.AbstractAsyncContextManager[Backend]]] = {
+    "memory": memory_backend,
+    "redis": redis_backend,
+}
+
+
+class EventLog:
+    """Every event the bus delivers for the rooms watched, in delivery order."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.delivered: list[tuple[str, int, bytes]] = []
+        backend.bus.set_sink(self._sink)
+
+    def _sink(self, room_id: str, seq: int, frame: bytes) -> None:
+        self.delivered.append((room_id, seq, frame))
+
+    async def watch(self, room_id: str) -> None:
+        await self.backend.bus.subscribe(room_id)
+
+    async def frames(self, room_id: str) -> list[bytes]:
+        await self.backend.settle()
+        return [frame for r, _, frame in self.delivered if r == room_id]
+
+    async def events(self, room_id: str = ROOM, after: int = 0) -> list[dict[str, Any]]:
+        out = []
+        for frame in await self.frames(room_id):
+            event = orjson.loads(frame)
+            if event["seq"] > after:
+                out.append(event)
+        return out
+
+    async def types(self, room_id: str = ROOM, after: int = 0) -> list[str]:
+        return [e["event_type"] for e in await self.events(room_id, after)]
+
+    async def last(self, room_id: str = ROOM) -> dict[str, Any]:
+        return (await self.events(room_id))[-1]
+
+    def check(self) -> None:
+        """Each frame is a well-formed event of its room; seqs start at 1 and have no gap."""
+        by_room: dict[str, list[int]] = {}
+        for room_id, seq, frame in self.delivered:
+            event = orjson.loads(frame)
+            assert set(event) == EVENT_KEYS
+            assert (event["type"], event["room_id"], event["seq"]) == ("event", room_id, seq)
+            assert protocol.event_seq_of(frame) == seq
+            assert protocol.event_type_of(frame) == event["event_type"]
+            by_room.setdefault(room_id, []).append(seq)
+        for room_id, seqs in by_room.items():
+            assert seqs == list(range(1, len(seqs) + 1)), f"seqs of {room_id}: {seqs}"
+
+
+@pytest.fixture(params=list(BACKENDS))
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    async with BACKENDS[request.param](request) as b:
+        yield b
+
+
+@pytest.fixture
+def store(backend: Backend) -> RoomStore:
+    return backend.store
+
+
+@pytest.fixture
+async def log(backend: Backend) -> AsyncIterator[EventLog]:
+    events = EventLog(backend)
+    yield events
+    await backend.settle()
+    events.check()
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def person(name: str, socket: int = 1, user_id: str | None = None) -> Caller:
+    return Caller(f"sock-{name}-{socket}", f"device-{name}", user_id)
+
+
+HOST = person("host")
+P1, P2, P3 = person("p1"), person("p2"), person("p3")
+SPEC = person("spec")
+
+
+async def hello(store: RoomStore, *callers: Caller, now: int = T0) -> ConnectResult:
+    result = ConnectResult(0, [])
+    for c in callers:
+        result = await store.connect(c, ConnectionInfo(ip="127.0.0.1"), now)
+    return result
+
+
+async def create(
+    store: RoomStore,
+    log: EventLog,
+    room_id: str = ROOM,
+    *,
+    host: Caller = HOST,
+    game_type: str = "trivia",
+    max_players: int = 4,
+    game_data: dict[str, Any] | None = None,
+    password_hash: str | None = None,
+    now: int = T0,
+    connect: bool = True,
+) -> JoinResult:
+    await log.watch(room_id)
+    if connect:
+        await hello(store, host, now=now)
+    new = NewRoom(room_id, game_type, max_players, {} if game_data is None else game_data, password_hash)
+    return await store.create_room(host, new, now)
+
+
+async def join(
+    store: RoomStore, c: Caller, room_id: str = ROOM, role: str = "player", *,
+    since: int | None = None, epoch: str | None = None, now: int = T0,
+) -> JoinResult:
+    return await store.join(c, room_id, role, since, epoch, now)
+
+
+async def refused(code: ErrorCode, action: Awaitable[Any]) -> None:
+    with pytest.raises(GatewayError) as info:
+        await action
+    assert info.value.code is code
+
+
+async def publish(store: RoomStore, c: Caller, event_type: str = "move", payload: dict[str, Any] | None = None,
+                  room_id: str = ROOM, now: int = T0) -> int:
+    return await store.publish(c, room_id, protocol.event_tail(event_type, None, payload, c.sender(), now), now)
+
+
+def participant(result: JoinResult, c: Caller) -> dict[str, Any]:
+    [p] = [p for p in result.participants if p["device_id"] == c.device_id]
+    return p
+
+
+async def room_state(store: RoomStore, log: EventLog, room_id: str = ROOM) -> JoinResult:
+    """The room as a new spectator sees it (a spectator takes no place, so it changes no count)."""
+    watcher = person("watcher")
+    await hello(store, watcher)
+    state = await join(store, watcher, room_id, "spectator")
+    await store.leave(watcher, room_id, T0)
+    return state
+
+
+# ---------------------------------------------------------------- create_room
+
+
+async def test_create_room_makes_the_caller_host(store: RoomStore, log: EventLog) -> None:
+    result = await create(store, log, game_type="quiz", max_players=6, game_data={"round": 1})
+    assert result.role == "host"
+    assert result.seq == 0
+    assert result.recovered is False and result.replay == []
+    assert isinstance(result.epoch, str) and result.epoch
+    assert set(result.room) == ROOM_KEYS
+    assert result.room == {
+        "room_id": ROOM, "game_type": "quiz", "status": "waiting", "max_players": 6, "current_players": 1,
+        "game_data": {"round": 1}, "created_at": T0, "created_by": HOST.device_id, "seq": 0,
+    }
+    assert [(p["device_id"], p["role"], p["status"]) for p in result.participants] == [
+        (HOST.device_id, "host", "active")
+    ]
+    [event] = await log.events()
+    assert event == {
+        "type": "event", "room_id": ROOM, "seq": 1, "event_type": "participant_joined", "action": None,
+        "payload": {"device_id": HOST.device_id, "role": "host"}, "from": HOST.sender(), "ts": T0,
+    }
+
+
+async def test_create_existing_room_is_conflict(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1)
+    await refused(ErrorCode.CONFLICT, store.create_room(P1, NewRoom(ROOM, "other", 2, {}, None), T0 + 1))
+    assert await log.types() == ["participant_joined"]
+    state = await room_state(store, log)
+    assert (state.room["game_type"], state.room["created_by"]) == ("trivia", HOST.device_id)
+
+
+async def test_create_with_too_large_game_data_is_bad_request(store: RoomStore, log: EventLog) -> None:
+    await log.watch(ROOM)
+    big = {"blob": "x" * MAX_GAME_DATA_BYTES}
+    await refused(ErrorCode.BAD_REQUEST, store.create_room(HOST, NewRoom(ROOM, "t", 4, big, None), T0))
+    await refused(ErrorCode.NOT_FOUND, join(store, P1))
+    assert await log.events() == []
+
+
+# ---------------------------------------------------------------- join
+
+
+async def test_join_makes_participant_joined_after_the_returned_head(store: RoomStore, log: EventLog) -> None:
+    created = await create(store, log)
+    await hello(store, P1)
+    result = await join(store, P1, now=T0 + 5)
+    assert result.seq == 1  # the head when the join took effect: its own event comes after
+    assert result.room["seq"] == 1
+    assert result.epoch == created.epoch
+    assert result.role == "player"
+    assert result.room["current_players"] == 2
+    assert participant(result, P1)["role"] == "player"
+    assert participant(result, HOST)["role"] == "host"
+    event = await log.last()
+    assert (event["seq"], event["event_type"], event["ts"]) == (2, "participant_joined", T0 + 5)
+    assert event["payload"] == {"device_id": P1.device_id, "role": "player"}
+    assert event["from"] == P1.sender()
+
+
+async def test_capacity_counts_host_and_players_not_spectators(store: RoomStore, log: EventLog) -> None:
+    await create(store, log, max_players=2)
+    await hello(store, P1, P2, SPEC)
+    assert (await join(store, SPEC, role="spectator")).role == "spectator"
+    full = await join(store, P1)
+    assert full.room["current_players"] == 2
+    before = await log.types()
+    await refused(ErrorCode.ROOM_FULL, join(store, P2))
+    assert await log.types() == before  # a refused join changes nothing
+    # Spectators still get in, and do not count.
+    spec2 = person("spec2")
+    result = await join(store, spec2, role="spectator")
+    assert result.room["current_players"] == 2
+    assert {p["device_id"] for p in result.participants} == {
+        HOST.device_id, P1.device_id, SPEC.device_id, spec2.device_id
+    }
+
+
+async def test_a_place_is_freed_by_leave(store: RoomStore, log: EventLog) -> None:
+    await create(store, log, max_players=2)
+    await hello(store, P1, P2)
+    await join(store, P1)
+    await refused(ErrorCode.ROOM_FULL, join(store, P2))
+    await store.leave(P1, ROOM, T0)
+    assert (await join(store, P2)).room["current_players"] == 2
+
+
+async def test_rejoin_on_the_same_socket_keeps_role_and_emits_nothing(store: RoomStore, log: EventLog) -> None:
+    await create(store, log, max_players=2)
+    await hello(store, P1)
+    await join(store, P1, role="spectator")
+    before = await log.types()
+    again = await join(store, P1, role="player")
+    assert again.role == "spectator"
+    assert participant(again, P1)["role"] == "spectator"
+    assert again.room["current_players"] == 1
+    host_again = await join(store, HOST, role="player")
+    assert host_again.role == "host"
+    assert await log.types() == before
+
+
+async def test_rejoin_from_a_new_socket_takes_no_new_place(store: RoomStore, log: EventLog) -> None:
+    await create(store, log, max_players=2)
+    await hello(store, P1)
+    await join(store, P1)
+    p1_tab2 = person("p1", socket=2)
+    await hello(store, p1_tab2)
+    again = await join(store, p1_tab2, role="spectator")  # the room is full: no new place is needed
+    assert again.role == "player"
+    assert again.room["current_players"] == 2
+    assert len(again.participants) == 2
+    # Never a second participant_joined: the new socket replaces the old one, which the
+    # gateway may not yet know is lost, so it counts as a reconnection.
+    assert await log.types(after=2) == ["participant_reconnected"]
+    assert participant(again, P1)["status"] == "active"
+
+
+async def test_join_closed_room_is_room_closed(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await store.close_room(HOST, ROOM, T0)
+    await hello(store, P1)
+    await refused(ErrorCode.ROOM_CLOSED, join(store, P1))
+    await refused(ErrorCode.ROOM_CLOSED, join(store, HOST))
+
+
+async def test_join_unknown_room_is_not_found(store: RoomStore, log: EventLog) -> None:
+    await hello(store, P1)
+    await refused(ErrorCode.NOT_FOUND, join(store, P1, "no-such-room"))
+
+
+async def test_join_after_leave_is_a_new_join(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1)
+    await join(store, P1, role="spectator")
+    await store.leave(P1, ROOM, T0)
+    result = await join(store, P1, role="player")
+    assert result.role == "player"
+    assert (await log.last())["event_type"] == "participant_joined"
+
+
+async def test_password_hash_is_kept_for_the_gateway(store: RoomStore, log: EventLog) -> None:
+    await create(store, log, password_hash="scrypt$hash")
+    await create(store, log, "open-room")
+    assert await store.password_hash(ROOM) == "scrypt$hash"
+    assert await store.password_hash("open-room") is None
+    assert await store.password_hash("no-such-room") is None
+
+
+# ---------------------------------------------------------------- disconnect and reconnect
+
+
+async def test_disconnect_makes_participant_disconnected_once(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1)
+    await join(store, P1)
+    await store.disconnect(P1, "disconnected", "close", T0 + 10)
+    event = await log.last()
+    assert event["event_type"] == "participant_disconnected"
+    assert event["payload"] == {"device_id": P1.device_id, "role": "player", "reason": "close"}
+    assert event["from"] is None
+    assert event["ts"] == T0 + 10
+    state = await room_state(store, log)
+    assert participant(state, P1)["status"] == "disconnected"
+    assert state.room["current_players"] == 2  # a disconnected participant keeps its place
+    count = len(await log.events())
+    await store.disconnect(P1, "disconnected", "close", T0 + 20)
+    await store.disconnect(P1, "timeout", "timeout", T0 + 30)
+    assert len(await log.events()) == count
+
+
+async def test_timeout_reason_is_carried(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await store.disconnect(HOST, "timeout", "timeout", T0)
+    event = await log.last()
+    assert (event["event_type"], event["payload"]) == (
+        "participant_disconnected", {"device_id": HOST.device_id, "role": "host", "reason": "timeout"}
+    )
+
+
+async def test_disconnect_of_a_replaced_socket_changes_nothing(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1)
+    await join(store, P1)
+    p1_tab2 = person("p1", socket=2)
+    await hello(store, p1_tab2)
+    await join(store, p1_tab2)
+    count = len(await log.events())
+    await store.disconnect(P1, "disconnected", "close", T0)  # the old socket no longer holds the place
+    assert len(await log.events()) == count
+    assert participant(await room_state(store, log), P1)["status"] == "active"
+
+
+async def test_ending_an_ended_socket_again_leaves_the_device_alone(
+    backend: Backend, store: RoomStore, log: EventLog
+) -> None:
+    """Both the gateway and the reaper may end the same socket: the second time must not
+    count as the end of the device's other, still open, socket."""
+    await hello(store, P1)
+    tab2 = person("p1", socket=2)
+    await hello(store, tab2)
+    await store.disconnect(P1, "timeout", "timeout", T0)
+    await store.disconnect(P1, "disconnected", "close", T0 + 1)
+    await backend.expire(T0 + 100 * CONNECTION_TTL_MS)  # tab2 is open: the record is kept
+    assert (await hello(store, person("p1", socket=3))).reconnect_count == 2
+
+
+async def test_disconnect_without_rooms_emits_nothing(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1)
+    await store.disconnect(P1, "disconnected", "close", T0)
+    assert await log.types() == ["participant_joined"]
+
+
+async def test_rejoin_after_disconnect_is_reconnected_with_same_role(store: RoomStore, log: EventLog) -> None:
+    await create(store, log, max_players=2)
+    await hello(store, P1, SPEC)
+    await join(store, P1)
+    await join(store, SPEC, role="spectator")
+    await store.disconnect(P1, "disconnected", "close", T0)
+    await store.disconnect(SPEC, "timeout", "timeout", T0)
+    p1_back, spec_back = person("p1", socket=2), person("spec", socket=2)
+    await hello(store, p1_back, spec_back, P2)
+    await refused(ErrorCode.ROOM_FULL, join(store, P2))  # the disconnected player keeps its place
+    head = (await log.last())["seq"]
+    result = await join(store, p1_back, role="spectator", now=T0 + 99)
+    assert result.seq == head
+    assert result.role == "player"
+    assert participant(result, P1)["status"] == "active"
+    event = await log.last()
+    assert (event["seq"], event["event_type"], event["ts"]) == (head + 1, "participant_reconnected", T0 + 99)
+    assert event["payload"] == {"device_id": P1.device_id, "role": "player"}
+    assert event["from"] == p1_back.sender()
+    assert (await join(store, spec_back, role="player")).role == "spectator"
+    assert (await log.last())["payload"] == {"device_id": SPEC.device_id, "role": "spectator"}
+
+
+# ---------------------------------------------------------------- leave
+
+
+async def test_leave_makes_participant_left(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1)
+    await join(store, P1)
+    await store.leave(P1, ROOM, T0 + 3)
+    event = await log.last()
+    assert event["event_type"] == "participant_left"
+    assert event["payload"] == {"device_id": P1.device_id, "role": "player", "reason": "leave"}
+    assert event["from"] == P1.sender()
+    state = await room_state(store, log)
+    assert P1.device_id not in {p["device_id"] for p in state.participants}
+    assert state.room["current_players"] == 1
+
+
+async def test_leave_when_not_a_member(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1)
+    await refused(ErrorCode.NOT_MEMBER, store.leave(P1, ROOM, T0))
+    await join(store, P1)
+    await store.leave(P1, ROOM, T0)
+    count = len(await log.events())
+    await refused(ErrorCode.NOT_MEMBER, store.leave(P1, ROOM, T0))
+    assert len(await log.events()) == count
+    await refused(ErrorCode.NOT_FOUND, store.leave(P1, "no-such-room", T0))
+
+
+# ---------------------------------------------------------------- publish
+
+
+async def test_publish_assigns_gap_free_seqs(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1, P2)
+    await join(store, P1)
+    seqs = [await publish(store, P1, "move", {"n": n}) for n in range(3)]
+    await join(store, P2)
+    seqs += [await publish(store, P2, "answer", {"a": "b"}), await publish(store, HOST, "tick")]
+    assert seqs == [3, 4, 5, 7, 8]
+    events = await log.events()
+    assert [e["seq"] for e in events] == list(range(1, 9))
+    assert [e["event_type"] for e in events[2:5]] == ["move"] * 3
+    assert [e["payload"] for e in events[2:5]] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert events[6]["from"] == P2.sender()
+
+
+async def test_publish_frame_is_tail_with_room_and_seq(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    tail = protocol.event_tail("chat", "say", {"text": "hi"}, HOST.sender(), T0 + 1)
+    seq = await store.publish(HOST, ROOM, tail, T0 + 1)
+    assert (await log.frames(ROOM))[-1] == protocol.event_frame(ROOM, seq, tail)
+
+
+async def test_publish_needs_membership(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1)
+    await refused(ErrorCode.NOT_MEMBER, publish(store, P1))
+    await join(store, P1)
+    await store.leave(P1, ROOM, T0)
+    await refused(ErrorCode.NOT_MEMBER, publish(store, P1))
+    await refused(ErrorCode.NOT_FOUND, publish(store, P1, room_id="no-such-room"))
+    assert "move" not in await log.types()
+
+
+# ---------------------------------------------------------------- update_room
+
+
+async def test_update_room_applies_merge_patch_and_makes_state_change(store: RoomStore, log: EventLog) -> None:
+    await create(store, log, game_data={"round": 1, "scores": {"a": 1, "b": 2}})
+    patch = {"round": 2, "scores": {"a": None, "c": 3}}
+    seq = await store.update_room(HOST, ROOM, "in_progress", patch, T0 + 7)
+    event = await log.last()
+    assert event["seq"] == seq == 2
+    assert event["event_type"] == "state_change"
+    assert event["payload"] == {"status": "in_progress", "patch": patch}
+    assert event["from"] == HOST.sender()
+    state = await room_state(store, log)
+    assert state.room["game_data"] == {"round": 2, "scores": {"b": 2, "c": 3}}
+    assert state.room["status"] == "in_progress"
+
+
+@pytest.mark.parametrize(
+    ("status", "patch", "payload"),
+    [("completed", None, {"status": "completed"}), (None, {"x": 1}, {"patch": {"x": 1}})],
+)
+async def test_update_room_payload_has_only_what_changed(
+    store: RoomStore, log: EventLog, status: str | None, patch: dict[str, Any] | None, payload: dict[str, Any]
+) -> None:
+    await create(store, log)
+    await store.update_room(HOST, ROOM, status, patch, T0)
+    assert (await log.last())["payload"] == payload
+
+
+async def test_update_room_is_host_only(store: RoomStore, log: EventLog) -> None:
+    await create(store, log, game_data={"k": 1})
+    await hello(store, P1, P2)
+    await join(store, P1)
+    before = await log.types()
+    await refused(ErrorCode.FORBIDDEN, store.update_room(P1, ROOM, "in_progress", {"k": 2}, T0))
+    await refused(ErrorCode.NOT_MEMBER, store.update_room(P2, ROOM, "in_progress", {"k": 2}, T0))
+    await refused(ErrorCode.NOT_FOUND, store.update_room(HOST, "no-such-room", "active", None, T0))
+    assert await log.types() == before
+    state = await room_state(store, log)
+    assert (state.room["status"], state.room["game_data"]) == ("waiting", {"k": 1})
+
+
+async def test_game_data_size_limit_applies_after_a_patch(store: RoomStore, log: EventLog) -> None:
+    await create(store, log, game_data={"keep": "me"})
+    before = await log.types()
+    too_big = {"blob": "x" * MAX_GAME_DATA_BYTES}
+    await refused(ErrorCode.BAD_REQUEST, store.update_room(HOST, ROOM, "in_progress", too_big, T0))
+    assert await log.types() == before
+    state = await room_state(store, log)
+    assert (state.room["status"], state.room["game_data"]) == ("waiting", {"keep": "me"})
+    # Just under the limit is fine, and a patch that removes data always fits.
+    fits = {"blob": "x" * (MAX_GAME_DATA_BYTES - 40)}
+    await store.update_room(HOST, ROOM, None, fits, T0)
+    await store.update_room(HOST, ROOM, None, {"blob": None}, T0)
+    assert (await room_state(store, log)).room["game_data"] == {"keep": "me"}
+
+
+async def test_update_room_checks_room_and_caller_before_size(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1, P2)
+    await join(store, P1)
+    too_big = {"blob": "x" * MAX_GAME_DATA_BYTES}
+    await refused(ErrorCode.FORBIDDEN, store.update_room(P1, ROOM, None, too_big, T0))
+    await refused(ErrorCode.NOT_MEMBER, store.update_room(P2, ROOM, None, too_big, T0))
+    await refused(ErrorCode.NOT_FOUND, store.update_room(HOST, "no-such-room", None, too_big, T0))
+    await store.close_room(HOST, ROOM, T0)
+    await refused(ErrorCode.ROOM_CLOSED, store.update_room(HOST, ROOM, None, too_big, T0))
+
+
+# ---------------------------------------------------------------- close_room
+
+
+async def test_close_room_is_the_last_event(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1, SPEC)
+    await join(store, P1)
+    await join(store, SPEC, role="spectator")
+    seq = await store.close_room(HOST, ROOM, T0 + 50)
+    event = await log.last()
+    assert (event["seq"], event["event_type"], event["payload"], event["from"]) == (
+        seq, "room_closed", None, HOST.sender()
+    )
+    await refused(ErrorCode.ROOM_CLOSED, publish(store, HOST))
+    await refused(ErrorCode.ROOM_CLOSED, publish(store, P1))
+    await refused(ErrorCode.ROOM_CLOSED, store.update_room(HOST, ROOM, "active", None, T0))
+    await refused(ErrorCode.ROOM_CLOSED, store.close_room(HOST, ROOM, T0))
+    await store.disconnect(P1, "disconnected", "close", T0 + 60)
+    assert (await log.last())["seq"] == seq  # nothing follows room_closed
+
+
+async def test_close_room_removes_members(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1)
+    await join(store, P1)
+    await store.close_room(HOST, ROOM, T0)
+    await refused(ErrorCode.NOT_MEMBER, store.leave(P1, ROOM, T0))
+    assert (await hello(store, person("p1", socket=2))).rooms == []
+    assert (await hello(store, person("host", socket=2))).rooms == []
+
+
+async def test_close_room_is_host_only(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1, P2)
+    await join(store, P1)
+    await refused(ErrorCode.FORBIDDEN, store.close_room(P1, ROOM, T0))
+    await refused(ErrorCode.NOT_MEMBER, store.close_room(P2, ROOM, T0))
+    await refused(ErrorCode.NOT_FOUND, store.close_room(HOST, "no-such-room", T0))
+    assert "room_closed" not in await log.types()
+    await publish(store, P1)
+
+
+# ---------------------------------------------------------------- list_rooms
+
+
+async def test_list_rooms(store: RoomStore, log: EventLog) -> None:
+    await create(store, log, "r-old", game_type="quiz", now=T0)
+    await create(store, log, "r-secret", game_type="quiz", password_hash="scrypt$x", now=T0 + 1)
+    await create(store, log, "r-puzzle", game_type="puzzle", now=T0 + 2)
+    await create(store, log, "r-closed", game_type="quiz", now=T0 + 3)
+    await create(store, log, "r-new", game_type="quiz", now=T0 + 4)
+    await store.close_room(HOST, "r-closed", T0 + 5)
+    await store.update_room(HOST, "r-new", "in_progress", None, T0 + 6)
+
+    def ids(rooms: list[dict[str, Any]]) -> list[str]:
+        return [r["room_id"] for r in rooms]
+
+    listed = await store.list_rooms(None, None, 50)
+    assert ids(listed) == ["r-new", "r-puzzle", "r-old"]  # newest first; no password or closed rooms
+    for room in listed:
+        assert set(room) == ROOM_KEYS
+    assert "scrypt$x" not in orjson.dumps(listed).decode()
+    assert ids(await store.list_rooms("quiz", None, 50)) == ["r-new", "r-old"]
+    assert ids(await store.list_rooms(None, "waiting", 50)) == ["r-puzzle", "r-old"]
+    assert ids(await store.list_rooms(None, "in_progress", 50)) == ["r-new"]
+    assert ids(await store.list_rooms(None, "closed", 50)) == ["r-closed"]
+    assert ids(await store.list_rooms("puzzle", "closed", 50)) == []
+    assert ids(await store.list_rooms("chess", None, 50)) == []
+    assert ids(await store.list_rooms(None, None, 2)) == ["r-new", "r-puzzle"]
+    assert ids(await store.list_rooms(None, None, 1)) == ["r-new"]
+
+
+async def test_closing_a_room_keeps_its_place_in_the_list(store: RoomStore, log: EventLog) -> None:
+    await create(store, log, "r-a", now=T0)
+    await create(store, log, "r-b", now=T0 + 1)
+    await store.close_room(HOST, "r-b", T0 + 2)
+    await store.close_room(HOST, "r-a", T0 + 3)
+    listed = await store.list_rooms(None, "closed", 50)
+    assert [r["room_id"] for r in listed] == ["r-b", "r-a"]  # newest created first, not last closed
+
+
+async def test_list_rooms_reports_current_players(store: RoomStore, log: EventLog) -> None:
+    await create(store, log, max_players=5)
+    await hello(store, P1, SPEC)
+    await join(store, P1)
+    await join(store, SPEC, role="spectator")
+    [room] = await store.list_rooms(None, None, 50)
+    assert (room["current_players"], room["max_players"]) == (2, 5)
+    assert room["seq"] == 3
+
+
+# ---------------------------------------------------------------- replay (join with since)
+
+
+async def _room_with_events(store: RoomStore, log: EventLog, count: int) -> JoinResult:
+    """A room with the host, P1 (joined) and client events up to seq `count`."""
+    created = await create(store, log)
+    await hello(store, P1)
+    await join(store, P1)
+    while (await log.last())["seq"] < count:
+        await publish(store, HOST)
+    return created
+
+
+async def test_replay_returns_exactly_the_missed_frames(store: RoomStore, log: EventLog) -> None:
+    created = await _room_with_events(store, log, 6)
+    await store.disconnect(P1, "disconnected", "close", T0)  # seq 7
+    await publish(store, HOST, "after", {"n": 8})  # seq 8
+    back = person("p1", socket=2)
+    await hello(store, back)
+    result = await join(store, back, since=5, epoch=created.epoch)
+    assert result.seq == 8
+    assert result.recovered is True
+    frames = await log.frames(ROOM)
+    assert result.replay == frames[5:8]  # seqs 6, 7, 8
+    assert [protocol.event_seq_of(f) for f in result.replay] == [6, 7, 8]
+    assert (await log.last())["event_type"] == "participant_reconnected"  # seq 9: live, not replayed
+
+
+async def test_replay_to_a_new_joiner(store: RoomStore, log: EventLog) -> None:
+    created = await _room_with_events(store, log, 4)
+    await hello(store, P2)
+    result = await join(store, P2, since=0, epoch=created.epoch)
+    assert (result.recovered, result.seq) == (True, 4)
+    assert result.replay == (await log.frames(ROOM))[:4]
+
+
+async def test_since_equal_to_head_is_recovered_with_nothing(store: RoomStore, log: EventLog) -> None:
+    created = await _room_with_events(store, log, 5)
+    await hello(store, P2)
+    result = await join(store, P2, since=5, epoch=created.epoch)
+    assert (result.recovered, result.replay, result.seq) == (True, [], 5)
+
+
+async def test_since_without_epoch_is_replayed(store: RoomStore, log: EventLog) -> None:
+    await _room_with_events(store, log, 5)
+    await hello(store, P2)
+    result = await join(store, P2, since=3)
+    assert result.recovered is True
+    assert [protocol.event_seq_of(f) for f in result.replay] == [4, 5]
+
+
+async def test_without_since_nothing_is_recovered(store: RoomStore, log: EventLog) -> None:
+    await _room_with_events(store, log, 5)
+    await hello(store, P2)
+    result = await join(store, P2)
+    assert (result.recovered, result.replay) == (False, [])
+
+
+@pytest.mark.parametrize(
+    ("since", "recovered"),
+    [
+        (0, False),
+        (5, False),
+        (24 - HISTORY - 1, False),  # one event more than history keeps
+        (24 - HISTORY, True),  # exactly what history keeps
+        (20, True),
+    ],
+)
+async def test_since_older_than_history_is_not_recovered(
+    backend: Backend, store: RoomStore, log: EventLog, since: int, recovered: bool
+) -> None:
+    created = await _room_with_events(store, log, 24)
+    await hello(store, P2)
+    result = await join(store, P2, since=since, epoch=created.epoch)
+    if result.recovered:  # never silently incomplete: everything after `since`, in order
+        assert result.replay == (await log.frames(ROOM))[since:24]
+    else:
+        assert result.replay == []
+    if backend.exact_history or recovered:
+        assert result.recovered is recovered
+
+
+@pytest.mark.parametrize("since", [3, 5])
+async def test_wrong_epoch_is_not_recovered(store: RoomStore, log: EventLog, since: int) -> None:
+    created = await _room_with_events(store, log, 5)
+    await hello(store, P2)
+    result = await join(store, P2, since=since, epoch=created.epoch + "-old")
+    assert (result.recovered, result.replay) == (False, [])
+    assert result.epoch == created.epoch
+
+
+async def test_since_beyond_head_is_not_recovered(store: RoomStore, log: EventLog) -> None:
+    created = await _room_with_events(store, log, 5)
+    await hello(store, P2)
+    result = await join(store, P2, since=6, epoch=created.epoch)
+    assert (result.recovered, result.replay, result.seq) == (False, [], 5)
+
+
+# ---------------------------------------------------------------- connect
+
+
+async def test_reconnect_count_counts_earlier_connections(store: RoomStore, log: EventLog) -> None:
+    counts = []
+    for n in range(1, 5):
+        sock = person("p1", socket=n)
+        counts.append((await store.connect(sock, ConnectionInfo(), T0 + n)).reconnect_count)
+        if n % 2:
+            await store.disconnect(sock, "disconnected", "close", T0 + n)
+    assert counts == [0, 1, 2, 3]
+    assert (await store.connect(P2, ConnectionInfo(), T0)).reconnect_count == 0
+
+
+async def test_connect_lists_rooms_the_device_is_still_in(store: RoomStore, log: EventLog) -> None:
+    await create(store, log, "room-a")
+    await create(store, log, "room-b", host=P2)
+    await create(store, log, "room-c", host=P3)
+    await hello(store, P1)
+    await join(store, P1, "room-b", "spectator")
+    await join(store, P1, "room-c")
+    await store.leave(P1, "room-c", T0)
+    await create(store, log, "room-d", host=P1, connect=False)
+    await store.disconnect(P1, "disconnected", "close", T0 + 1)
+    result = await hello(store, person("p1", socket=2), now=T0 + 2)
+    assert result.reconnect_count == 1
+    assert sorted(result.rooms, key=lambda r: r.room_id) == [
+        DeviceRoom("room-b", "spectator", (await log.last("room-b"))["seq"]),
+        DeviceRoom("room-d", "host", (await log.last("room-d"))["seq"]),
+    ]
+    assert DeviceRoom("room-b", "spectator", 3).wire() == {"room_id": "room-b", "role": "spectator", "seq": 3}
+
+
+# ---------------------------------------------------------------- upkeep: pruning and expiry
+
+
+async def test_disconnected_participant_is_pruned(backend: Backend, store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1, P2)
+    await join(store, P1, role="spectator")
+    await join(store, P2)
+    await store.disconnect(P1, "disconnected", "close", T0 + 1000)
+    await backend.prune(T0 + 1000 + PRUNE_MS - 1)
+    assert (await log.last())["event_type"] == "participant_disconnected"
+    await backend.prune(T0 + 1000 + PRUNE_MS)
+    event = await log.last()
+    assert event["event_type"] == "participant_left"
+    assert event["payload"] == {"device_id": P1.device_id, "role": "spectator", "reason": "pruned"}
+    assert event["from"] is None
+    assert event["ts"] == T0 + 1000 + PRUNE_MS
+    count = len(await log.events())
+    await backend.prune(T0 + 10 * PRUNE_MS)  # active participants are never pruned; nothing twice
+    assert len(await log.events()) == count
+    back = person("p1", socket=2)
+    assert (await hello(store, back, now=T0 + 10 * PRUNE_MS)).rooms == []
+    assert (await join(store, back)).role == "player"
+    assert (await log.last())["event_type"] == "participant_joined"
+
+
+async def test_reconnected_participant_is_not_pruned(backend: Backend, store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1)
+    await join(store, P1)
+    await store.disconnect(P1, "disconnected", "close", T0)
+    back = person("p1", socket=2)
+    await hello(store, back)
+    await join(store, back, now=T0 + 1)
+    await backend.prune(T0 + 2 * PRUNE_MS)
+    assert (await log.last())["event_type"] == "participant_reconnected"
+
+
+async def test_closed_room_is_removed_after_room_ttl(backend: Backend, store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1)
+    await store.close_room(HOST, ROOM, T0 + 10)
+    await backend.expire(T0 + 10 + ROOM_TTL_MS - 1)
+    await refused(ErrorCode.ROOM_CLOSED, join(store, P1))
+    assert [r["room_id"] for r in await store.list_rooms(None, "closed", 50)] == [ROOM]
+    await backend.expire(T0 + 10 + ROOM_TTL_MS)
+    await refused(ErrorCode.NOT_FOUND, join(store, P1))
+    assert await store.list_rooms(None, "closed", 50) == []
+
+
+async def test_open_room_does_not_expire(backend: Backend, store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await backend.expire(T0 + 100 * ROOM_TTL_MS)
+    assert [r["room_id"] for r in await store.list_rooms(None, None, 50)] == [ROOM]
+
+
+async def test_device_records_expire(backend: Backend, store: RoomStore, log: EventLog) -> None:
+    await hello(store, P1, now=T0)
+    await store.disconnect(P1, "disconnected", "close", T0)
+    await backend.expire(T0 + CONNECTION_TTL_MS - 1)
+    second = person("p1", socket=2)
+    assert (await hello(store, second, now=T0 + CONNECTION_TTL_MS - 1)).reconnect_count == 1
+    await store.disconnect(second, "disconnected", "close", T0 + CONNECTION_TTL_MS)
+    await backend.expire(T0 + 2 * CONNECTION_TTL_MS)
+    assert (await hello(store, person("p1", socket=3), now=T0 + 2 * CONNECTION_TTL_MS)).reconnect_count == 0
+
+
+async def test_device_with_an_open_socket_does_not_expire(backend: Backend, store: RoomStore, log: EventLog) -> None:
+    await hello(store, P1, now=T0)
+    await backend.expire(T0 + 100 * CONNECTION_TTL_MS)
+    assert (await hello(store, person("p1", socket=2))).reconnect_count == 1
+
+
+async def test_device_still_in_a_room_keeps_its_record(backend: Backend, store: RoomStore, log: EventLog) -> None:
+    """A disconnected participant not yet pruned can still resume: welcome lists its room."""
+    await create(store, log)
+    await hello(store, P1)
+    await join(store, P1)
+    await store.disconnect(P1, "disconnected", "close", T0)
+    await backend.expire(T0 + CONNECTION_TTL_MS)  # CONNECTION_TTL_MS < PRUNE_MS
+    result = await hello(store, person("p1", socket=2), now=T0 + CONNECTION_TTL_MS)
+    assert [(r.room_id, r.role) for r in result.rooms] == [(ROOM, "player")]
