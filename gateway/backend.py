@@ -19,7 +19,7 @@ from roomcast.errors import CloseCode, ErrorCode, GatewayError
 from roomcast.flusher import Flusher, FlusherMetrics
 from roomcast.history import PostgresWriter
 from roomcast.history_memory import MemoryHistorySource
-from roomcast.history_read import HistoryReader
+from roomcast.history_read import HistoryReader, StoredRoom, stored_room
 from roomcast.jobs import delete_old_connections, update_heartbeats
 from roomcast.migrate import migrate
 from roomcast.presence_memory import MemoryPresence
@@ -241,8 +241,13 @@ class RedisLink:
         self.pool: asyncpg.Pool | None = None
         if self.settings.database_url is not None:
             # Only for replaying old ranges; the coordinator writes history.
-            self.pool = await asyncpg.create_pool(self.settings.database_url, min_size=0, max_size=4)
-            self.node.history = HistoryReader(self.pool).events
+            pool = self.pool = await asyncpg.create_pool(self.settings.database_url, min_size=0, max_size=4)
+            self.node.history = HistoryReader(pool).events
+
+            async def lookup(room_id: str) -> StoredRoom | None:
+                return await stored_room(pool, room_id)
+
+            self.store.stored_room = lookup
         self._tasks.append(loop.create_task(self.bus.run()))
         self._tasks.append(loop.create_task(self._heartbeat()))
         # Wait briefly for Redis so a healthy cluster is ready at once; if Redis is down

@@ -30,7 +30,7 @@ GapSource = Callable[[str, int, int | None], Awaitable[list[tuple[int, bytes]]]]
 
 
 class LocalRoom:
-    __slots__ = ("held", "last_seq", "members", "pending", "ready")
+    __slots__ = ("epoch", "held", "last_seq", "members", "pending", "ready")
 
     def __init__(self) -> None:
         self.members: dict[Session, None] = {}  # insertion-ordered set
@@ -38,6 +38,7 @@ class LocalRoom:
         self.last_seq = 0
         self.ready = asyncio.Event()  # set once the bus subscription is confirmed
         self.held: list[tuple[int, bytes]] | None = None  # events waiting for a gap repair
+        self.epoch: str | None = None  # the room's epoch when our members joined
 
 
 class Hub:
@@ -82,11 +83,14 @@ class Hub:
             local.pending.pop(session, None)
             raise GatewayError(ErrorCode.UNAVAILABLE, "room subscription failed; retry")
 
-    def finish_join(self, room_id: str, session: Session, head: int, replay: list[bytes]) -> None:
+    def finish_join(self, room_id: str, session: Session, head: int, replay: list[bytes],
+                    epoch: str | None = None) -> None:
         """The join took effect at `head`: send `replay`, then buffered events after head."""
         local = self.rooms.get(room_id)
         if local is None:
             return
+        if epoch is not None:
+            local.epoch = epoch
         buffered = local.pending.pop(session, None)
         for frame in replay:
             session.send(frame)

@@ -126,16 +126,19 @@ class Node:
         if caller is None:
             return
         self.presence.remove(caller.socket_id)
-        left = self.device_sockets.get(caller.device_id, 1) - 1
-        if left:
-            self.device_sockets[caller.device_id] = left
-        else:
-            self.device_sockets.pop(caller.device_id, None)
+        self._release_device(caller.device_id)
         reason = "timeout" if session.close_status == "timeout" else "close"
         try:
             await self.store.disconnect(caller, session.close_status, reason, now_ms())
         except GatewayError as exc:
             log.warning("could not record disconnect of %s: %s", caller.socket_id, exc.message)
+
+    def _release_device(self, device_id: str) -> None:
+        left = self.device_sockets.get(device_id, 1) - 1
+        if left > 0:
+            self.device_sockets[device_id] = left
+        else:
+            self.device_sockets.pop(device_id, None)
 
     async def handle(self, session: Session, data: str | bytes) -> None:
         """One client frame. Never raises for bad input: it answers with an error."""
@@ -199,13 +202,20 @@ class Node:
             return
         caller = Caller(session.socket_id, device_id, user_id)
         info = ConnectionInfo(session.ip, session.user_agent, msg.fingerprint, msg.metadata)
-        result = await self.store.connect(caller, info, now_ms())
+        # Take the device's slot before awaiting the store, so two hellos racing on this
+        # replica cannot both pass the per-device limit.
+        self.device_sockets[device_id] = self.device_sockets.get(device_id, 0) + 1
+        try:
+            result = await self.store.connect(caller, info, now_ms())
+        except BaseException:
+            self._release_device(device_id)
+            raise
         if session.closing:
+            self._release_device(device_id)
             await self.store.disconnect(caller, "disconnected", "close", now_ms())
             return
         session.caller = caller
         session.device_id = device_id
-        self.device_sockets[device_id] = self.device_sockets.get(device_id, 0) + 1
         self.presence.touch(session.socket_id, now_ms())
         self.reply(session, "welcome", {
             "type": "welcome",
@@ -259,7 +269,7 @@ class Node:
                 raise
             session.rooms[room_id] = result.role
             self.reply(session, "room_created", {"type": "room_created", "re": msg.id, "room": result.room})
-            self.hub.finish_join(room_id, session, result.seq, [])
+            self.hub.finish_join(room_id, session, result.seq, [], result.epoch)
             return
 
     async def _join(self, session: Session, msg: p.Join) -> None:
@@ -296,7 +306,7 @@ class Node:
             "role": result.role,
             "recovered": result.recovered,
         })
-        self.hub.finish_join(room_id, session, result.seq, result.replay)
+        self.hub.finish_join(room_id, session, result.seq, result.replay, result.epoch)
 
     async def _replay_from_history(self, room_id: str, since: int, head: int) -> list[bytes] | None:
         """Events (since, head]: what the store still keeps, and the older part from
@@ -412,13 +422,21 @@ class Node:
                 await self.store.restore(caller, now_ms())
                 for room_id, role in list(session.rooms.items()):
                     try:
-                        await self.store.join(caller, room_id, role, None, None, now_ms())
+                        result = await self.store.join(caller, room_id, role, None, None, now_ms())
                     except GatewayError as exc:
                         if exc.code is ErrorCode.UNAVAILABLE:
                             raise
                         log.info("room %s is gone after the outage (%s); closing %s with 1012",
                                  room_id, exc.code.value, caller.socket_id)
                         session.close(CloseCode.SERVICE_RESTART, "room state lost; reconnect and resume")
+                        break
+                    local = self.hub.rooms.get(room_id)
+                    if local is not None and local.epoch is not None and result.epoch != local.epoch:
+                        # Restored from history under a new epoch: seqs may repeat, so the
+                        # client must rejoin and reload (it gets `recovered: false`).
+                        log.info("room %s came back under a new epoch; closing %s with 1012",
+                                 room_id, caller.socket_id)
+                        session.close(CloseCode.SERVICE_RESTART, "room restored under a new epoch; rejoin")
                         break
                 restored += 1
             except GatewayError as exc:

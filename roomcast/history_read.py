@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -38,3 +39,49 @@ class HistoryReader:
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(SQL_RANGE, room_id, after, upto)
         return [(int(r["sequence_number"]), frame_of(room_id, r)) for r in rows]
+
+
+SQL_ROOM = """
+SELECT r.room_id, r.game_type, r.status::text AS status, r.max_players, r.game_data::text AS game_data,
+       (extract(epoch FROM r.created_at) * 1000)::bigint AS created_ms, r.created_by,
+       GREATEST(COALESCE((SELECT last_seq FROM roomcast_flush_state f WHERE f.room_id = r.room_id), 0),
+                COALESCE((SELECT max(sequence_number) FROM game_events e WHERE e.room_id = r.room_id), 0)) AS last_seq
+  FROM game_rooms r WHERE r.room_id = $1
+"""
+SQL_MEMBERS = """
+SELECT DISTINCT ON (device_id) device_id, user_id, role, status::text AS status,
+       (extract(epoch FROM joined_at) * 1000)::bigint AS joined_ms
+  FROM room_participants WHERE room_id = $1 ORDER BY device_id, joined_at DESC
+"""
+
+
+@dataclass
+class StoredRoom:
+    """What Postgres knows of a room, enough to rebuild it in Redis."""
+
+    room_id: str
+    game_type: str
+    status: str
+    max_players: int
+    game_data: str
+    created_ms: int
+    created_by: str
+    last_seq: int
+    host_device: str
+    members: list[tuple[str, str | None, str, int]]  # (device, user, role, joined_ms), not left
+
+
+async def stored_room(pool: asyncpg.Pool, room_id: str) -> StoredRoom | None:
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(SQL_ROOM, room_id)
+        if row is None:
+            return None
+        members = await conn.fetch(SQL_MEMBERS, room_id)
+    host = next((m["device_id"] for m in members if m["role"] == "host"), "")
+    return StoredRoom(
+        room_id=row["room_id"], game_type=row["game_type"], status=row["status"], max_players=row["max_players"],
+        game_data=row["game_data"], created_ms=int(row["created_ms"]), created_by=str(row["created_by"] or ""),
+        last_seq=int(row["last_seq"]), host_device=host,
+        members=[(m["device_id"], None if m["user_id"] is None else str(m["user_id"]), m["role"], int(m["joined_ms"]))
+                 for m in members if m["status"] != "left"],
+    )

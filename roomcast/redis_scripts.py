@@ -240,3 +240,18 @@ if ttl ~= '0' then
 end
 return {'ok', seq, devices}
 """
+
+# Rebuild a room Redis lost from its history in Postgres: seq continues after the last
+# persisted event, under a new epoch; every participant comes back `disconnected`.
+# ARGV: room_id game_type status max_players game_data created_at created_by creator_user
+#       seq epoch now players, then (device, member value) pairs
+RESTORE = r"""
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'ok', 0} end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('HSET', KEYS[1], 'room_id', ARGV[1], 'game_type', ARGV[2], 'status', ARGV[3],
+  'max_players', ARGV[4], 'game_data', ARGV[5], 'created_at', ARGV[6], 'created_by', ARGV[7],
+  'creator_user', ARGV[8], 'password_hash', '', 'epoch', ARGV[10], 'seq', ARGV[9], 'players', ARGV[12],
+  'gd_ver', 0, 'updated_at', ARGV[11], 'restored_at', ARGV[11])
+for i = 13, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+return {'ok', 1}
+"""

@@ -9,20 +9,26 @@ readers skip.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import orjson
 from redis.exceptions import ResponseError
 
 from . import keys, merge_patch
 from . import redis_scripts as lua
 from .errors import ErrorCode, GatewayError
+from .history import device_uuid
+from .history_read import StoredRoom
 from .protocol import event_tail
 from .redis_batch import Batcher, cmd
 from .room import ACTIVE, LEFT, new_epoch
 from .store import Caller, ConnectionInfo, ConnectResult, DeviceRoom, JoinResult, NewRoom, fail
 
 LIFECYCLE = keys.LIFECYCLE
+log = logging.getLogger("roomcast.store")
 _ERRORS = {c.value: c for c in ErrorCode}
 
 
@@ -109,6 +115,9 @@ class RedisStore:
         self.s_close = batcher.register(lua.CLOSE)
         self.s_disconnect = batcher.register(lua.DISCONNECT)
         self.s_close_idle = batcher.register(lua.CLOSE_IDLE)
+        self.s_restore = batcher.register(lua.RESTORE)
+        # Looks a room up in Postgres (history mode): restore on join, conflict on create.
+        self.stored_room: Callable[[str], Awaitable[StoredRoom | None]] | None = None
 
     @staticmethod
     def room_keys(room_id: str) -> list[str]:
@@ -215,6 +224,9 @@ class RedisStore:
         )
 
     async def create_room(self, caller: Caller, room: NewRoom, now_ms: int) -> JoinResult:
+        if self.stored_room is not None and await self._lookup(room.room_id) is not None:
+            # History has this id: reusing it would reuse its sequence numbers.
+            raise fail(ErrorCode.CONFLICT, f"room {room.room_id!r} already exists (in history)")
         data = orjson.dumps(room.game_data)
         self._check_game_data(data)
         sender = orjson.dumps(caller.sender())
@@ -229,11 +241,57 @@ class RedisStore:
         await b.call(lambda p: p.zadd(keys.ROOM_INDEX, {room.room_id: now_ms}))
         return self._join_result(reply)
 
+    async def _lookup(self, room_id: str) -> StoredRoom | None:
+        assert self.stored_room is not None
+        try:
+            return await self.stored_room(room_id)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise fail(ErrorCode.UNAVAILABLE, "room history unavailable; retry") from exc
+
+    async def _restore(self, room_id: str, now_ms: int) -> bool:
+        """Rebuild a room Redis lost from Postgres history (history mode). True if there
+        is now a room to join; it keeps its seq, under a new epoch."""
+        if self.stored_room is None:
+            return False
+        stored = await self._lookup(room_id)
+        if stored is None:
+            return False
+        if stored.status == "closed":
+            raise fail(ErrorCode.ROOM_CLOSED, f"room {room_id!r} is closed")
+        members: list[Any] = []
+        players = 0
+        for device, user, role, joined in stored.members:
+            members += [device, f"{role}|disconnected||{user or ''}|{joined}"]
+            if role != "spectator":
+                players += 1
+        anonymous = not stored.host_device or stored.created_by == str(device_uuid(stored.host_device))
+        creator_user = "" if anonymous else stored.created_by
+        reply = _check(await self.b.eval(self.s_restore, self.room_keys(room_id), [
+            room_id, stored.game_type, stored.status, stored.max_players, stored.game_data, stored.created_ms,
+            stored.host_device, creator_user, stored.last_seq, new_epoch(), now_ms, players, *members]))
+        if int(reply[1]):
+            log.warning("room %s restored from history at seq %d (%s)", room_id, stored.last_seq, stored.status)
+            await self.b.call(cmd("zadd", keys.ROOM_INDEX, {room_id: stored.created_ms}, nx=True))
+            for device, *_ in stored.members:
+                self.b.call(cmd("sadd", keys.device_rooms(device), room_id))
+                self.b.call(cmd("zadd", keys.DISCONNECTED, {f"{room_id}|{device}": now_ms}, nx=True))
+        return True
+
     async def password_hash(self, room_id: str) -> str | None:
         value = await self.b.call(lambda p: p.hget(keys.room(room_id), "password_hash"))
         return _s(value) if value else None
 
     async def join(
+        self, caller: Caller, room_id: str, role: str, since: int | None, epoch: str | None, now_ms: int
+    ) -> JoinResult:
+        try:
+            return await self._join(caller, room_id, role, since, epoch, now_ms)
+        except GatewayError as exc:
+            if exc.code is not ErrorCode.NOT_FOUND or not await self._restore(room_id, now_ms):
+                raise
+        return await self._join(caller, room_id, role, since, epoch, now_ms)
+
+    async def _join(
         self, caller: Caller, room_id: str, role: str, since: int | None, epoch: str | None, now_ms: int
     ) -> JoinResult:
         sender = orjson.dumps(caller.sender())

@@ -532,3 +532,82 @@ class StallProxy:
 
         self._loop.call_soon_threadsafe(shutdown)
         self._thread.join(5)
+
+
+# ---------------------------------------------------------------- postgres
+
+
+def _pg_bin(name: str) -> str:
+    import glob
+    import shutil
+
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(p.split("/")[4]))
+    if found:
+        return found[-1]
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"{name} not found: install Debian's postgresql package")
+    return path
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    """initdb and postgres refuse to run as root: run them as the `postgres` user then."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@dataclass
+class PostgresServer:
+    """A throwaway Postgres cluster (initdb) on a free 127.0.0.1 port, trust auth.
+    `stop()`/`start()` keep the data, for outage tests; `destroy()` removes it."""
+
+    port: int = 0
+    datadir: Path | None = None
+
+    def dsn(self, db: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
+
+    def init(self) -> PostgresServer:
+        import tempfile
+
+        self.port = self.port or free_port()
+        base = Path(tempfile.mkdtemp(prefix="roomcast-pg-"))
+        self.datadir = base / "data"
+        if os.geteuid() == 0:
+            import shutil
+
+            shutil.chown(base, "postgres", "postgres")
+        subprocess.run(_as_postgres([_pg_bin("initdb"), "-D", str(self.datadir), "-A", "trust", "-U", "postgres",
+                                     "--no-sync", "-E", "UTF8", "--locale", "C"]),
+                       check=True, capture_output=True, timeout=120)
+        return self.start()
+
+    def start(self) -> PostgresServer:
+        assert self.datadir is not None
+        opts = f"-p {self.port} -k {self.datadir} -c listen_addresses=127.0.0.1 -c fsync=off " \
+               "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
+        subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(self.datadir), "-o", opts, "-w", "-t", "60",
+                                     "-l", str(self.datadir / "server.log"), "start"]),
+                       check=True, capture_output=True, timeout=90)
+        return self
+
+    def stop(self) -> None:
+        if self.datadir is not None and (self.datadir / "postmaster.pid").exists():
+            subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "stop"]),
+                           capture_output=True, timeout=60)
+
+    def destroy(self) -> None:
+        import shutil
+
+        self.stop()
+        if self.datadir is not None:
+            shutil.rmtree(self.datadir.parent, ignore_errors=True)
+
+    def create_database(self, name: str) -> str:
+        subprocess.run(["psql", self.dsn(), "-q", "-c", f'CREATE DATABASE "{name}"'], check=True,
+                       capture_output=True, timeout=30)
+        return self.dsn(name)
+
+    def psql(self, db: str, sql: str) -> str:
+        out = subprocess.run(["psql", self.dsn(db), "-At", "-c", sql], check=True, capture_output=True,
+                             text=True, timeout=30)
+        return out.stdout.strip()
