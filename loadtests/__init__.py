@@ -1,0 +1,1 @@
+"""roomcast load generation and the benchmark harness (`python -m loadtests.bench`)."""
