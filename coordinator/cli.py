@@ -2,6 +2,7 @@
 
     coordinator [run]        hold the lease; reaper, history flusher, cleanup jobs
     coordinator migrate      apply the Postgres schema migrations and exit
+    coordinator query NAME   run an analytics query on DATABASE_URL (`coordinator query -h`)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from roomcast import __version__
 from roomcast.migrate import MigrationError, migrate
 from roomcast.settings import SPECS, Settings, SettingsError, add_arguments, environment_help
 
+from . import queries
 from .service import Coordinator
 
 log = logging.getLogger("roomcast.coordinator")
@@ -43,6 +45,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("run", help="hold the lease and run the reaper, flusher and cleanup jobs (default)")
     sub.add_parser("migrate", help="apply the schema migrations to DATABASE_URL and exit")
+    queries.add_parser(sub)
     return parser
 
 
@@ -87,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if settings.database_url is None:
             return _fail("invalid DATABASE_URL='': migrate needs DATABASE_URL")
         return uvloop.run(_migrate(settings.database_url))
+    if command == "query":  # needs Postgres only, not Redis
+        if settings.database_url is None:
+            return _fail("invalid DATABASE_URL='': query needs DATABASE_URL")
+        return uvloop.run(queries.run(settings.database_url, args))
     if settings.redis_url is None:
         return _fail("invalid REDIS_URL='': the coordinator needs Redis (set REDIS_URL)")
     return uvloop.run(_run(settings))

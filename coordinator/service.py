@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from roomcast import keys
 from roomcast.errors import GatewayError
 from roomcast.flusher import Flusher, FlusherMetrics
-from roomcast.history import PostgresWriter
+from roomcast.history import TRANSIENT, PostgresWriter
 from roomcast.history_redis import RedisHistorySource
 from roomcast.http_mini import serve_http
 from roomcast.jobs import delete_old_connections, update_heartbeats
@@ -62,6 +62,7 @@ class Coordinator:
         self.flusher: Flusher | None = None
         self.schema_ready = asyncio.Event()
         self.stop = asyncio.Event()
+        self.exit_code = 0
         self._tasks: list[asyncio.Task[Any]] = []
 
     def routes(self) -> dict[str, Any]:
@@ -101,7 +102,7 @@ class Coordinator:
             await self.client.aclose()
             if self.pool is not None:
                 await self.pool.close()
-        return 0
+        return self.exit_code
 
     async def _lease_loop(self) -> None:
         s = self.settings
@@ -142,10 +143,17 @@ class Coordinator:
             try:
                 await migrate(s.database_url or "")
                 break
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            except TRANSIENT as exc:
                 log.warning("postgres not ready for migrations (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            except Exception:
+                # A schema that cannot be migrated must not be flushed into: stop loudly.
+                log.critical("migrations failed; stopping the coordinator (set AUTO_MIGRATE=false if the "
+                             "schema is managed elsewhere)", exc_info=True)
+                self.exit_code = 1
+                self.stop.set()
+                return
         self.schema_ready.set()
         while True:
             try:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -17,7 +18,7 @@ from roomcast.bus_memory import MemoryBus
 from roomcast.bus_redis import RedisBus
 from roomcast.errors import CloseCode, ErrorCode, GatewayError
 from roomcast.flusher import Flusher, FlusherMetrics
-from roomcast.history import PostgresWriter
+from roomcast.history import TRANSIENT, PostgresWriter
 from roomcast.history_memory import MemoryHistorySource
 from roomcast.history_read import HistoryReader, StoredRoom, stored_room
 from roomcast.jobs import delete_old_connections, update_heartbeats
@@ -47,7 +48,7 @@ async def ensure_schema(settings: Settings) -> None:
                 if applied:
                     log.info("applied migrations %s", ", ".join(applied))
             return
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        except TRANSIENT as exc:  # unreachable: retry; a real schema error propagates
             log.warning("postgres not ready for migrations (%s); retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -77,7 +78,12 @@ class EmbeddedHistory:
         self._tasks.append(asyncio.get_running_loop().create_task(self._jobs()))
 
     async def _run(self) -> None:
-        await ensure_schema(self.settings)
+        try:
+            await ensure_schema(self.settings)
+        except Exception:
+            log.critical("cannot migrate the history schema; history is NOT being written", exc_info=True)
+            self.node.metrics.backend_up.set(0)
+            raise
         await self.flusher.run()
 
     async def _jobs(self) -> None:
@@ -109,6 +115,21 @@ class EmbeddedHistory:
         await self.pool.close()
 
 
+def set_game_types(metrics: Metrics, by_type: Counter[str], top: int = 20) -> None:
+    """Game types are client-chosen: keep the label set bounded (top N, the rest 'other')."""
+    ranked = by_type.most_common()
+    shown = dict(ranked[:top])
+    other = sum(n for _, n in ranked[top:])
+    values = {t: float(n) for t, n in shown.items()}
+    if other:
+        values["other"] = float(other)
+    for label in metrics.rooms_by_game_type_seen - set(values):
+        metrics.rooms_by_type.remove(label)
+    for label, n in values.items():
+        metrics.rooms_by_type.labels(label).set(n)
+    metrics.rooms_by_game_type_seen = set(values)
+
+
 def memory_node(settings: Settings, metrics: Metrics) -> Node:
     bus = MemoryBus()
     store = MemoryStore(
@@ -123,10 +144,14 @@ def memory_node(settings: Settings, metrics: Metrics) -> Node:
 
     def room_counts() -> None:
         counts = dict.fromkeys(("active", "waiting", "in_progress", "completed", "closed"), 0)
+        by_type: Counter[str] = Counter()
         for room in store.rooms.values():
             counts[room.status] += 1
+            if room.status != "closed":
+                by_type[room.game_type] += 1
         for status, n in counts.items():
             metrics.rooms.labels(status).set(n)
+        set_game_types(metrics, by_type)
 
     metrics.before_scrape.append(room_counts)
     node = Node(settings, store, bus, MemoryPresence(), metrics)
@@ -220,7 +245,9 @@ class RedisLink:
                 b = self.batcher
                 b.call(cmd("set", keys.node(s.node_id), str(now_ms()), px=s.node_ttl_ms))
                 b.call(cmd("zadd", keys.NODES, {s.node_id: now_ms()}))
+                replicas = b.call(cmd("zcount", keys.NODES, now_ms() - s.node_ttl_ms, "+inf"))
                 await b.call(cmd("ping"))
+                self.metrics.replicas.set(int(await replicas))
                 self.metrics.redis_rtt.observe(time.perf_counter() - started)
                 if not self.redis_ok:
                     await self.batcher.load_scripts()

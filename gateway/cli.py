@@ -59,7 +59,8 @@ async def _serve(settings: Settings, node: Node) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("stopping: readiness off, closing %d sockets with 1001", len(node.sessions))
+    log.info("stopping: readiness off, closing %d sockets (%s)", len(node.sessions),
+             f"1012 over {settings.drain_window_ms} ms" if settings.drain_window_ms else "1001")
     await gateway.stop()
     if metrics_http is not None:
         metrics_http.close()

@@ -24,6 +24,7 @@ log = logging.getLogger("roomcast.hub")
 
 _EVENT_TYPE = b'"event_type":"'
 _ROOM_CLOSED = b'room_closed"'
+_TS = b'"ts":'
 
 
 GapSource = Callable[[str, int, int | None], Awaitable[list[tuple[int, bytes]]]]
@@ -51,6 +52,7 @@ class Hub:
         # Reads missed events from the room's history (cluster mode); None = no gaps possible.
         self.gap_source: GapSource | None = None
         self.gap_repairs = 0
+        metrics.before_scrape.append(self._count_members)
         self._repairs: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
         bus.set_sink(self.deliver)
@@ -129,6 +131,9 @@ class Hub:
             self.metrics.local_rooms.set(len(self.rooms))
             await self.bus.unsubscribe(room_id)
 
+    def _count_members(self) -> None:
+        self.metrics.participants.set(sum(len(local.members) for local in self.rooms.values()))
+
     # ------------------------------------------------------------ fan-out
 
     def deliver(self, room_id: str, seq: int, frame: bytes) -> None:
@@ -150,6 +155,9 @@ class Hub:
 
     def _fanout(self, room_id: str, local: LocalRoom, seq: int, frame: bytes) -> None:
         started = time.perf_counter()
+        i = frame.rfind(_TS)
+        if i > 0:  # the tail ends with "ts":<ms>}
+            self.metrics.pubsub_lag.observe(max(0.0, time.time() - int(frame[i + 5 : -1]) / 1000))
         local.last_seq = seq
         ws_frame = text_frame(frame)
         members = local.members
@@ -160,8 +168,8 @@ class Hub:
         self.metrics.out_event.inc(len(members))
         if self.log_events:
             log.info("event %s", frame.decode(errors="replace"))
-        i = frame.find(_EVENT_TYPE)
-        if i >= 0 and frame.startswith(_ROOM_CLOSED, i + len(_EVENT_TYPE)):
+        j = frame.find(_EVENT_TYPE)
+        if j >= 0 and frame.startswith(_ROOM_CLOSED, j + len(_EVENT_TYPE)):
             self._closed(room_id, local)
         self.metrics.fanout_latency.observe(time.perf_counter() - started)
 

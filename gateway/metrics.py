@@ -60,6 +60,21 @@ class Metrics:
         self.redis_rtt = Histogram(
             "roomcast_redis_rtt_seconds", "Round trip of this replica's periodic Redis ping.",
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0), registry=r)
+        self.pubsub_lag = Histogram(
+            "roomcast_pubsub_lag_seconds", "Time from an event's creation (its ts) to its fan-out on this replica.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0), registry=r)
+        self.drain_remaining = Gauge(
+            "roomcast_drain_remaining", "Sockets still to be closed by a drain in progress (0 when not draining).",
+            registry=r)
+        self.draining = Gauge("roomcast_draining", "1 while this replica is draining.", registry=r)
+        self.replicas = Gauge("roomcast_cluster_replicas", "Gateway replicas this replica sees registered.",
+                              registry=r)
+        self.participants = Gauge("roomcast_local_participants", "Room memberships held by sockets on this replica.",
+                                  registry=r)
+        self.rooms_by_type = Gauge(
+            "roomcast_rooms_by_game_type", "Open rooms by game type (the 20 most common; the rest as 'other').",
+            ["game_type"], registry=r)
+        self.rooms_by_game_type_seen: set[str] = set()
         self.ready = Gauge("roomcast_ready", "1 while this replica accepts new sockets.", registry=r)
         self.info = Gauge("roomcast_node_info", "Constant 1, labelled with this replica's node id.", ["node"],
                           registry=r)

@@ -8,6 +8,7 @@ write frames, the server shell feeds it messages.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -444,14 +445,37 @@ class Node:
                 return
         log.info("re-registered %d sockets", restored)
 
-    async def drain(self, code: int = CloseCode.GOING_AWAY) -> None:
-        """Stop taking sockets and close every open one with `code`."""
+    async def drain(self, window_s: float = 0.0) -> None:
+        """Stop taking sockets (readiness false first), then close every open one.
+
+        With a window (rolling updates), sockets are closed with 1012 spread evenly over
+        it, so their clients do not all reconnect to the other replicas at once; without
+        one, all are closed at once with 1001.
+        """
         self.ready = False
         self.metrics.ready.set(0)
-        for session in list(self.sessions.values()):
-            session.close(code, "server going away")
+        self.metrics.draining.set(1)
+        sessions = [s for s in self.sessions.values() if not s.closing]
+        code = CloseCode.SERVICE_RESTART if window_s > 0 else CloseCode.GOING_AWAY
+        reason = "service restart: reconnect and resume" if window_s > 0 else "server going away"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        n = len(sessions)
+        self.metrics.drain_remaining.set(n)
+        if n:
+            log.info("draining %d sockets with %d over %.1fs", n, int(code), window_s)
+        for i, session in enumerate(sessions):
+            due = started + window_s * i / n
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            session.close(code, reason)
+            self.metrics.drain_remaining.set(n - i - 1)
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        with contextlib.suppress(GatewayError):
+            await self.presence.flush()  # what we owe the backend
+        self.metrics.drain_remaining.set(0)
 
 
 _TYPE_NAMES: dict[type, str] = {

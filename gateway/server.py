@@ -112,8 +112,8 @@ class Gateway:
         return port
 
     async def stop(self) -> None:
-        """Readiness false, close every socket with 1001, stop listening."""
-        await self.node.drain()
+        """Readiness false, close every socket (1001, or 1012 over DRAIN_WINDOW), stop listening."""
+        await self.node.drain(self.settings.drain_window_ms / 1000)
         if self.server is not None:
             self.server.close(close_connections=True)
             await self.server.wait_closed()

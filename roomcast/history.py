@@ -167,9 +167,10 @@ INSERT INTO roomcast_flush_state (room_id, last_seq) VALUES ($1, $2)
 ON CONFLICT (room_id) DO UPDATE SET last_seq = GREATEST(roomcast_flush_state.last_seq, EXCLUDED.last_seq)
 """
 
+# Errors that mean "Postgres is unreachable right now": retry later, lose nothing.
 TRANSIENT = (OSError, asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.InterfaceError,
              asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.AdminShutdownError,
-             asyncpg.exceptions.TooManyConnectionsError, TimeoutError)
+             asyncpg.exceptions.TooManyConnectionsError, asyncpg.exceptions.ConnectionFailureError, TimeoutError)
 
 
 class PostgresWriter:

@@ -113,6 +113,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("heartbeat_interval_ms", "WEBSOCKET_HEARTBEAT_INTERVAL", _int(50, 86_400_000, MS), None, "Ping interval told to clients in welcome; must be below the timeout. Default: min(25000, timeout*5/12).", "--heartbeat-interval"),
     Spec("room_ttl_ms", "WEBSOCKET_ROOM_TTL", _int(1000, 30 * 86_400_000, MS), 3_600_000, "How long a closed room's state is kept after it closes.", "--room-ttl"),
     Spec("log_events", "WEBSOCKET_LOG_EVENTS", _bool, False, "Log every room event (verbose; for debugging).", "--log-events"),
+    Spec("drain_window_ms", "DRAIN_WINDOW", _int(0, 3_600_000, MS), 0, "On SIGTERM, close sockets with 1012 spread over this window (rolling updates); 0 = close all at once with 1001.", "--drain-window"),
     Spec("connection_ttl_ms", "WEBSOCKET_CONNECTION_TTL", _int(1000, 30 * 86_400_000, MS), 300_000, "How long a device's connection record outlives its last socket (reconnect_count window).", None),
     Spec("hello_timeout_ms", "HELLO_TIMEOUT", _int(100, 600_000, MS), 10_000, "Time a new socket has to send a valid hello before close 4001.", "--hello-timeout"),
     Spec("max_frame_bytes", "MAX_FRAME_BYTES", _int(1024, 16 * 1024 * 1024), 65_536, "Largest client frame accepted; larger closes with 1009.", None),
@@ -160,6 +161,7 @@ class Settings:
     heartbeat_interval_ms: int = 25_000
     room_ttl_ms: int = 3_600_000
     log_events: bool = False
+    drain_window_ms: int = 0
     connection_ttl_ms: int = 300_000
     hello_timeout_ms: int = 10_000
     max_frame_bytes: int = 65_536

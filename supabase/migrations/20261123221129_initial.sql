@@ -1,0 +1,1 @@
+../../roomcast/migrations/0001_initial.sql

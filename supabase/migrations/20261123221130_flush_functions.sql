@@ -1,0 +1,1 @@
+../../roomcast/migrations/0002_flush_functions.sql
