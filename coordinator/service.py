@@ -4,6 +4,7 @@ flusher and the cleanup jobs. Standbys keep trying for the lease."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -19,6 +20,7 @@ from roomcast.history import TRANSIENT, PostgresWriter
 from roomcast.history_redis import RedisHistorySource
 from roomcast.http_mini import serve_http
 from roomcast.jobs import delete_old_connections, update_heartbeats
+from roomcast.metrics_util import set_bounded
 from roomcast.migrate import migrate
 from roomcast.redis_batch import Batcher, cmd
 from roomcast.redis_client import make_client
@@ -41,6 +43,12 @@ class CoordinatorMetrics:
         self.runs = Counter("roomcast_reaper_runs", "Reaper passes completed.", registry=r)
         self.redis_up = Gauge("roomcast_backend_up", "1 while Redis is reachable.", registry=r)
         self.cleanup = Counter("roomcast_cleanup_actions", "What the cleanup jobs did, by job.", ["job"], registry=r)
+        self.rooms = Gauge("roomcast_rooms", "Rooms in the cluster by status (set by the active coordinator).",
+                           ["status"], registry=r)
+        self.rooms_by_type = Gauge(
+            "roomcast_rooms_by_game_type", "Open rooms by game type (the 20 most common; the rest as 'other').",
+            ["game_type"], registry=r)
+        self.game_types_seen: set[str] = set()
         self.flush = FlusherMetrics(r)
 
 
@@ -162,10 +170,29 @@ class Coordinator:
                 log.warning("flusher paused: %s", getattr(exc, "message", exc))
                 await asyncio.sleep(1.0)
 
+    async def _room_stats(self) -> None:
+        """Cluster-wide room counts by status and game type, for dashboards."""
+        counts = dict.fromkeys(("active", "waiting", "in_progress", "completed", "closed"), 0)
+        by_type: collections.Counter[str] = collections.Counter()
+        ids = await self.batcher.call(cmd("zrange", keys.ROOM_INDEX, 0, -1))
+        futs = [self.batcher.call(cmd("hmget", keys.room(r.decode() if isinstance(r, bytes) else r),
+                                      "status", "game_type")) for r in ids]
+        for fut in futs:
+            status, game_type = await fut
+            if status is None:
+                continue
+            st = status.decode()
+            counts[st] = counts.get(st, 0) + 1
+            if st != "closed":
+                by_type[game_type.decode()] += 1
+        for st, n in counts.items():
+            self.metrics.rooms.labels(st).set(n)
+        self.metrics.game_types_seen = set_bounded(self.metrics.rooms_by_type, by_type, self.metrics.game_types_seen)
+
     async def _jobs(self) -> None:
         """Cleanup jobs and the heartbeat batch, while holding the lease."""
         s = self.settings
-        last_cleanup = last_beats = 0.0
+        last_cleanup = last_beats = last_stats = 0.0
         tick = min(s.cleanup_interval_ms, s.heartbeat_flush_ms, 1000) / 1000
         while True:
             await asyncio.sleep(tick)
@@ -174,6 +201,9 @@ class Coordinator:
             now = time.monotonic()
             now_ms = int(time.time() * 1000)
             try:
+                if now - last_stats >= 5.0:
+                    last_stats = now
+                    await self._room_stats()
                 if now - last_cleanup >= s.cleanup_interval_ms / 1000:
                     last_cleanup = now
                     closed = await self.store.close_abandoned(now_ms - s.abandoned_room_ms, now_ms)

@@ -22,6 +22,7 @@ from roomcast.history import TRANSIENT, PostgresWriter
 from roomcast.history_memory import MemoryHistorySource
 from roomcast.history_read import HistoryReader, StoredRoom, stored_room
 from roomcast.jobs import delete_old_connections, update_heartbeats
+from roomcast.metrics_util import set_bounded
 from roomcast.migrate import migrate
 from roomcast.presence_memory import MemoryPresence
 from roomcast.presence_redis import RedisPresence
@@ -115,21 +116,6 @@ class EmbeddedHistory:
         await self.pool.close()
 
 
-def set_game_types(metrics: Metrics, by_type: Counter[str], top: int = 20) -> None:
-    """Game types are client-chosen: keep the label set bounded (top N, the rest 'other')."""
-    ranked = by_type.most_common()
-    shown = dict(ranked[:top])
-    other = sum(n for _, n in ranked[top:])
-    values = {t: float(n) for t, n in shown.items()}
-    if other:
-        values["other"] = float(other)
-    for label in metrics.rooms_by_game_type_seen - set(values):
-        metrics.rooms_by_type.remove(label)
-    for label, n in values.items():
-        metrics.rooms_by_type.labels(label).set(n)
-    metrics.rooms_by_game_type_seen = set(values)
-
-
 def memory_node(settings: Settings, metrics: Metrics) -> Node:
     bus = MemoryBus()
     store = MemoryStore(
@@ -151,7 +137,7 @@ def memory_node(settings: Settings, metrics: Metrics) -> Node:
                 by_type[room.game_type] += 1
         for status, n in counts.items():
             metrics.rooms.labels(status).set(n)
-        set_game_types(metrics, by_type)
+        metrics.rooms_by_game_type_seen = set_bounded(metrics.rooms_by_type, by_type, metrics.rooms_by_game_type_seen)
 
     metrics.before_scrape.append(room_counts)
     node = Node(settings, store, bus, MemoryPresence(), metrics)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .errors import GatewayError
 from .history import TRANSIENT, Batch, HistorySource, PostgresWriter
 
 log = logging.getLogger("roomcast.flusher")
@@ -50,14 +51,16 @@ class Flusher:
         self.now = now
 
     async def run_once(self) -> int:
-        """Flush one batch; return how many units it held. Raises on a transient error
-        after giving the batch back."""
+        """Flush one batch; return how many units it held. If the write fails (nothing was
+        committed) the batch is given back before the error is raised."""
         batch = await self.source.take(self.batch_rows)
         if not len(batch) and not batch.rooms:
             return 0
         try:
             result = await self.writer.write(batch)
-        except TRANSIENT:
+        except Exception:
+            # Any failure, not only a lost connection: a batch taken and not given back is
+            # lost (the memory outbox) or forgotten (rooms popped from ws:flush:dirty).
             await self.source.give_back(batch)
             raise
         await self.source.commit(batch, result)
@@ -110,6 +113,15 @@ class Flusher:
             except asyncpg.PostgresError as exc:
                 self.metrics.failures.inc()
                 log.error("flush failed: %s; retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except GatewayError:
+                raise  # Redis trouble: the caller pauses the flusher
+            except Exception:
+                # Never die silently (conventions 11): an unexpected error is logged, counted
+                # and retried like any failed batch, so an alert on failures sees it.
+                self.metrics.failures.inc()
+                log.exception("flush failed unexpectedly; retrying in %.1fs", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

@@ -125,8 +125,13 @@ def room_args(snapshot: dict[str, str]) -> tuple[Any, ...]:
 def event_rows(room_id: str, seq: int, frame: bytes) -> tuple[tuple[Any, ...], tuple[Any, ...] | None]:
     """(game_events row, participant change or None) for one event frame."""
     e = orjson.loads(frame)
+    if not isinstance(e, dict):
+        raise TypeError("event frame is not a JSON object")
     sender = e.get("from") or {}
     payload = e.get("payload")
+    # A malformed frame must become a dead letter (TypeError), not an AttributeError below.
+    if not isinstance(sender, dict) or not (payload is None or isinstance(payload, dict)):
+        raise TypeError("event `from` and `payload` must be JSON objects or null")
     kind = e["event_type"]
     device = sender.get("device_id") or (payload or {}).get("device_id")
     event = (

@@ -76,7 +76,9 @@ class RedisHistorySource:
         for room_id, events_f, snap_f in futs:
             entries = await events_f
             snap = {_s(k): _s(v) for k, v in (await snap_f).items()}
-            events = [(int(_s(eid).split("-")[0]), bytes(f[b"f"])) for eid, f in entries]
+            # An entry without a frame is written as an empty one: a dead letter, not a crash
+            # of take() after the room was already popped from the dirty set.
+            events = [(int(_s(eid).split("-")[0]), bytes(f.get(b"f", b""))) for eid, f in entries]
             batch.rooms.append(RoomChunk(room_id, events, snap or None))
         return batch
 
