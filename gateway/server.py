@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -29,6 +30,28 @@ def _select_subprotocol(connection: ServerConnection, offered: Sequence[Subproto
     return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
 
 
+STATIC_ROOT = Path(__file__).resolve().parent / "static"
+_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+          ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+          ".json": "application/json", ".svg": "image/svg+xml", ".png": "image/png", ".ts": "text/plain; charset=utf-8"}
+
+
+def load_static(root: Path = STATIC_ROOT) -> dict[str, tuple[str, bytes]]:
+    """Every file under gateway/static, read once at start: URL path -> (type, body).
+    Only these exact paths are served, so no request can reach another file."""
+    files: dict[str, tuple[str, bytes]] = {}
+    if not root.is_dir():
+        return files
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.suffix in _TYPES:
+            url = "/" + path.relative_to(root).as_posix()
+            files[url] = (_TYPES[path.suffix], path.read_bytes())
+            if path.name == "index.html":
+                files[url[: -len("index.html")]] = files[url]
+                files[url[: -len("/index.html")]] = files[url]
+    return files
+
+
 def _text(status: int, body: str) -> Response:
     return Response(status, "OK" if status == 200 else "Error",
                     Headers([("Content-Type", "text/plain; charset=utf-8")]), body.encode())
@@ -42,6 +65,8 @@ class Gateway:
         self.node = node
         self.server: Server | None = None
         self._upkeep: asyncio.Task[None] | None = None
+        # The browser client (/lib/roomcast.js) and the trivia demo (/demo/).
+        self.static = load_static() if settings.serve_static else {}
 
     def metrics_response(self) -> Response:
         self.node.metrics.refresh()
@@ -62,6 +87,10 @@ class Gateway:
             return _text(503, "draining\n" if not self.node.ready else "backend unavailable\n")
         if path == "/metrics":
             return self.metrics_response()
+        static = self.static.get(path)
+        if static is not None:
+            return Response(200, "OK", Headers([("Content-Type", static[0]), ("Cache-Control", "no-cache"),
+                                                ("X-Content-Type-Options", "nosniff")]), static[1])
         return _text(404, "not found: use /ws, /healthz, /readyz or /metrics\n")
 
     async def handler(self, ws: ServerConnection) -> None:

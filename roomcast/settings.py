@@ -127,6 +127,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("max_game_data_bytes", "MAX_GAME_DATA_BYTES", _int(2, 1_048_576), 32_768, "Largest encoded game_data a room may hold (after a patch too).", None),
     Spec("default_max_players", "DEFAULT_MAX_PLAYERS", _int(1, 10_000), 16, "max_players of a room created without one.", None),
     Spec("participant_prune_ms", "PARTICIPANT_PRUNE_AFTER", _int(1000, 30 * 86_400_000, MS), 300_000, "A disconnected participant is removed (`participant_left`, reason `pruned`) after this.", None),
+    Spec("serve_static", "SERVE_DEMO", _bool, True, "Serve the browser client at /lib/roomcast.js and the trivia demo at /demo/.", None),
     Spec("allowed_origins", "ALLOWED_ORIGINS", _csv, (), "Comma-separated Origin allow-list for browser handshakes; empty = any origin. Others are closed with 1008.", None),
     Spec("jwt_secret", "AUTH_JWT_SECRET", _opt_str, None, "HS256 secret for hello.token (a JWT whose `sub` becomes user_id). Unset = tokens are refused.", None),
     Spec("jwt_audience", "AUTH_JWT_AUDIENCE", _opt_str, None, "Required `aud` of tokens, if set.", None),
@@ -175,6 +176,7 @@ class Settings:
     max_game_data_bytes: int = 32_768
     default_max_players: int = 16
     participant_prune_ms: int = 300_000
+    serve_static: bool = True
     allowed_origins: tuple[str, ...] = ()
     jwt_secret: str | None = None
     jwt_audience: str | None = None

@@ -91,6 +91,7 @@ PARSED: list[tuple[str, str, str, Any]] = [
     ("WEBSOCKET_LOG_EVENTS", "off", "log_events", False),
     ("WEBSOCKET_LOG_EVENTS", "", "log_events", False),
     ("DRAIN_WINDOW", "20000", "drain_window_ms", 20_000),
+    ("SERVE_DEMO", "false", "serve_static", False),
     ("WEBSOCKET_CONNECTION_TTL", "5000", "connection_ttl_ms", 5000),
     ("HELLO_TIMEOUT", "2500", "hello_timeout_ms", 2500),
     ("MAX_FRAME_BYTES", "1024", "max_frame_bytes", 1024),

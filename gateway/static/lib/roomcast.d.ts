@@ -1,0 +1,1 @@
+../../../clients/js/src/roomcast.d.ts
