@@ -22,6 +22,7 @@ from roomcast.history import TRANSIENT, PostgresWriter
 from roomcast.history_memory import MemoryHistorySource
 from roomcast.history_read import HistoryReader, StoredRoom, stored_room
 from roomcast.jobs import delete_old_connections, update_heartbeats
+from roomcast.limiter import RedisLimiter
 from roomcast.metrics_util import set_bounded
 from roomcast.migrate import migrate
 from roomcast.presence_memory import MemoryPresence
@@ -126,6 +127,7 @@ def memory_node(settings: Settings, metrics: Metrics) -> Node:
         participant_prune_ms=settings.participant_prune_ms,
         max_game_data_bytes=settings.max_game_data_bytes,
         history_mode=settings.database_url is not None,
+        max_participants=settings.max_participants_per_room,
     )
 
     def room_counts() -> None:
@@ -168,6 +170,7 @@ class RedisLink:
             connection_ttl_ms=settings.connection_ttl_ms,
             max_game_data_bytes=settings.max_game_data_bytes,
             history_mode=settings.database_url is not None,
+            max_participants=settings.max_participants_per_room,
         )
         self.presence = RedisPresence(self.batcher)
         self.bus = RedisBus(
@@ -177,7 +180,7 @@ class RedisLink:
             probe_interval=settings.pubsub_probe_ms / 1000,
             probe_timeout=settings.pubsub_probe_timeout_ms / 1000,
         )
-        self.node = Node(settings, self.store, self.bus, self.presence, metrics)
+        self.node = Node(settings, self.store, self.bus, self.presence, metrics, RedisLimiter(self.batcher))
         self.node.backend_ok = False
         self.node.hub.gap_source = self.store.read_since
         self.bus.on_resubscribed = self.node.hub.repair

@@ -85,6 +85,10 @@ class Metrics:
         self.out_by_type = {t: self.messages_out.labels(t) for t in OUT_TYPES}
         self.out_event = self.out_by_type["event"]
         self.errors_by_code = {c.value: self.errors.labels(c.value) for c in ErrorCode}
+        # Exported at 0 from the start, so rate() has data before the first refusal (node.py's limits).
+        self.rate_limited_by = {k: self.rate_limited.labels(k) for k in (
+            "messages", "connections_per_device", "connect_address", "connect_device", "room_create", "join",
+            "password_device", "password_room")}
         self.closed_by_code = {int(c): self.connections_closed.labels(str(int(c))) for c in CloseCode}
         self.closed_other = self.connections_closed.labels("other")
 

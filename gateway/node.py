@@ -8,7 +8,10 @@ write frames, the server shell feeds it messages.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +19,8 @@ from typing import Any
 
 from roomcast import protocol as p
 from roomcast.errors import CloseCode, ErrorCode, GatewayError, ProtocolError
+from roomcast.limiter import Limiter, MemoryLimiter
+from roomcast.privacy import Privacy
 from roomcast.room import new_join_code
 from roomcast.settings import Settings
 from roomcast.store import Bus, Caller, ConnectionInfo, NewRoom, Presence, RoomStore
@@ -40,8 +45,12 @@ class Node:
         bus: Bus,
         presence: Presence,
         metrics: Metrics,
+        limiter: Limiter | None = None,
     ) -> None:
         self.settings = settings
+        self.limiter: Limiter = limiter or MemoryLimiter()
+        self.privacy = Privacy(settings.privacy_hash_key, settings.privacy_encryption_keys, settings.ip_storage,
+                               settings.user_agent_storage)
         self.store = store
         self.bus = bus
         self.presence = presence
@@ -134,6 +143,28 @@ class Node:
         except GatewayError as exc:
             log.warning("could not record disconnect of %s: %s", caller.socket_id, exc.message)
 
+    async def limited(self, what: str, key: str, rate: float, burst: int, cost: int = 1) -> int:
+        """Take from a cluster-wide bucket; 0 if allowed, else ms to wait (counted)."""
+        wait = await self.limiter.take(f"{what}:{key}", rate, burst, now_ms(), cost)
+        if wait:
+            self.metrics.rate_limited.labels(what).inc()
+        return wait
+
+    async def admit_address(self, session: Session) -> bool:
+        """Per-address connection rate, checked as a socket opens (close 4008 beyond)."""
+        if session.ip is None:
+            return True
+        s = self.settings
+        rate = s.connect_rate_per_address
+        return not await self.limited("connect_address", session.ip, rate, max(1, int(rate * 5)))
+
+    def device_token(self, device_id: str) -> str | None:
+        secret = self.settings.device_token_secret
+        if secret is None:
+            return None
+        mac = hmac.new(secret.encode(), b"roomcast-device:" + device_id.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac[:24]).decode()
+
     def _release_device(self, device_id: str) -> None:
         left = self.device_sockets.get(device_id, 1) - 1
         if left > 0:
@@ -159,7 +190,7 @@ class Node:
                        *p.peek_id(data))
             return
         try:
-            msg = p.parse(data)
+            msg = p.parse(data, self.settings.max_payload_depth)
         except ProtocolError as exc:
             self.metrics.in_invalid.inc()
             self.error(session, exc)
@@ -197,12 +228,24 @@ class Node:
         elif s.require_auth:
             raise GatewayError(ErrorCode.UNAUTHORIZED, "a token is required")
         device_id = msg.device_id
+        expected = self.device_token(device_id)
+        if s.require_device_token and expected is not None:
+            presented = msg.device_token
+            if presented is None:
+                if await self.store.device_known(device_id):
+                    raise GatewayError(ErrorCode.UNAUTHORIZED, "this device id is known: present its device_token")
+            elif not hmac.compare_digest(presented, expected):
+                raise GatewayError(ErrorCode.UNAUTHORIZED, "device_token does not match this device id")
         if self.device_sockets.get(device_id, 0) >= s.max_connections_per_device:
             self.metrics.rate_limited.labels("connections_per_device").inc()
             session.close(CloseCode.RATE_LIMITED, "too many connections for this device")
             return
+        if await self.limited("connect_device", device_id, s.connect_rate_per_device, 10):
+            session.close(CloseCode.RATE_LIMITED, "this device connects too often")
+            return
         caller = Caller(session.socket_id, device_id, user_id)
-        info = ConnectionInfo(session.ip, session.user_agent, msg.fingerprint, msg.metadata)
+        # Reduce what we keep about the connection before it leaves this process.
+        info = self.privacy.apply(ConnectionInfo(session.ip, session.user_agent, msg.fingerprint, msg.metadata))
         # Take the device's slot before awaiting the store, so two hellos racing on this
         # replica cannot both pass the per-device limit.
         self.device_sockets[device_id] = self.device_sockets.get(device_id, 0) + 1
@@ -211,6 +254,10 @@ class Node:
         except BaseException:
             self._release_device(device_id)
             raise
+        if result.open_sockets > s.max_connections_per_device:
+            # The cluster-wide count (other replicas included) is over the limit.
+            self.metrics.rate_limited.labels("connections_per_device").inc()
+            session.close(CloseCode.RATE_LIMITED, "too many connections for this device")
         if session.closing:
             self._release_device(device_id)
             await self.store.disconnect(caller, "disconnected", "close", now_ms())
@@ -229,6 +276,7 @@ class Node:
             "heartbeat_timeout_ms": s.heartbeat_timeout_ms,
             "node": s.node_id,
             "rooms": [r.wire() for r in result.rooms],
+            **({"device_token": expected} if expected is not None else {}),
         })
 
     async def _ping(self, session: Session, msg: p.Ping) -> None:
@@ -248,6 +296,11 @@ class Node:
             self._check_room_budget(session, msg.room_id)
         elif len(session.rooms) >= self.settings.max_rooms_per_connection:
             raise GatewayError(ErrorCode.FORBIDDEN, "this socket is in too many rooms")
+        s = self.settings
+        wait = await self.limited("room_create", caller.user_id or caller.device_id, s.room_create_rate, 10)
+        if wait:
+            raise GatewayError(ErrorCode.RATE_LIMITED, "creating rooms too fast", retry_after_ms=wait)
+        await self._check_device_rooms(caller.device_id)
         pw_hash = None
         if msg.password is not None:
             pw_hash = await asyncio.to_thread(passwords.hash_password, msg.password)
@@ -255,7 +308,7 @@ class Node:
         for attempt in range(attempts):
             room_id = msg.room_id or new_join_code()
             new = NewRoom(room_id, msg.game_type, msg.max_players or self.settings.default_max_players,
-                          msg.game_data or {}, pw_hash)
+                          msg.game_data or {}, pw_hash, msg.spectators_can_send)
             # Join the hub first so the host receives its own participant_joined (seq 1).
             await self.hub.begin_join(room_id, session)
             try:
@@ -278,12 +331,17 @@ class Node:
         assert caller is not None
         room_id = msg.room_id
         self._check_room_budget(session, room_id)
+        s = self.settings
+        wait = await self.limited("join", caller.device_id, s.join_rate, 20)
+        if wait:
+            raise GatewayError(ErrorCode.RATE_LIMITED, "joining too fast", retry_after_ms=wait)
+        if room_id not in session.rooms:
+            await self._check_device_rooms(caller.device_id, room_id)
         stored = await self.store.password_hash(room_id)
         if stored is not None:
             if msg.password is None:
                 raise GatewayError(ErrorCode.FORBIDDEN, "this room needs a password")
-            if not await asyncio.to_thread(passwords.verify_password, msg.password, stored):
-                raise GatewayError(ErrorCode.FORBIDDEN, "wrong password")
+            await self._check_password(caller.device_id, room_id, msg.password, stored)
         await self.hub.begin_join(room_id, session)
         try:
             result = await self.store.join(caller, room_id, msg.role, msg.since, msg.epoch, now_ms())
@@ -324,6 +382,28 @@ class Node:
         if [seq for seq, _ in events] != list(range(since + 1, head + 1)):
             return None
         return [frame for _, frame in events]
+
+    async def _check_device_rooms(self, device_id: str, joining: str | None = None) -> None:
+        limit = self.settings.max_rooms_per_device
+        if await self.store.device_room_count(device_id) >= limit:
+            raise GatewayError(ErrorCode.FORBIDDEN, f"this device is already in {limit} rooms (the limit)")
+
+    async def _check_password(self, device_id: str, room_id: str, password: str, stored: str) -> None:
+        """Brute force is limited per device and per room, cluster-wide: while either
+        budget of failures is spent, attempts get `rate_limited` without being checked."""
+        s = self.settings
+        budgets = (("password_device", device_id, s.password_fail_rate, 5),
+                   ("password_room", room_id, s.room_password_fail_rate, 20))
+        for what, key, rate, burst in budgets:
+            wait = await self.limiter.take(f"{what}:{key}", rate, burst, now_ms(), cost=0)
+            if wait:
+                self.metrics.rate_limited.labels(what).inc()
+                raise GatewayError(ErrorCode.RATE_LIMITED, "too many wrong passwords", retry_after_ms=wait)
+        if await asyncio.to_thread(passwords.verify_password, password, stored):
+            return
+        for what, key, rate, burst in budgets:
+            await self.limiter.take(f"{what}:{key}", rate, burst, now_ms())
+        raise GatewayError(ErrorCode.FORBIDDEN, "wrong password")
 
     async def _leave(self, session: Session, msg: p.Leave) -> None:
         caller = session.caller

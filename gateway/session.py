@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
 
+from roomcast.privacy import client_address
 from roomcast.store import Caller
 
 from .frames import text_frame
@@ -89,7 +90,9 @@ class Session:
         self.user_agent: str | None = headers.get("User-Agent") if headers is not None else None
         self.origin: str | None = headers.get("Origin") if headers is not None else None
         addr: Any = ws.remote_address
-        self.ip: str | None = addr[0] if isinstance(addr, tuple) and addr else None
+        peer = addr[0] if isinstance(addr, tuple) and addr else None
+        forwarded = headers.get("X-Forwarded-For") if headers is not None else None
+        self.ip: str | None = client_address(peer, forwarded, s.trusted_proxies)
 
     @property
     def welcomed(self) -> bool:

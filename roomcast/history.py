@@ -26,7 +26,7 @@ log = logging.getLogger("roomcast.history")
 # created_by is a UUID column; an anonymous creator is recorded as a stable UUID of its device.
 DEVICE_NAMESPACE = uuid.UUID("6f1f9b1e-5d0a-4c53-9a43-726f6f6d6361")
 PARTICIPANT_KINDS = frozenset({"participant_joined", "participant_left", "participant_disconnected",
-                               "participant_reconnected", "room_closed"})
+                               "participant_reconnected", "host_changed", "room_closed"})
 
 
 def device_uuid(device_id: str) -> uuid.UUID:

@@ -29,6 +29,7 @@ RESERVED_EVENT_TYPES: Final = frozenset(
         "participant_reconnected",
         "state_change",
         "room_closed",
+        "host_changed",  # extension: the host left and another participant became host
     }
 )
 
@@ -46,6 +47,7 @@ MAX_PLAYERS_LIMIT: Final = 10000
 MAX_SEQ: Final = 2**31 - 1  # game_events.sequence_number is INTEGER
 DEFAULT_LIST_LIMIT: Final = 50
 MAX_LIST_LIMIT: Final = 500
+DEFAULT_MAX_DEPTH: Final = 16
 
 _Id = str | int | None
 
@@ -60,6 +62,7 @@ class Hello:
     token: str | None
     fingerprint: str | None
     metadata: dict[str, Any] | None
+    device_token: str | None = None  # extension: proves the device id (welcome.device_token)
 
 
 @dataclass(slots=True)
@@ -75,6 +78,7 @@ class CreateRoom:
     max_players: int | None
     game_data: dict[str, Any] | None
     password: str | None
+    spectators_can_send: bool = False  # extension: may spectators send game events?
 
 
 @dataclass(slots=True)
@@ -133,11 +137,12 @@ Message = Hello | Ping | CreateRoom | Join | Leave | Event | UpdateRoom | CloseR
 class _Fields:
     """Reads and validates one message's fields; raises ProtocolError carrying `re`."""
 
-    __slots__ = ("obj", "re")
+    __slots__ = ("max_depth", "obj", "re")
 
-    def __init__(self, obj: dict[str, Any], re_: _Id) -> None:
+    def __init__(self, obj: dict[str, Any], re_: _Id, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
         self.obj = obj
         self.re = re_
+        self.max_depth = max_depth
 
     def fail(self, message: str, code: ErrorCode = ErrorCode.BAD_REQUEST) -> ProtocolError:
         # A readable id is a str or int, never None: no id means no `re` in the reply.
@@ -203,6 +208,14 @@ class _Fields:
             return None
         if not isinstance(value, dict):
             raise self.fail(f"`{name}` must be a JSON object")
+        if value and _too_deep(value, self.max_depth):
+            raise self.fail(f"`{name}` is nested deeper than {self.max_depth} levels")
+        return value
+
+    def boolean(self, name: str) -> bool:
+        value = self.obj.get(name, False)
+        if not isinstance(value, bool):
+            raise self.fail(f"`{name}` must be true or false")
         return value
 
 
@@ -220,6 +233,20 @@ def _read_id(obj: dict[str, Any]) -> tuple[_Id, bool]:
     if isinstance(value, int) and len(str(value)) <= MAX_ID_CHARS:
         return value, True
     return None, False
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """True if objects/arrays nest deeper than `limit` (the value itself is level 1)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))
+    return False
 
 
 def _has_nul(value: Any) -> bool:
@@ -252,6 +279,7 @@ def _hello(f: _Fields) -> Hello:
         f.string("token", required=False, max_len=MAX_TOKEN, min_len=1),
         f.string("fingerprint", required=False, max_len=MAX_FINGERPRINT),
         f.json_object("metadata"),
+        f.string("device_token", required=False, max_len=128, min_len=1),
     )
 
 
@@ -268,6 +296,7 @@ def _create_room(f: _Fields) -> CreateRoom:
         f.integer("max_players", 1, MAX_PLAYERS_LIMIT),
         f.json_object("game_data"),
         f.string("password", required=False, max_len=MAX_PASSWORD, min_len=1),
+        f.boolean("spectators_can_send"),
     )
 
 
@@ -339,8 +368,8 @@ _PARSERS: Final[dict[str, Callable[[_Fields], Message]]] = {
 MESSAGE_TYPES: Final = tuple(_PARSERS)
 
 
-def parse(data: bytes | str) -> Message:
-    """Parse one client frame into a typed message.
+def parse(data: bytes | str, max_depth: int = DEFAULT_MAX_DEPTH) -> Message:
+    """Parse one client frame into a typed message (JSON objects nested at most `max_depth`).
 
     Raises ProtocolError with `bad_request` or `unknown_type`; its `has_re`/`re` tell
     whether the message's `id` could be read (the error reply then carries it as `re`).
@@ -352,7 +381,7 @@ def parse(data: bytes | str) -> Message:
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "a message must be a JSON object")
     re_, readable = _read_id(obj)
-    f = _Fields(obj, re_)
+    f = _Fields(obj, re_, max_depth)
     if "id" in obj and not readable:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "`id` must be a string or integer of at most 64 characters")
     kind = obj.get("type")

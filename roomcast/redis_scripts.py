@@ -49,7 +49,7 @@ end
 """
 
 # ARGV: room_id game_type max_players game_data now device socket user sender password_hash epoch maxlen
-# (maxlen '0' = do not trim: history mode)
+#       spectator_events('1'/'0')   (maxlen '0' = do not trim: history mode)
 CREATE = PRELUDE + r"""
 local room_id, now, device = ARGV[1], ARGV[5], ARGV[6]
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'err', 'conflict'} end
@@ -57,14 +57,14 @@ redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('HSET', KEYS[1], 'room_id', room_id, 'game_type', ARGV[2], 'status', 'waiting',
   'max_players', ARGV[3], 'game_data', ARGV[4], 'created_at', now, 'created_by', device,
   'password_hash', ARGV[10], 'epoch', ARGV[11], 'seq', 0, 'players', 1, 'gd_ver', 0, 'updated_at', now,
-  'creator_user', ARGV[8])
+  'creator_user', ARGV[8], 'spectator_events', ARGV[13], 'occupants', 1)
 redis.call('HSET', KEYS[2], device, mfmt('host', 'active', ARGV[7], ARGV[8], now))
 redis.call('SADD', KEYS[3], ARGV[7])
 emit(room_id, ptail('participant_joined', device, 'host', '', ARGV[9], now), now, ARGV[12])
 return {'ok', 0, ARGV[11], 'host', 0, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), {}}
 """
 
-# ARGV: room_id device socket user role since(-1) epoch('') now sender maxlen
+# ARGV: room_id device socket user role since(-1) epoch('') now sender maxlen max_participants
 JOIN = PRELUDE + r"""
 local room_id, device, sock, user, role = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local since, want_epoch, now, sender, maxlen = tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9], ARGV[10]
@@ -101,6 +101,9 @@ if v and st ~= 'left' then
     emit(room_id, ptail('participant_reconnected', device, r, '', sender, now), now, maxlen)
   end
 else
+  if tonumber(redis.call('HGET', KEYS[1], 'occupants') or '0') >= tonumber(ARGV[11]) then
+    return {'err', 'room_full'}
+  end
   if role ~= 'spectator' then
     local players = tonumber(redis.call('HGET', KEYS[1], 'players'))
     if players >= tonumber(redis.call('HGET', KEYS[1], 'max_players')) then
@@ -108,6 +111,7 @@ else
     end
     redis.call('HINCRBY', KEYS[1], 'players', 1)
   end
+  redis.call('HINCRBY', KEYS[1], 'occupants', 1)
   redis.call('HDEL', KEYS[2], device)
   redis.call('HSET', KEYS[2], device, mfmt(role, 'active', sock, user, now))
   redis.call('SADD', KEYS[3], sock)
@@ -128,9 +132,26 @@ if pst == 'left' then return {'err', 'not_member'} end
 if ARGV[7] == '1' and pst ~= 'disconnected' then return {'ok', 0} end
 redis.call('HSET', KEYS[2], device, mfmt(r, 'left', sock, user, joined))
 redis.call('SREM', KEYS[3], sock)
+redis.call('HINCRBY', KEYS[1], 'occupants', -1)
 if r ~= 'spectator' then redis.call('HINCRBY', KEYS[1], 'players', -1) end
 if st ~= 'closed' then
   emit(room_id, ptail('participant_left', device, r, reason, sender, now), now, maxlen)
+  if r == 'host' then
+    -- Hand the room over: the longest-present player, active ones first.
+    local best, best_rank, best_v
+    local all = redis.call('HGETALL', KEYS[2])
+    for i = 1, #all, 2 do
+      local mr, ms, msock, mu, mj = mparse(all[i + 1])
+      if ms ~= 'left' and mr == 'player' then
+        local rank = (ms == 'active' and 0 or 1e15) + tonumber(mj)
+        if not best_rank or rank < best_rank then best, best_rank, best_v = all[i], rank, {msock, ms, mu, mj} end
+      end
+    end
+    if best then
+      redis.call('HSET', KEYS[2], best, mfmt('host', best_v[2], best_v[1], best_v[3], best_v[4]))
+      emit(room_id, ptail('host_changed', best, 'host', 'host_left', 'null', now), now, maxlen)
+    end
+  end
 end
 return {'ok', 1}
 """
@@ -141,6 +162,9 @@ local _, err = open_room()
 if err then return {'err', err} end
 local v = redis.call('HGET', KEYS[2], ARGV[2])
 if not v or string.find(v, '|left|', 1, true) then return {'err', 'not_member'} end
+if string.sub(v, 1, 10) == 'spectator|' and redis.call('HGET', KEYS[1], 'spectator_events') ~= '1' then
+  return {'err', 'forbidden_spectator'}
+end
 return {'ok', emit(ARGV[1], ARGV[3], ARGV[4], ARGV[5])}
 """
 
@@ -175,7 +199,7 @@ local r, pst = mparse(v)
 if pst == 'left' then return {'err', 'not_member'} end
 if r ~= 'host' then return {'err', 'forbidden'} end
 local seq = emit(room_id, ARGV[3], now, ARGV[5])
-redis.call('HSET', KEYS[1], 'status', 'closed', 'closed_at', now, 'players', 0)
+redis.call('HSET', KEYS[1], 'status', 'closed', 'closed_at', now, 'players', 0, 'occupants', 0)
 local devices = {}
 local all = redis.call('HGETALL', KEYS[2])
 for i = 1, #all, 2 do
@@ -224,7 +248,7 @@ local st = redis.call('HGET', KEYS[1], 'status')
 if not st or st == 'closed' then return {'ok', 0, {}} end
 if tonumber(redis.call('HGET', KEYS[1], 'updated_at')) >= tonumber(ARGV[5]) then return {'ok', 0, {}} end
 local seq = emit(room_id, ARGV[6], now, maxlen)
-redis.call('HSET', KEYS[1], 'status', 'closed', 'closed_at', now, 'players', 0)
+redis.call('HSET', KEYS[1], 'status', 'closed', 'closed_at', now, 'players', 0, 'occupants', 0)
 local devices = {}
 local all = redis.call('HGETALL', KEYS[2])
 for i = 1, #all, 2 do
@@ -251,7 +275,7 @@ redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('HSET', KEYS[1], 'room_id', ARGV[1], 'game_type', ARGV[2], 'status', ARGV[3],
   'max_players', ARGV[4], 'game_data', ARGV[5], 'created_at', ARGV[6], 'created_by', ARGV[7],
   'creator_user', ARGV[8], 'password_hash', '', 'epoch', ARGV[10], 'seq', ARGV[9], 'players', ARGV[12],
-  'gd_ver', 0, 'updated_at', ARGV[11], 'restored_at', ARGV[11])
+  'gd_ver', 0, 'updated_at', ARGV[11], 'restored_at', ARGV[11], 'occupants', (#ARGV - 12) / 2)
 for i = 13, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 return {'ok', 1}
 """

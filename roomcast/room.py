@@ -59,6 +59,7 @@ class Room:
     seq: int = 0
     updated_at: int = 0
     closed_at: int | None = None
+    spectators_can_send: bool = False
     participants: dict[str, Participant] = field(default_factory=dict)
 
     def current_players(self) -> int:
@@ -67,6 +68,14 @@ class Room:
             for p in self.participants.values()
             if p.status != LEFT and counts_toward_capacity(p.role)
         )
+
+    def occupants(self) -> int:
+        return sum(1 for p in self.participants.values() if p.status != LEFT)
+
+    def successor(self) -> Participant | None:
+        """Who takes over as host: the longest-present player, active ones first."""
+        players = [p for p in self.participants.values() if p.status != LEFT and p.role == PLAYER]
+        return min(players, key=lambda p: (p.status != ACTIVE, p.joined_at), default=None)
 
     def wire(self) -> dict[str, Any]:
         return {

@@ -8,7 +8,9 @@ Nothing deeper in the code reads `os.environ` (design invariant 7).
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
+import ipaddress
 import os
 import re
 import socket
@@ -81,6 +83,16 @@ def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+def _choice(*options: str) -> Callable[[str], str]:
+    def conv(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return value
+
+    return conv
+
+
 def _log_level(raw: str) -> str:
     level = raw.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -148,6 +160,24 @@ SPECS: tuple[Spec, ...] = (
     Spec("coordinator_port", "COORDINATOR_PORT", _int(0, 65535), 8780, "Coordinator HTTP port (/healthz, /readyz, /metrics).", None),
     Spec("lease_ttl_ms", "COORDINATOR_LEASE_TTL", _int(500, 600_000, MS), 5000, "Coordinator leader lease; a standby takes over within about this long.", None),
     Spec("reaper_interval_ms", "REAPER_INTERVAL", _int(50, 600_000, MS), 1000, "How often the coordinator looks for timed-out sockets and participants to prune.", None),
+    # -- security and abuse resistance (docs/security.md)
+    Spec("device_token_secret", "DEVICE_TOKEN_SECRET", _opt_str, None, "HMAC key for device tokens: welcome.device_token proves a device id belongs to its holder.", None),
+    Spec("require_device_token", "REQUIRE_DEVICE_TOKEN", _bool, False, "A known device must present its device_token in hello (stops device-id takeover). Needs DEVICE_TOKEN_SECRET.", None),
+    Spec("trusted_proxies", "TRUSTED_PROXIES", _csv, (), "Comma-separated proxy addresses/CIDRs whose X-Forwarded-For is believed for the client address.", None),
+    Spec("connect_rate_per_address", "CONNECT_RATE_PER_ADDRESS", _float(0.01, 1_000_000), 20.0, "New sockets per second per client address, cluster-wide (burst 5x); beyond: close 4008.", None),
+    Spec("connect_rate_per_device", "CONNECT_RATE_PER_DEVICE", _float(0.01, 1_000_000), 2.0, "Hellos per second per device, cluster-wide (burst 10); beyond: close 4008.", None),
+    Spec("room_create_rate", "ROOM_CREATE_RATE", _float(0.001, 1_000_000), 0.5, "Rooms created per second per user (or device), cluster-wide (burst 10).", None),
+    Spec("join_rate", "JOIN_RATE", _float(0.01, 1_000_000), 5.0, "Joins per second per device, cluster-wide (burst 20).", None),
+    Spec("password_fail_rate", "PASSWORD_FAIL_RATE", _float(0.001, 1000), 0.1, "Wrong room passwords allowed per second per device (burst 5); then `rate_limited`.", None),
+    Spec("room_password_fail_rate", "ROOM_PASSWORD_FAIL_RATE", _float(0.001, 1000), 0.5, "Wrong passwords per second per room from all devices (burst 20); then `rate_limited`.", None),
+    Spec("max_rooms_per_device", "MAX_ROOMS_PER_DEVICE", _int(1, 100_000), 50, "Rooms one device may be a participant of at once.", None),
+    Spec("max_participants_per_room", "MAX_PARTICIPANTS_PER_ROOM", _int(1, 1_000_000), 1000, "Participants (players, host and spectators) one room may hold.", None),
+    Spec("max_payload_depth", "MAX_PAYLOAD_DEPTH", _int(1, 256), 16, "Deepest nesting of objects/arrays accepted in payload, game_data, patch and metadata.", None),
+    Spec("privacy_hash_key", "PRIVACY_HASH_KEY", _opt_str, None, "Key for keyed hashes of fingerprints, device info and (IP_STORAGE=hash) addresses. Unset: a random key per process.", None),
+    Spec("privacy_encryption_keys", "PRIVACY_ENCRYPTION_KEYS", _csv, (), "AES-256-GCM keys for user agents at rest: 'kid:base64key,...', first encrypts, all decrypt (rotation).", None),
+    Spec("ip_storage", "IP_STORAGE", _choice("truncate", "hash", "full", "none"), "truncate", "How client addresses are stored: truncate (/24, /48), hash, full or none.", None),
+    Spec("user_agent_storage", "USER_AGENT_STORAGE", _choice("encrypt", "drop", "clear"), "encrypt", "encrypt (needs PRIVACY_ENCRYPTION_KEYS, else dropped), drop, or clear (not recommended).", None),
+    Spec("personal_data_retention_days", "PERSONAL_DATA_RETENTION_DAYS", _int(1, 36_500), 90, "Personal fields (address, user agent, fingerprint, device info) older than this are erased by the cleanup job.", None),
     Spec("log_level", "LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR.", "--log-level"),
 )
 
@@ -197,6 +227,23 @@ class Settings:
     coordinator_port: int = 8780
     lease_ttl_ms: int = 5000
     reaper_interval_ms: int = 1000
+    device_token_secret: str | None = None
+    require_device_token: bool = False
+    trusted_proxies: tuple[str, ...] = ()
+    connect_rate_per_address: float = 20.0
+    connect_rate_per_device: float = 2.0
+    room_create_rate: float = 0.5
+    join_rate: float = 5.0
+    password_fail_rate: float = 0.1
+    room_password_fail_rate: float = 0.5
+    max_rooms_per_device: int = 50
+    max_participants_per_room: int = 1000
+    max_payload_depth: int = 16
+    privacy_hash_key: str | None = None
+    privacy_encryption_keys: tuple[str, ...] = ()
+    ip_storage: str = "truncate"
+    user_agent_storage: str = "encrypt"
+    personal_data_retention_days: int = 90
     log_level: str = "INFO"
 
     @classmethod
@@ -232,6 +279,22 @@ class Settings:
                 raw_seen["heartbeat_interval_ms"],
                 f"must be below WEBSOCKET_HEARTBEAT_TIMEOUT ({timeout})",
             )
+        if values["require_device_token"] and not values["device_token_secret"]:
+            raise SettingsError("REQUIRE_DEVICE_TOKEN", raw_seen.get("require_device_token", "true"),
+                                "needs DEVICE_TOKEN_SECRET")
+        for cidr in values["trusted_proxies"]:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise SettingsError("TRUSTED_PROXIES", raw_seen["trusted_proxies"], f"{cidr!r} is not an address or CIDR") from None
+        for entry in values["privacy_encryption_keys"]:
+            kid, _, key = entry.partition(":")
+            try:
+                ok = bool(kid) and len(base64.b64decode(key, validate=True)) == 32
+            except ValueError:
+                ok = False
+            if not ok:
+                raise SettingsError("PRIVACY_ENCRYPTION_KEYS", "<hidden>", "each entry must be 'kid:<base64 of 32 bytes>'")
         if values["require_auth"] and not values["jwt_secret"]:
             raise SettingsError("REQUIRE_AUTH", raw_seen.get("require_auth", "true"), "needs AUTH_JWT_SECRET")
         return cls(**values)

@@ -47,6 +47,7 @@ class DeviceRoom:
 class ConnectResult:
     reconnect_count: int
     rooms: list[DeviceRoom]
+    open_sockets: int = 1  # the device's open sockets across the cluster, this one included
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,7 @@ class NewRoom:
     max_players: int
     game_data: dict[str, Any]
     password_hash: str | None
+    spectators_can_send: bool = False
 
 
 def fail(code: ErrorCode, message: str) -> GatewayError:
@@ -110,6 +112,14 @@ class RoomStore(Protocol):
 
     async def create_room(self, caller: Caller, room: NewRoom, now_ms: int) -> JoinResult:
         """Create a room with the caller as `host`; `conflict` if the id exists."""
+        ...
+
+    async def device_room_count(self, device_id: str) -> int:
+        """How many rooms the device is a participant of (active or disconnected)."""
+        ...
+
+    async def device_known(self, device_id: str) -> bool:
+        """Whether the device has a connection record or rooms (for device-token checks)."""
         ...
 
     async def password_hash(self, room_id: str) -> str | None:

@@ -21,6 +21,7 @@ from .room import (
     DISCONNECTED,
     HOST,
     LEFT,
+    SPECTATOR,
     Participant,
     Room,
     counts_toward_capacity,
@@ -63,8 +64,10 @@ class MemoryStore:
         participant_prune_ms: int = 300_000,
         max_game_data_bytes: int = 32_768,
         history_mode: bool = False,
+        max_participants: int = 1000,
     ) -> None:
         self.bus = bus
+        self.max_participants = max_participants
         # History mode (embedded gateway with DATABASE_URL): every event and lifecycle
         # record also waits in an outbox until the in-process flusher has written it.
         self.history_mode = history_mode
@@ -164,7 +167,7 @@ class MemoryStore:
             p = room.participants.get(caller.device_id)
             if p is not None and p.status != LEFT:
                 rooms.append(DeviceRoom(room_id, p.role, room.seq))
-        return ConnectResult(earlier, rooms)
+        return ConnectResult(earlier, rooms, len(dev.sockets))
 
     async def restore(self, caller: Caller, now_ms: int) -> None:
         return None  # in-process state cannot be lost while the process lives
@@ -211,6 +214,7 @@ class MemoryStore:
             password_hash=room.password_hash,
             epoch=new_epoch(),
             updated_at=now_ms,
+            spectators_can_send=room.spectators_can_send,
         )
         self.rooms[room_id] = r
         self.history[room_id] = deque(maxlen=self.history_len)
@@ -248,6 +252,8 @@ class MemoryStore:
             if was == DISCONNECTED or old_socket != caller.socket_id:
                 self._participant_event(room, "participant_reconnected", p, None, sender, now_ms)
         else:
+            if room.occupants() >= self.max_participants:
+                raise fail(ErrorCode.ROOM_FULL, f"room {room.room_id!r} is full ({self.max_participants} participants)")
             if counts_toward_capacity(role) and room.current_players() >= room.max_players:
                 raise fail(ErrorCode.ROOM_FULL, f"room {room.room_id!r} is full ({room.max_players} players)")
             p = Participant(caller.device_id, caller.user_id, caller.socket_id, role, ACTIVE, now_ms)
@@ -295,11 +301,24 @@ class MemoryStore:
             dev.rooms.discard(room.room_id)
         if room.status != "closed":
             self._participant_event(room, "participant_left", p, reason, sender, now_ms)
+            if p.role == HOST:
+                heir = room.successor()
+                if heir is not None:
+                    heir.role = HOST
+                    self._participant_event(room, "host_changed", heir, "host_left", None, now_ms)
 
     async def publish(self, caller: Caller, room_id: str, tail: bytes, now_ms: int) -> int:
         room = self._open_room(room_id)
-        self._member(room, caller)
+        if self._member(room, caller).role == SPECTATOR and not room.spectators_can_send:
+            raise fail(ErrorCode.FORBIDDEN, "spectators may not send events in this room")
         return self._emit(room, tail, now_ms)
+
+    async def device_room_count(self, device_id: str) -> int:
+        dev = self.devices.get(device_id)
+        return 0 if dev is None else len(dev.rooms)
+
+    async def device_known(self, device_id: str) -> bool:
+        return device_id in self.devices
 
     async def update_room(
         self, caller: Caller, room_id: str, status: str | None, patch: dict[str, Any] | None, now_ms: int

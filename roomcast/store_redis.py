@@ -68,6 +68,8 @@ def _check(reply: Any) -> list[Any]:
         code = _s(reply[1])
         if code == "retry":
             raise _Retry()
+        if code == "forbidden_spectator":
+            raise GatewayError(ErrorCode.FORBIDDEN, _MESSAGES[code])
         raise GatewayError(_ERRORS.get(code, ErrorCode.INTERNAL), _MESSAGES.get(code, code))
     return reply
 
@@ -77,6 +79,7 @@ class _Retry(Exception):
 
 
 _MESSAGES = {
+    "forbidden_spectator": "spectators may not send events in this room",
     "not_found": "no such room",
     "room_closed": "the room is closed",
     "room_full": "the room is full",
@@ -97,8 +100,10 @@ class RedisStore:
         max_game_data_bytes: int = 32_768,
         lifecycle_maxlen: int = 1_000_000,
         history_mode: bool = False,
+        max_participants: int = 1000,
     ) -> None:
         self.b = batcher
+        self.max_participants = max_participants
         # In history mode (Postgres configured) streams are not trimmed and closed rooms
         # not expired here: the flusher does both once the rows are in Postgres.
         self.history_mode = history_mode
@@ -137,7 +142,7 @@ class RedisStore:
         dev, conn = caller.device_id, keys.connection(caller.device_id)
         b = self.b
         count = b.call(lambda p: p.hincrby(conn, "connections", 1))
-        b.call(lambda p: p.hincrby(conn, "sockets", 1))
+        open_sockets = b.call(lambda p: p.hincrby(conn, "sockets", 1))
         b.call(lambda p: p.hset(conn, mapping={
             "socket_id": caller.socket_id, "connected_at": now_ms, "last_heartbeat": now_ms,
             "user_id": caller.user_id or "", "status": ACTIVE}))
@@ -151,7 +156,7 @@ class RedisStore:
                          "metadata": orjson.dumps(info.metadata or {})})
         earlier = int(await count) - 1
         room_ids = sorted(_s(r) for r in await rooms_f)
-        return ConnectResult(earlier, await self._device_rooms(dev, room_ids))
+        return ConnectResult(earlier, await self._device_rooms(dev, room_ids), int(await open_sockets))
 
     async def restore(self, caller: Caller, now_ms: int) -> None:
         dev, conn = caller.device_id, keys.connection(caller.device_id)
@@ -232,7 +237,8 @@ class RedisStore:
         sender = orjson.dumps(caller.sender())
         fut = self.b.eval(self.s_create, self.room_keys(room.room_id), [
             room.room_id, room.game_type, room.max_players, data, now_ms, caller.device_id,
-            caller.socket_id, caller.user_id or "", sender, room.password_hash or "", new_epoch(), self.history])
+            caller.socket_id, caller.user_id or "", sender, room.password_hash or "", new_epoch(), self.history,
+            "1" if room.spectators_can_send else "0"])
         # Index writes go in the same batch; the room index is only read by list_rooms.
         self._dirty(room.room_id)
         reply = _check(await fut)
@@ -277,6 +283,14 @@ class RedisStore:
                 self.b.call(cmd("zadd", keys.DISCONNECTED, {f"{room_id}|{device}": now_ms}, nx=True))
         return True
 
+    async def device_room_count(self, device_id: str) -> int:
+        return int(await self.b.call(cmd("scard", keys.device_rooms(device_id))))
+
+    async def device_known(self, device_id: str) -> bool:
+        conn = self.b.call(cmd("exists", keys.connection(device_id)))
+        rooms = self.b.call(cmd("scard", keys.device_rooms(device_id)))
+        return bool(int(await conn)) or bool(int(await rooms))
+
     async def password_hash(self, room_id: str) -> str | None:
         value = await self.b.call(lambda p: p.hget(keys.room(room_id), "password_hash"))
         return _s(value) if value else None
@@ -297,7 +311,7 @@ class RedisStore:
         sender = orjson.dumps(caller.sender())
         fut = self.b.eval(self.s_join, self.room_keys(room_id), [
             room_id, caller.device_id, caller.socket_id, caller.user_id or "", role,
-            -1 if since is None else since, epoch or "", now_ms, sender, self.history])
+            -1 if since is None else since, epoch or "", now_ms, sender, self.history, self.max_participants])
         self._dirty(room_id)
         reply = _check(await fut)
         b = self.b

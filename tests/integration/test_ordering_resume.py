@@ -84,7 +84,8 @@ async def scenario(gw: GatewayProcess, room_id: str, dev: dict[str, str], n: int
         try:
             for name, cl in zip("abc", (a, b, c), strict=True):
                 await cl.hello(dev[name])
-            await a.request({"type": "create_room", "room_id": room_id, "game_type": "race"})
+            await a.request({"type": "create_room", "room_id": room_id, "game_type": "race",
+                             "spectators_can_send": True})
             assert (await b.request({"type": "join", "room_id": room_id}))["seq"] == 1
             joined_c = await c.request({"type": "join", "room_id": room_id, "role": "spectator"})
             assert joined_c["seq"] == 2 and joined_c["role"] == "spectator"

@@ -252,8 +252,11 @@ async def test_event_broadcast_to_every_member_including_sender(gw: GatewayProce
                          "user_id": None},
                 "ts": ev["ts"],
             }
-        # Spectators may send events too; action and payload are optional.
-        ack2 = await spec.request({"type": "event", "room_id": room_id, "event_type": "cheer"})
+        # Spectators may not send game events unless the room allows it.
+        refused = await spec.request({"type": "event", "room_id": room_id, "event_type": "cheer"})
+        assert refused["type"] == "error" and refused["code"] == "forbidden"
+        # Players may; action and payload are optional.
+        ack2 = await p1.request({"type": "event", "room_id": room_id, "event_type": "cheer"})
         assert ack2["seq"] == head + 2
         ev = await host.expect(type="event", room_id=room_id, seq=head + 2)
         assert ev["action"] is None and ev["payload"] is None

@@ -29,6 +29,10 @@ from roomcast.migrate import LOCK_KEY, MigrationError, migrate, migrations
 from roomcast.settings import SPECS
 from tests.harness import ROOT, UNIT, PostgresServer, free_port, wait_for
 
+# Every migration shipped, in order (0001 and 0002 create the schema; later ones amend it).
+VERSIONS = [m.version for m in migrations()]
+assert VERSIONS[:2] == ["0001", "0002"]
+
 SUPABASE = ROOT / "supabase"
 SOURCE = ROOT / "roomcast" / "migrations"
 
@@ -258,7 +262,7 @@ def psql_file(db: Database, path: Path, single_transaction: bool = True) -> None
 
 
 async def test_migrated_schema_matches_the_requirements(db: Database, conn: asyncpg.Connection) -> None:
-    assert await migrate(db.dsn) == ["0001", "0002"]
+    assert await migrate(db.dsn) == VERSIONS
     for table, required in REQUIRED_COLUMNS.items():
         rows = await conn.fetch(
             """SELECT column_name, data_type, udt_name, character_maximum_length AS max_length, is_nullable
@@ -314,7 +318,7 @@ async def test_migrated_schema_matches_the_requirements(db: Database, conn: asyn
 
 
 async def test_migrating_twice_applies_nothing_the_second_time(db: Database, conn: asyncpg.Connection) -> None:
-    assert await migrate(db.dsn) == ["0001", "0002"]
+    assert await migrate(db.dsn) == VERSIONS
     before = await schema_snapshot(conn)
     assert await migrate(db.dsn) == []
     assert await schema_snapshot(conn) == before
@@ -325,9 +329,9 @@ async def test_migrating_twice_applies_nothing_the_second_time(db: Database, con
 
 async def test_concurrent_migrate_calls_apply_each_migration_once(db: Database, conn: asyncpg.Connection) -> None:
     results = await asyncio.gather(*(migrate(db.dsn) for _ in range(6)))
-    assert sorted(v for applied in results for v in applied) == ["0001", "0002"]
+    assert sorted(v for applied in results for v in applied) == VERSIONS
     assert sum(1 for applied in results if applied) == 1  # the lock holder applies both; the rest wait
-    assert await conn.fetchval("SELECT count(*) FROM roomcast_migrations") == 2
+    assert await conn.fetchval("SELECT count(*) FROM roomcast_migrations") == len(VERSIONS)
 
 
 async def test_concurrent_migrate_processes_apply_each_migration_once(db: Database,
@@ -356,9 +360,9 @@ async def test_concurrent_migrate_processes_apply_each_migration_once(db: Databa
                 await p.wait()
     assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
     stdout = sorted(out.decode().strip() for out, _ in outputs)
-    assert stdout == ["applied: 0001, 0002"] + ["schema up to date"] * 3, outputs
+    assert stdout == [f"applied: {', '.join(VERSIONS)}"] + ["schema up to date"] * 3, outputs
     rows = await conn.fetch("SELECT version FROM roomcast_migrations ORDER BY version")
-    assert [r["version"] for r in rows] == ["0001", "0002"]
+    assert [r["version"] for r in rows] == VERSIONS
 
 
 async def test_a_changed_migration_is_refused(db: Database, conn: asyncpg.Connection) -> None:
@@ -373,7 +377,7 @@ async def test_a_changed_migration_is_refused(db: Database, conn: asyncpg.Connec
 
 async def test_migrate_command(db: Database) -> None:
     out = await acoordinator("migrate", database_url=db.dsn)
-    assert (out.returncode, out.stdout.strip()) == (0, "applied: 0001, 0002"), out.stderr
+    assert (out.returncode, out.stdout.strip()) == (0, f"applied: {', '.join(VERSIONS)}"), out.stderr
     out = await acoordinator("migrate", database_url=db.dsn)
     assert (out.returncode, out.stdout.strip()) == (0, "schema up to date"), out.stderr
     assert "DATABASE_URL" in one_line_error(await acoordinator("migrate", database_url=None), 2)

@@ -259,7 +259,7 @@ def test_list_rooms_limit_defaults_to_50() -> None:
 def test_reserved_event_type_is_refused(event_type: str) -> None:
     assert protocol.RESERVED_EVENT_TYPES == {
         "participant_joined", "participant_left", "participant_disconnected",
-        "participant_reconnected", "state_change", "room_closed",
+        "participant_reconnected", "state_change", "room_closed", "host_changed",
     }
     assert_bad_request_with_re(with_fields("event", event_type=event_type))
 
@@ -529,3 +529,30 @@ def test_event_frames_of_parsed_event_round_trip() -> None:
     frame = protocol.event_frame(msg.room_id, 3, protocol.event_tail(msg.event_type, msg.action, msg.payload, None, 5))
     assert protocol.event_type_of(frame) == 'say "hi"'
     assert orjson.loads(frame)["payload"] == {"event_type": "fake"}
+
+
+@pytest.mark.parametrize("field", ["payload", "game_data", "patch", "metadata"])
+def test_objects_nested_deeper_than_the_limit_are_refused(field: str) -> None:
+    deep: dict[str, Any] = {}
+    inner = deep
+    for _ in range(protocol.DEFAULT_MAX_DEPTH - 1):
+        inner["x"] = {}
+        inner = inner["x"]
+    base = {"payload": ("event", {"room_id": "r1", "event_type": "e"}),
+            "game_data": ("create_room", {"game_type": "g"}),
+            "patch": ("update_room", {"room_id": "r1"}),
+            "metadata": ("hello", {"device_id": "device-123"})}[field]
+    ok = {"type": base[0], "id": 1, **base[1], field: deep}
+    protocol.parse(orjson.dumps(ok))  # exactly at the limit: accepted
+    inner["x"] = [1]  # one level more
+    with pytest.raises(ProtocolError) as err:
+        protocol.parse(orjson.dumps(ok))
+    assert err.value.code is ErrorCode.BAD_REQUEST and "nested" in err.value.message
+    assert protocol.parse(orjson.dumps(ok), max_depth=64) is not None
+
+
+def test_spectators_can_send_is_a_boolean_room_option() -> None:
+    msg = parse_obj({"type": "create_room", "game_type": "g", "spectators_can_send": True})
+    assert isinstance(msg, CreateRoom) and msg.spectators_can_send is True
+    assert parse_obj({"type": "create_room", "game_type": "g"}).spectators_can_send is False  # type: ignore[union-attr]
+    assert_bad_request_with_re({"type": "create_room", "id": 1, "game_type": "g", "spectators_can_send": "yes"})
