@@ -2,6 +2,8 @@
 
     coordinator [run]        hold the lease; reaper, history flusher, cleanup jobs
     coordinator migrate      apply the Postgres schema migrations and exit
+    coordinator forget-device DEVICE_ID    erase a device everywhere (GDPR)
+    coordinator export-device DEVICE_ID    everything stored about a device, as JSON
     coordinator query NAME   run an analytics query on DATABASE_URL (`coordinator query -h`)
 """
 
@@ -9,14 +11,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
 
+import asyncpg
+
 from roomcast import __version__
+from roomcast.erasure import export_device, forget_device
+from roomcast.errors import GatewayError
 from roomcast.migrate import MigrationError, migrate
+from roomcast.privacy import Privacy
+from roomcast.protocol import DEVICE_ID_RE
+from roomcast.redis_batch import Batcher
+from roomcast.redis_client import make_client
 from roomcast.settings import SPECS, Settings, SettingsError, add_arguments, environment_help
 
 from . import queries
@@ -28,7 +39,7 @@ _COORDINATOR_ENV = {
     "COORDINATOR_LEASE_TTL", "REAPER_INTERVAL", "WEBSOCKET_HEARTBEAT_TIMEOUT", "PARTICIPANT_PRUNE_AFTER",
     "NODE_TTL", "ROOM_HISTORY_MAXLEN", "WEBSOCKET_ROOM_TTL", "WEBSOCKET_CONNECTION_TTL", "HISTORY_BATCH_ROWS",
     "HISTORY_FLUSH_INTERVAL", "HEARTBEAT_FLUSH_INTERVAL", "CONNECTION_RETENTION_DAYS", "ABANDONED_ROOM_AFTER",
-    "CLEANUP_INTERVAL", "LOG_LEVEL",
+    "CLEANUP_INTERVAL", "PERSONAL_DATA_RETENTION_DAYS", "PRIVACY_HASH_KEY", "PRIVACY_ENCRYPTION_KEYS", "LOG_LEVEL",
 }
 COORDINATOR_SPECS = tuple(s for s in SPECS if s.env in _COORDINATOR_ENV)
 
@@ -46,6 +57,10 @@ def make_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="hold the lease and run the reaper, flusher and cleanup jobs (default)")
     sub.add_parser("migrate", help="apply the schema migrations to DATABASE_URL and exit")
     queries.add_parser(sub)
+    forget = sub.add_parser("forget-device", help="erase a device across Redis and Postgres (GDPR erasure)")
+    forget.add_argument("device_id", metavar="DEVICE_ID")
+    export = sub.add_parser("export-device", help="print everything stored about a device as JSON")
+    export.add_argument("device_id", metavar="DEVICE_ID")
     return parser
 
 
@@ -74,6 +89,36 @@ async def _migrate(dsn: str) -> int:
     return 0
 
 
+async def _device_data(settings: Settings, command: str, device_id: str) -> int:
+    """forget-device / export-device against whatever backends are configured."""
+    if not DEVICE_ID_RE.fullmatch(device_id):
+        return _fail(f"invalid DEVICE_ID={device_id!r}: must be 8-128 characters of [A-Za-z0-9._:-]")
+    pool = client = None
+    try:
+        if settings.database_url is not None:
+            pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+        batcher = None
+        if settings.redis_url is not None:
+            client = make_client(settings.redis_url)
+            batcher = Batcher(client)
+        if command == "forget-device":
+            report = await forget_device(device_id, pool=pool, batcher=batcher)
+            print(json.dumps({"forgotten": device_id, **report.wire()}, indent=2))
+        else:
+            privacy = Privacy(settings.privacy_hash_key, settings.privacy_encryption_keys)
+            data = await export_device(device_id, pool=pool, batcher=batcher, privacy=privacy)
+            print(json.dumps(data, indent=2, ensure_ascii=False))
+        return 0
+    except (OSError, asyncpg.PostgresError, GatewayError) as exc:
+        print(f"coordinator: {command} failed: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 1
+    finally:
+        if pool is not None:
+            await pool.close()
+        if client is not None:
+            await client.aclose()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     command = args.command or "run"
@@ -94,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if settings.database_url is None:
             return _fail("invalid DATABASE_URL='': query needs DATABASE_URL")
         return uvloop.run(queries.run(settings.database_url, args))
+    if command in ("forget-device", "export-device"):
+        if settings.database_url is None and settings.redis_url is None:
+            return _fail(f"{command} needs DATABASE_URL and/or REDIS_URL")
+        return uvloop.run(_device_data(settings, command, args.device_id))
     if settings.redis_url is None:
         return _fail("invalid REDIS_URL='': the coordinator needs Redis (set REDIS_URL)")
     return uvloop.run(_run(settings))

@@ -14,6 +14,7 @@ import asyncpg
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from roomcast import keys
+from roomcast.erasure import strip_old_personal_data
 from roomcast.errors import GatewayError
 from roomcast.flusher import Flusher, FlusherMetrics
 from roomcast.history import TRANSIENT, PostgresWriter
@@ -34,7 +35,7 @@ log = logging.getLogger("roomcast.coordinator")
 
 
 class CoordinatorMetrics:
-    def __init__(self) -> None:
+    def __init__(self, history: bool = False) -> None:
         r = self.registry = CollectorRegistry()
         self.leader = Gauge("roomcast_coordinator_leader", "1 while this coordinator holds the lease.", registry=r)
         self.replicas = Gauge("roomcast_cluster_replicas", "Gateway replicas registered and alive.", registry=r)
@@ -42,21 +43,22 @@ class CoordinatorMetrics:
         self.pruned = Counter("roomcast_reaper_pruned", "Disconnected participants pruned.", registry=r)
         self.runs = Counter("roomcast_reaper_runs", "Reaper passes completed.", registry=r)
         self.redis_up = Gauge("roomcast_backend_up", "1 while Redis is reachable.", registry=r)
-        self.cleanup = Counter("roomcast_cleanup_actions", "What the cleanup jobs did, by job.", ["job"], registry=r)
+        self.cleanup = Counter("roomcast_cleanup_actions", "What the cleanup jobs did, by action.", ["action"],
+                               registry=r)
         self.rooms = Gauge("roomcast_rooms", "Rooms in the cluster by status (set by the active coordinator).",
                            ["status"], registry=r)
         self.rooms_by_type = Gauge(
             "roomcast_rooms_by_game_type", "Open rooms by game type (the 20 most common; the rest as 'other').",
             ["game_type"], registry=r)
         self.game_types_seen: set[str] = set()
-        self.flush = FlusherMetrics(r)
+        self.flush: FlusherMetrics | None = FlusherMetrics(r) if history else None
 
 
 class Coordinator:
     def __init__(self, settings: Settings) -> None:
         assert settings.redis_url is not None
         self.settings = settings
-        self.metrics = CoordinatorMetrics()
+        self.metrics = CoordinatorMetrics(history=settings.database_url is not None)
         self.client = make_client(settings.redis_url)
         self.batcher = Batcher(self.client)
         history_mode = settings.database_url is not None
@@ -91,6 +93,7 @@ class Coordinator:
         if s.database_url is not None:
             self.pool = await asyncpg.create_pool(s.database_url, min_size=0, max_size=4)
             source = RedisHistorySource(self.batcher, s.node_id, keep=s.room_history, room_ttl_ms=s.room_ttl_ms)
+            assert self.metrics.flush is not None
             self.flusher = Flusher(source, PostgresWriter(self.pool), self.metrics.flush,
                                    batch_rows=s.history_batch_rows, interval=s.history_flush_ms / 1000)
             self._tasks.append(loop.create_task(self._history()))
@@ -213,6 +216,8 @@ class Coordinator:
                     if self.pool is not None and self.schema_ready.is_set():
                         n = await delete_old_connections(self.pool, s.connection_retention_days)
                         self.metrics.cleanup.labels("old_connections").inc(n)
+                        n = await strip_old_personal_data(self.pool, s.personal_data_retention_days)
+                        self.metrics.cleanup.labels("personal_data").inc(n)
                 if self.pool is not None and self.schema_ready.is_set() and now - last_beats >= s.heartbeat_flush_ms / 1000:
                     last_beats = now
                     raw = await self.batcher.call(cmd("zrange", keys.PRESENCE, 0, -1, withscores=True))

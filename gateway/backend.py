@@ -16,6 +16,7 @@ import asyncpg
 from roomcast import keys
 from roomcast.bus_memory import MemoryBus
 from roomcast.bus_redis import RedisBus
+from roomcast.erasure import strip_old_personal_data
 from roomcast.errors import CloseCode, ErrorCode, GatewayError
 from roomcast.flusher import Flusher, FlusherMetrics
 from roomcast.history import TRANSIENT, PostgresWriter
@@ -100,6 +101,7 @@ class EmbeddedHistory:
                 if time.monotonic() - last_cleanup >= s.cleanup_interval_ms / 1000:
                     last_cleanup = time.monotonic()
                     await delete_old_connections(self.pool, s.connection_retention_days)
+                    await strip_old_personal_data(self.pool, s.personal_data_retention_days)
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
                 log.warning("history jobs: postgres unavailable (%s)", exc)
 

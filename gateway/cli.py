@@ -16,6 +16,7 @@ from roomcast import __version__
 from roomcast.http_mini import serve_http
 from roomcast.settings import Settings, SettingsError, add_arguments, environment_help
 
+from .auth import KeyFileError, Verifier
 from .backend import open_node
 from .node import Node
 from .server import Gateway
@@ -74,6 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.load(os.environ, overrides)
     except SettingsError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    try:
+        Verifier.from_settings(settings)  # unreadable or unusable key files stop start-up here
+    except KeyFileError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(

@@ -34,7 +34,11 @@ class LocalRoom:
     __slots__ = ("epoch", "held", "last_seq", "members", "pending", "ready")
 
     def __init__(self) -> None:
-        self.members: dict[Session, None] = {}  # insertion-ordered set
+        # member -> the seq its join took effect at: it gets only events after that. The
+        # room's own `last_seq` moves only with deliveries: a joiner's head (read from the
+        # command connection) may be ahead of pub/sub, and existing members still need
+        # the events in between.
+        self.members: dict[Session, int] = {}
         self.pending: dict[Session, list[tuple[int, bytes]]] = {}
         self.last_seq = 0
         self.ready = asyncio.Event()  # set once the bus subscription is confirmed
@@ -97,16 +101,16 @@ class Hub:
         for frame in replay:
             session.send(frame)
         self.metrics.out_event.inc(len(replay))
+        start = head
         if buffered:
             sent = 0
             for seq, frame in buffered:
-                if seq > head:
+                if seq > start:
                     session.send(frame)
+                    start = seq
                     sent += 1
             self.metrics.out_event.inc(sent)
-        local.members[session] = None
-        if head > local.last_seq:
-            local.last_seq = head
+        local.members[session] = start
 
     async def abort_join(self, room_id: str, session: Session) -> None:
         local = self.rooms.get(room_id)
@@ -161,8 +165,9 @@ class Hub:
         local.last_seq = seq
         ws_frame = text_frame(frame)
         members = local.members
-        for session in members:
-            session.write_frame(ws_frame)
+        for session, start in members.items():
+            if seq > start:
+                session.write_frame(ws_frame)
         for buffer in local.pending.values():
             buffer.append((seq, frame))
         self.metrics.out_event.inc(len(members))

@@ -48,6 +48,8 @@ class Node:
         limiter: Limiter | None = None,
     ) -> None:
         self.settings = settings
+        # hello.token checks; key files are read here, once (None: every token is refused).
+        self.verifier = auth.Verifier.from_settings(settings)
         self.limiter: Limiter = limiter or MemoryLimiter()
         self.privacy = Privacy(settings.privacy_hash_key, settings.privacy_encryption_keys, settings.ip_storage,
                                settings.user_agent_storage)
@@ -143,9 +145,13 @@ class Node:
         except GatewayError as exc:
             log.warning("could not record disconnect of %s: %s", caller.socket_id, exc.message)
 
+    def _bucket(self, what: str, key: str) -> str:
+        """Bucket names hold a keyed hash, never a raw address or device id."""
+        return f"{what}:{self.privacy.hash(key)[3:35]}"
+
     async def limited(self, what: str, key: str, rate: float, burst: int, cost: int = 1) -> int:
         """Take from a cluster-wide bucket; 0 if allowed, else ms to wait (counted)."""
-        wait = await self.limiter.take(f"{what}:{key}", rate, burst, now_ms(), cost)
+        wait = await self.limiter.take(self._bucket(what, key), rate, burst, now_ms(), cost)
         if wait:
             self.metrics.rate_limited.labels(what).inc()
         return wait
@@ -219,10 +225,10 @@ class Node:
             raise GatewayError(ErrorCode.BAD_REQUEST, "hello was already accepted on this socket")
         user_id = None
         if msg.token is not None:
-            if s.jwt_secret is None:
+            if self.verifier is None:
                 raise GatewayError(ErrorCode.UNAUTHORIZED, "this gateway accepts no tokens")
             try:
-                user_id = auth.verify_hs256(msg.token, s.jwt_secret, s.jwt_audience, time.time())
+                user_id = self.verifier.verify(msg.token, time.time())
             except auth.TokenError as exc:
                 raise GatewayError(ErrorCode.UNAUTHORIZED, str(exc)) from None
         elif s.require_auth:
@@ -395,14 +401,14 @@ class Node:
         budgets = (("password_device", device_id, s.password_fail_rate, 5),
                    ("password_room", room_id, s.room_password_fail_rate, 20))
         for what, key, rate, burst in budgets:
-            wait = await self.limiter.take(f"{what}:{key}", rate, burst, now_ms(), cost=0)
+            wait = await self.limiter.take(self._bucket(what, key), rate, burst, now_ms(), cost=0)
             if wait:
                 self.metrics.rate_limited.labels(what).inc()
                 raise GatewayError(ErrorCode.RATE_LIMITED, "too many wrong passwords", retry_after_ms=wait)
         if await asyncio.to_thread(passwords.verify_password, password, stored):
             return
         for what, key, rate, burst in budgets:
-            await self.limiter.take(f"{what}:{key}", rate, burst, now_ms())
+            await self.limiter.take(self._bucket(what, key), rate, burst, now_ms())
         raise GatewayError(ErrorCode.FORBIDDEN, "wrong password")
 
     async def _leave(self, session: Session, msg: p.Leave) -> None:

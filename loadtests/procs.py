@@ -56,6 +56,14 @@ class GatewayProc:
             "MAX_ROOMS_PER_CONNECTION": "10000",
             "RATE_MESSAGES_PER_SEC": "1000000",
             "RATE_MESSAGES_BURST": "1000000",
+            # Cluster-wide admission limits (ignored by builds without them): every bench
+            # socket comes from 127.0.0.1 and connects, creates and joins in a burst.
+            "CONNECT_RATE_PER_ADDRESS": "1000000",
+            "CONNECT_RATE_PER_DEVICE": "1000000",
+            "ROOM_CREATE_RATE": "1000000",
+            "JOIN_RATE": "1000000",
+            "MAX_ROOMS_PER_DEVICE": "100000",
+            "MAX_PARTICIPANTS_PER_ROOM": "1000000",
             "WEBSOCKET_HEARTBEAT_TIMEOUT": "600000",
             "HELLO_TIMEOUT": "60000",
         })

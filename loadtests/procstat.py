@@ -27,6 +27,39 @@ def cpu_seconds(pid: int) -> float:
     return user + system
 
 
+def _stat_fields(pid: int) -> list[str]:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return raw[raw.rindex(")") + 2 :].split()  # fields from 3 (state) on
+
+
+def children(pid: int) -> list[int]:
+    """Live processes whose parent is `pid` (a scan of /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if int(_stat_fields(int(entry))[1]) == pid:
+                    out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of a server that forks workers (postgres): the parent's utime+stime, the
+    cutime+cstime of children it has already reaped, and the utime+stime of its live
+    children. Deltas of this are exact as long as no child exits unreaped in between."""
+    f = _stat_fields(pid)
+    total = sum(int(x) for x in f[11:15])  # utime stime cutime cstime
+    for child in children(pid):
+        try:
+            c = _stat_fields(child)
+        except OSError:
+            continue
+        total += int(c[11]) + int(c[12])
+    return total / CLK_TCK
+
+
 def status_kib(pid: int, key: str = "VmRSS") -> int:
     """A `kB` line of /proc/<pid>/status (VmRSS, VmHWM, RssAnon…) in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -6,7 +6,10 @@ never block the sockets. Every wait has a timeout and a worker exits when its pa
 
 - `members_main`: fan-out receivers. Connect, hello, join one room, report "ready", then
   count bench events until every socket has seen `bench_end` (or the parent says "stop"),
-  and report per-socket stats plus the raw latency samples (ns, array "q").
+  and report per-socket stats plus the raw latency samples (ns, array "q"). With
+  `spec["joins"]` (cluster phase) each socket has its own room, gateway port and `group`
+  label; latencies are then kept per group and each socket's stats carry its room, port
+  and group.
 - `conns_main`: connect-rate and idle-memory clients. Wait for "go", connect + hello + join
   their (device, room) pairs with bounded concurrency, report timings, then hold the idle
   sockets open (reading and discarding) until "stop".
@@ -85,37 +88,43 @@ def members_main(conn: Connection, spec: dict[str, Any]) -> None:
 
 
 async def _members(ctl: Control, spec: dict[str, Any]) -> None:
-    host, port, room_id = spec["host"], spec["port"], spec["room_id"]
-    latencies: array[int] = array("q")
-    members: list[Member] = []
+    # (device_id, room_id, port, group) per socket; the single-room form is one group "".
+    joins: list[tuple[str, str, int, str]] = [tuple(j) for j in spec["joins"]] if "joins" in spec else \
+        [(d, spec["room_id"], spec["port"], "") for d in spec["devices"]]
+    host = spec["host"]
+    latencies: dict[str, array[int]] = {}
+    members: list[tuple[Member, str, int, str]] = []
     gate = asyncio.Semaphore(spec["concurrency"])
 
-    async def join(device_id: str) -> None:
+    async def join(device_id: str, room_id: str, port: int, group: str) -> None:
         async with gate:
-            m: Member = await open_conn(host, port, Member, latencies=latencies)
-            members.append(m)
+            lat = latencies.setdefault(group, array("q"))
+            m: Member = await open_conn(host, port, Member, latencies=lat)
+            members.append((m, room_id, port, group))
             await m.hello(device_id)
             joined = await m.join(room_id)
             m.last_seq = m.last_seq or joined["seq"]  # events may precede the reply
 
-    await asyncio.wait_for(asyncio.gather(*(join(d) for d in spec["devices"])), spec["setup_timeout"])
+    await asyncio.wait_for(asyncio.gather(*(join(*j) for j in joins)), spec["setup_timeout"])
     cpu0 = time.process_time()
     ctl.send("ready", {"sockets": len(members)})
 
-    everyone = asyncio.gather(*(m.done for m in members))
+    everyone = asyncio.gather(*(m.done for m, *_ in members))
     stop = asyncio.ensure_future(ctl.recv())
     await asyncio.wait({everyone, stop}, timeout=spec["run_timeout"], return_when=asyncio.FIRST_COMPLETED)
     cpu = time.process_time() - cpu0
-    ctl.send("result", {
-        "sockets": [m.stats() for m in members],
-        "cpu_s": cpu,
-        "latencies": latencies.tobytes(),
-    })
+    if "joins" in spec:
+        sockets = [m.stats() | {"room_id": r, "port": p, "group": g} for m, r, p, g in members]
+        lat_out: Any = {g: a.tobytes() for g, a in latencies.items()}
+    else:
+        sockets = [m.stats() for m, *_ in members]
+        lat_out = latencies.get("", array("q")).tobytes()
+    ctl.send("result", {"sockets": sockets, "cpu_s": cpu, "latencies": lat_out})
     if not stop.done():
         await asyncio.wait({stop}, timeout=60)  # "exit"
     stop.cancel()
     everyone.cancel()
-    for m in members:
+    for m, *_ in members:
         m.abort()
 
 

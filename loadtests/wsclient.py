@@ -212,6 +212,8 @@ class Member(Conn):
         self.last_seq = 0
         self.gaps = 0  # seqs skipped
         self.disorder = 0  # seqs repeated or going backwards
+        self.first_gap = 0  # the first seq found missing, for diagnosis
+        self.bench_gaps = 0  # seqs missing after the first bench event
         self.bench = 0  # bench events received
         self.first_bench = 0
         self.last_bench = 0
@@ -230,6 +232,10 @@ class Member(Conn):
                 self.disorder += 1
                 return
             self.gaps += seq - last - 1
+            if not self.first_gap:
+                self.first_gap = last + 1
+            if self.first_bench:
+                self.bench_gaps += seq - last - 1
         self.last_seq = seq
         k = payload.find(_BENCH_T, j)
         if k >= 0:
@@ -252,7 +258,8 @@ class Member(Conn):
 
     def stats(self) -> dict[str, int]:
         return {
-            "bench": self.bench, "gaps": self.gaps, "disorder": self.disorder,
+            "bench": self.bench, "gaps": self.gaps, "first_gap": self.first_gap,
+            "bench_gaps": self.bench_gaps, "disorder": self.disorder,
             "first_bench": self.first_bench, "last_bench": self.last_bench, "end_seq": self.end_seq,
             "end_at": self.end_at, "close_code": self.close_code or 0, "protocol_errors": self.protocol_errors,
         }

@@ -92,21 +92,32 @@ class Flusher:
     async def run(self, active: Callable[[], bool] = lambda: True) -> None:
         """Flush while `active()` (e.g. holding the lease); back off while Postgres is down."""
         delay = self.interval
+        last_probe = 0.0
         while True:
             if not active():
                 await asyncio.sleep(self.interval)
                 continue
+            probing = False
             try:
                 n = await self.run_once()
-                self.metrics.db_up.set(1)
-                delay = self.interval
+                if not n and time.monotonic() - last_probe >= max(1.0, self.interval):
+                    # Nothing to write: still find out whether Postgres answers, so that
+                    # roomcast_postgres_up shows an outage on an idle cluster too.
+                    probing, last_probe = True, time.monotonic()
+                    await self.writer.ping()
+                if n or probing:  # only what reached Postgres says it is up
+                    self.metrics.db_up.set(1)
+                    delay = self.interval
                 if n < self.batch_rows:
                     await asyncio.sleep(self.interval)  # let the next batch fill up
                 with _quiet():
                     self.metrics.backlog.set(await self.source.backlog())
             except TRANSIENT as exc:
                 self.metrics.db_up.set(0)
-                self.metrics.failures.inc()
+                if not probing:  # a failed probe wrote no batch
+                    self.metrics.failures.inc()
+                with _quiet():  # the backlog grows during an outage: keep the gauge live
+                    self.metrics.backlog.set(await self.source.backlog())
                 log.warning("postgres unavailable (%s); retrying in %.1fs, nothing is lost", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

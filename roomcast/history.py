@@ -182,6 +182,11 @@ class PostgresWriter:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
+    async def ping(self) -> None:
+        """Raise (a TRANSIENT error) unless Postgres answers: the flusher's check while idle."""
+        async with self.pool.acquire() as conn:
+            await conn.execute("SELECT 1")
+
     async def write(self, batch: Batch) -> WriteResult:
         """Write a batch in one transaction; on a data error, retry unit by unit and
         return the units that fail alone as dead letters. Connection errors propagate

@@ -93,6 +93,22 @@ def _choice(*options: str) -> Callable[[str], str]:
     return conv
 
 
+JWT_ALGORITHMS = ("HS256", "RS256", "ES256")
+
+
+def _jwt_algorithms(raw: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for part in _csv(raw):
+        alg = part.upper()
+        if alg == "NONE":
+            raise ValueError("`none` (unsigned tokens) is never accepted")
+        if alg not in JWT_ALGORITHMS:
+            raise ValueError(f"{part!r} is not one of {', '.join(JWT_ALGORITHMS)}")
+        if alg not in out:
+            out.append(alg)
+    return tuple(out)
+
+
 def _log_level(raw: str) -> str:
     level = raw.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -141,9 +157,12 @@ SPECS: tuple[Spec, ...] = (
     Spec("participant_prune_ms", "PARTICIPANT_PRUNE_AFTER", _int(1000, 30 * 86_400_000, MS), 300_000, "A disconnected participant is removed (`participant_left`, reason `pruned`) after this.", None),
     Spec("serve_static", "SERVE_DEMO", _bool, True, "Serve the browser client at /lib/roomcast.js and the trivia demo at /demo/.", None),
     Spec("allowed_origins", "ALLOWED_ORIGINS", _csv, (), "Comma-separated Origin allow-list for browser handshakes; empty = any origin. Others are closed with 1008.", None),
-    Spec("jwt_secret", "AUTH_JWT_SECRET", _opt_str, None, "HS256 secret for hello.token (a JWT whose `sub` becomes user_id). Unset = tokens are refused.", None),
+    Spec("jwt_secret", "AUTH_JWT_SECRET", _opt_str, None, "HS256 secret for hello.token (a JWT whose `sub` becomes user_id). With no secret and no public key, tokens are refused.", None),
+    Spec("jwt_public_key_file", "AUTH_JWT_PUBLIC_KEY_FILE", _opt_str, None, "PEM public key (or certificate) for RS256 (RSA, 2048+ bits) or ES256 (P-256) tokens; read once at start.", None),
+    Spec("jwt_jwks_file", "AUTH_JWT_JWKS_FILE", _opt_str, None, "JSON Web Key Set file (RSA and EC P-256 signing keys, chosen by the token's `kid`); read once at start.", None),
+    Spec("jwt_algorithms", "AUTH_JWT_ALGORITHMS", _jwt_algorithms, (), "Token algorithms accepted, of HS256, RS256, ES256 (`none` never). Default: HS256 with a secret, plus RS256/ES256 for the configured keys.", None),
     Spec("jwt_audience", "AUTH_JWT_AUDIENCE", _opt_str, None, "Required `aud` of tokens, if set.", None),
-    Spec("require_auth", "REQUIRE_AUTH", _bool, False, "Refuse hello without a valid token (`unauthorized`).", None),
+    Spec("require_auth", "REQUIRE_AUTH", _bool, False, "Refuse hello without a valid token (`unauthorized`). Needs a secret or a public key.", None),
     Spec("redis_url", "REDIS_URL", _opt_str, None, "Redis for cluster mode (redis://[:password@]host:port/db). Unset = embedded single node.", "--redis-url"),
     Spec("redis_pubsub_url", "REDIS_PUBSUB_URL", _opt_str, None, "Redis for the pub/sub subscription, if not REDIS_URL (e.g. a separate instance).", None),
     Spec("database_url", "DATABASE_URL", _opt_str, None, "Postgres for history and analytics (postgresql://user@host:port/db). Unset = no history.", "--database-url"),
@@ -209,6 +228,9 @@ class Settings:
     serve_static: bool = True
     allowed_origins: tuple[str, ...] = ()
     jwt_secret: str | None = None
+    jwt_public_key_file: str | None = None
+    jwt_jwks_file: str | None = None
+    jwt_algorithms: tuple[str, ...] = ()
     jwt_audience: str | None = None
     require_auth: bool = False
     redis_url: str | None = None
@@ -295,8 +317,15 @@ class Settings:
                 ok = False
             if not ok:
                 raise SettingsError("PRIVACY_ENCRYPTION_KEYS", "<hidden>", "each entry must be 'kid:<base64 of 32 bytes>'")
-        if values["require_auth"] and not values["jwt_secret"]:
-            raise SettingsError("REQUIRE_AUTH", raw_seen.get("require_auth", "true"), "needs AUTH_JWT_SECRET")
+        has_key_file = bool(values["jwt_public_key_file"] or values["jwt_jwks_file"])
+        if "HS256" in values["jwt_algorithms"] and not values["jwt_secret"]:
+            raise SettingsError("AUTH_JWT_ALGORITHMS", raw_seen["jwt_algorithms"], "HS256 needs AUTH_JWT_SECRET")
+        if {"RS256", "ES256"} & set(values["jwt_algorithms"]) and not has_key_file:
+            raise SettingsError("AUTH_JWT_ALGORITHMS", raw_seen["jwt_algorithms"],
+                                "RS256 and ES256 need AUTH_JWT_PUBLIC_KEY_FILE or AUTH_JWT_JWKS_FILE")
+        if values["require_auth"] and not (values["jwt_secret"] or has_key_file):
+            raise SettingsError("REQUIRE_AUTH", raw_seen.get("require_auth", "true"),
+                                "needs AUTH_JWT_SECRET, AUTH_JWT_PUBLIC_KEY_FILE or AUTH_JWT_JWKS_FILE")
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:

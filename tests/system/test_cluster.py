@@ -310,3 +310,40 @@ async def test_silently_stalled_subscription_is_noticed_and_rebuilt(three: Clust
     finally:
         far_gw.stop()
         proxy.close()
+
+
+async def test_join_on_a_lagging_replica_does_not_make_existing_members_skip_events(three: Cluster) -> None:
+    """A joiner's head comes from the command connection and may be ahead of this replica's
+    pub/sub stream; members already there must still get every event in between."""
+    proxy = StallProxy(three.redis.port)
+    env = dict(three.env, GATEWAY_PORT=str(free_port()), NODE_ID="gw-lag", REDIS_PUBSUB_URL=proxy.url,
+               PUBSUB_PROBE_INTERVAL="200", PUBSUB_PROBE_TIMEOUT="1500")
+    lagging = GatewayProcess(int(env["GATEWAY_PORT"]), env).start()
+    try:
+        room_id = unique("lag")
+        async with Client.open(three.gateways[0].url) as host, Client.open(lagging.url) as early, \
+                Client.open(lagging.url) as late:
+            await host.hello(unique("h"))
+            host.start_pinging()
+            await host.request({"type": "create_room", "room_id": room_id, "game_type": "g"})
+            await early.hello(unique("early"))
+            early.start_pinging()
+            joined = await early.request({"type": "join", "room_id": room_id})
+            proxy.stall_existing()  # this replica's subscription falls behind
+            last = joined["seq"]
+            for n in range(5):
+                last = (await host.request({"type": "event", "room_id": room_id, "event_type": "tick",
+                                            "payload": {"n": n}}))["seq"]
+            await late.hello(unique("late"))
+            late.start_pinging()
+            late_joined = await late.request({"type": "join", "room_id": room_id})
+            assert late_joined["seq"] >= last  # its head is ahead of what pub/sub delivered here
+            final = (await host.request({"type": "event", "room_id": room_id, "event_type": "tick",
+                                         "payload": {"n": 99}}))["seq"]
+            got = await _drain_events(early, room_id, final, 15 * UNIT)
+            assert _seqs(got) == list(range(joined["seq"] + 1, final + 1)), "the existing member skipped events"
+            got_late = await _drain_events(late, room_id, final, 15 * UNIT)
+            assert _seqs(got_late) == list(range(late_joined["seq"] + 1, final + 1))
+    finally:
+        lagging.stop()
+        proxy.close()

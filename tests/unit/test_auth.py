@@ -1,16 +1,32 @@
-"""gateway.auth: HS256 JSON Web Tokens for hello.token (RFC 7519)."""
+"""gateway.auth: JSON Web Tokens for hello.token (RFC 7519): HS256, RS256, ES256, key files."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
+import json
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from gateway.auth import TokenError, sign_hs256, verify_hs256
+from gateway.auth import (
+    KeyFileError,
+    PublicKey,
+    TokenError,
+    Verifier,
+    load_jwks,
+    load_pem,
+    public_jwk,
+    sign,
+    sign_hs256,
+    verify_hs256,
+)
+from roomcast.settings import Settings
 
 SECRET = "test-secret"
 AUDIENCE = "roomcast"
@@ -128,3 +144,351 @@ def test_leeway_bounds_are_inclusive_and_configurable() -> None:
 
 def test_token_error_is_a_value_error() -> None:
     assert issubclass(TokenError, ValueError)
+
+
+# ================================================================ RS256 / ES256 (public keys)
+
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+RSA_OTHER = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+EC_OTHER = ec.generate_private_key(ec.SECP256R1())
+
+
+def pem(private_key: Any) -> bytes:
+    return bytes(private_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                       serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def jwks(*entries: tuple[Any, str | None]) -> bytes:
+    return orjson.dumps({"keys": [public_jwk(k.public_key(), kid) for k, kid in entries]})
+
+
+def claims(**extra: Any) -> dict[str, Any]:
+    return {"sub": USER, "aud": AUDIENCE, "exp": NOW + 600, **extra}
+
+
+def pem_verifier(*keys: Any, algorithms: tuple[str, ...] = ("RS256", "ES256"), secret: str | None = None) -> Verifier:
+    loaded = [k for key in keys for k in load_pem(pem(key))]
+    return Verifier(algorithms, secret, loaded, AUDIENCE)
+
+
+def jwks_verifier(data: bytes, algorithms: tuple[str, ...] = ("RS256", "ES256")) -> Verifier:
+    return Verifier(algorithms, None, load_jwks(data), AUDIENCE)
+
+
+def raw_token(header: dict[str, Any], body: dict[str, Any], sig: bytes) -> str:
+    return f"{b64(orjson.dumps(header))}.{b64(orjson.dumps(body))}.{b64(sig)}"
+
+
+# ---------------------------------------------------------------- accepted
+
+
+@pytest.mark.parametrize(("alg", "key"), [("RS256", RSA_KEY), ("ES256", EC_KEY)])
+def test_pem_key_verifies_its_algorithm(alg: str, key: Any) -> None:
+    v = pem_verifier(key)
+    assert v.verify(sign(claims(), alg, key), NOW) == USER
+    # A kid in the token is fine for a PEM key (it has none to compare).
+    assert v.verify(sign(claims(), alg, key, kid="anything"), NOW) == USER
+
+
+def test_jwks_selects_the_key_by_kid() -> None:
+    v = jwks_verifier(jwks((RSA_KEY, "rsa-1"), (RSA_OTHER, "rsa-2"), (EC_KEY, "ec-1")))
+    assert v.verify(sign(claims(), "RS256", RSA_KEY, kid="rsa-1"), NOW) == USER
+    assert v.verify(sign(claims(), "RS256", RSA_OTHER, kid="rsa-2"), NOW) == USER
+    assert v.verify(sign(claims(), "ES256", EC_KEY, kid="ec-1"), NOW) == USER
+
+
+def test_jwks_with_one_key_of_the_algorithm_needs_no_kid() -> None:
+    v = jwks_verifier(jwks((RSA_KEY, "rsa-1"), (EC_KEY, "ec-1")))
+    assert v.verify(sign(claims(), "RS256", RSA_KEY), NOW) == USER
+    assert v.verify(sign(claims(), "ES256", EC_KEY), NOW) == USER
+
+
+def test_hs256_and_rs256_side_by_side() -> None:
+    v = pem_verifier(RSA_KEY, algorithms=("HS256", "RS256"), secret=SECRET)
+    assert v.verify(sign(claims(), "RS256", RSA_KEY), NOW) == USER
+    assert v.verify(sign_hs256(claims(), SECRET), NOW) == USER
+
+
+def test_es256_signature_is_raw_r_and_s() -> None:
+    tok = sign(claims(), "ES256", EC_KEY)
+    assert len(base64.urlsafe_b64decode(tok.split(".")[2] + "==")) == 64
+
+
+# ---------------------------------------------------------------- refused
+
+
+def rs_tampered() -> str:
+    head, _, sig = sign(claims(), "RS256", RSA_KEY).split(".")
+    return f"{head}.{b64(orjson.dumps(claims(sub='00000000-0000-4000-8000-000000000000')))}.{sig}"
+
+
+def es_der_signature() -> str:
+    """ES256 with a DER-encoded signature (what a naive signer emits) instead of r||s."""
+    head = b64(orjson.dumps({"alg": "ES256"}))
+    body = b64(orjson.dumps(claims()))
+    der = EC_KEY.sign(f"{head}.{body}".encode(), ec.ECDSA(hashes.SHA256()))
+    return f"{head}.{body}.{b64(der)}"
+
+
+def hs256_with_public_key_as_secret() -> str:
+    """The classic algorithm confusion: HMAC keyed with the verifier's public key bytes."""
+    head = b64(orjson.dumps({"alg": "HS256", "typ": "JWT"}))
+    body = b64(orjson.dumps(claims()))
+    sig = hmac.new(pem(RSA_KEY), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(sig)}"
+
+
+def rs_signature_under_es_header() -> str:
+    head = b64(orjson.dumps({"alg": "ES256"}))
+    body = b64(orjson.dumps(claims()))
+    sig = RSA_KEY.sign(f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{head}.{body}.{b64(sig)}"
+
+
+def embedded_jwk() -> str:
+    """The attacker's own key in the header (`jwk`): must never be trusted."""
+    attacker = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    head = {"alg": "RS256", "jwk": public_jwk(attacker.public_key()), "jku": "https://evil.example/jwks"}
+    head_b64, body_b64 = b64(orjson.dumps(head)), b64(orjson.dumps(claims()))
+    sig = attacker.sign(f"{head_b64}.{body_b64}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{head_b64}.{body_b64}.{b64(sig)}"
+
+
+PK_REFUSED: list[tuple[str, Any]] = [
+    ("RS256 wrong key", lambda: sign(claims(), "RS256", RSA_OTHER)),
+    ("ES256 wrong key", lambda: sign(claims(), "ES256", EC_OTHER)),
+    ("RS256 forged claims", rs_tampered),
+    ("RS256 signature cut", lambda: sign(claims(), "RS256", RSA_KEY)[:-8]),
+    ("RS256 expired", lambda: sign(claims(exp=NOW - 3600), "RS256", RSA_KEY)),
+    ("ES256 expired", lambda: sign(claims(exp=NOW - 3600), "ES256", EC_KEY)),
+    ("RS256 not yet valid", lambda: sign(claims(nbf=NOW + 3600), "RS256", RSA_KEY)),
+    ("RS256 wrong audience", lambda: sign(claims(aud="other-app"), "RS256", RSA_KEY)),
+    ("ES256 no audience", lambda: sign({"sub": USER, "exp": NOW + 60}, "ES256", EC_KEY)),
+    ("RS256 sub not UUID", lambda: sign(claims(sub="admin"), "RS256", RSA_KEY)),
+    ("alg none", lambda: raw_token({"alg": "none"}, claims(), b"")),
+    ("alg None", lambda: raw_token({"alg": "None"}, claims(), b"")),
+    ("alg NONE", lambda: raw_token({"alg": "NONE"}, claims(), b"")),
+    ("alg missing", lambda: raw_token({"typ": "JWT"}, claims(), b"x")),
+    ("alg not a string", lambda: raw_token({"alg": ["RS256"]}, claims(), b"x")),
+    ("alg confusion: HS256 keyed with the public key", hs256_with_public_key_as_secret),
+    ("alg confusion: RSA signature under ES256", rs_signature_under_es_header),
+    ("alg RS512", lambda: raw_token({"alg": "RS512"}, claims(), b"x" * 256)),
+    ("alg PS256", lambda: raw_token({"alg": "PS256"}, claims(), b"x" * 256)),
+    ("ES256 DER signature", es_der_signature),
+    ("ES256 zero signature", lambda: raw_token({"alg": "ES256"}, claims(), bytes(64))),
+    ("embedded jwk/jku header", embedded_jwk),
+    ("crit header", lambda: sign_crit()),
+]
+
+
+def sign_crit() -> str:
+    head = b64(orjson.dumps({"alg": "RS256", "crit": ["exp"]}))
+    body = b64(orjson.dumps(claims()))
+    sig = RSA_KEY.sign(f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{head}.{body}.{b64(sig)}"
+
+
+@pytest.mark.parametrize("make", [m for _, m in PK_REFUSED], ids=[n for n, _ in PK_REFUSED])
+def test_public_key_token_refused(make: Any) -> None:
+    tok = make()
+    with pytest.raises(TokenError):
+        pem_verifier(RSA_KEY, EC_KEY).verify(tok, NOW)
+    with pytest.raises(TokenError):
+        jwks_verifier(jwks((RSA_KEY, None), (EC_KEY, None))).verify(tok, NOW)
+
+
+def test_alg_confusion_refused_even_with_hs256_allowed() -> None:
+    # HS256 allowed with its own secret: the public key is still never an HMAC key.
+    v = pem_verifier(RSA_KEY, algorithms=("HS256", "RS256"), secret=SECRET)
+    with pytest.raises(TokenError, match="bad token signature"):
+        v.verify(hs256_with_public_key_as_secret(), NOW)
+
+
+def test_hs256_refused_when_only_public_keys_are_configured() -> None:
+    with pytest.raises(TokenError, match="algorithm"):
+        pem_verifier(RSA_KEY).verify(sign_hs256(claims(), SECRET), NOW)
+
+
+def test_algorithm_not_allowed_although_a_key_exists() -> None:
+    v = pem_verifier(RSA_KEY, EC_KEY, algorithms=("RS256",))
+    with pytest.raises(TokenError, match="algorithm"):
+        v.verify(sign(claims(), "ES256", EC_KEY), NOW)
+
+
+def test_unknown_kid_is_refused() -> None:
+    v = jwks_verifier(jwks((RSA_KEY, "rsa-1"), (EC_KEY, "ec-1")))
+    with pytest.raises(TokenError, match="unknown token key id"):
+        v.verify(sign(claims(), "RS256", RSA_KEY, kid="rsa-9"), NOW)
+    # A kid of a key of the other algorithm is no match either.
+    with pytest.raises(TokenError, match="unknown token key id"):
+        v.verify(sign(claims(), "RS256", RSA_KEY, kid="ec-1"), NOW)
+
+
+def test_kid_of_another_key_does_not_verify() -> None:
+    v = jwks_verifier(jwks((RSA_KEY, "rsa-1"), (RSA_OTHER, "rsa-2")))
+    with pytest.raises(TokenError, match="bad token signature"):
+        v.verify(sign(claims(), "RS256", RSA_KEY, kid="rsa-2"), NOW)
+
+
+def test_no_kid_with_several_keys_is_refused() -> None:
+    v = jwks_verifier(jwks((RSA_KEY, "rsa-1"), (RSA_OTHER, "rsa-2")))
+    with pytest.raises(TokenError, match="kid"):
+        v.verify(sign(claims(), "RS256", RSA_KEY), NOW)
+
+
+def test_kid_must_be_a_string() -> None:
+    v = jwks_verifier(jwks((RSA_KEY, "1")))
+    head = b64(orjson.dumps({"alg": "RS256", "kid": 1}))
+    body = b64(orjson.dumps(claims()))
+    sig = RSA_KEY.sign(f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    with pytest.raises(TokenError):
+        v.verify(f"{head}.{body}.{b64(sig)}", NOW)
+
+
+def test_verifier_refuses_unknown_algorithms() -> None:
+    with pytest.raises(ValueError, match="unsupported"):
+        Verifier(("none",))
+
+
+# ---------------------------------------------------------------- key files
+
+
+def test_pem_accepts_a_certificate() -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "issuer")])
+    when = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(EC_KEY.public_key())
+            .serial_number(1).not_valid_before(when).not_valid_after(when + datetime.timedelta(days=3650))
+            .sign(EC_KEY, hashes.SHA256()))
+    keys = load_pem(cert.public_bytes(serialization.Encoding.PEM))
+    assert [k.alg for k in keys] == ["ES256"]
+    assert Verifier(("ES256",), None, keys).verify(sign({"sub": USER}, "ES256", EC_KEY), NOW) == USER
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (lambda: RSA_KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()), "private key"),
+        (lambda: b"hello", "not a PEM"),
+        (lambda: pem(rsa.generate_private_key(public_exponent=65537, key_size=1024)), "at least 2048"),
+        (lambda: pem(ec.generate_private_key(ec.SECP384R1())), "P-256"),
+    ],
+    ids=["private", "garbage", "rsa-1024", "p-384"],
+)
+def test_unusable_pem_is_refused(data: Any, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        load_pem(data())
+
+
+def test_jwks_skips_what_cannot_sign_tokens_here() -> None:
+    rsa_jwk = public_jwk(RSA_KEY.public_key(), "rsa")
+    keys = load_jwks(orjson.dumps({"keys": [
+        {"kty": "oct", "kid": "hmac", "k": b64(b"shared-secret")},  # never a key from a key set
+        {**public_jwk(RSA_OTHER.public_key(), "enc"), "use": "enc"},
+        {**public_jwk(RSA_OTHER.public_key(), "ps"), "alg": "PS256"},
+        {**public_jwk(EC_OTHER.public_key(), "ops"), "key_ops": ["encrypt"]},
+        {"kty": "EC", "crv": "P-384", "kid": "p384", "x": "AA", "y": "AA"},
+        {"kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": "AA"},
+        rsa_jwk,
+    ]}))
+    assert [(k.kid, k.alg) for k in keys] == [("rsa", "RS256")]
+
+
+@pytest.mark.parametrize(
+    ("doc", "why"),
+    [
+        (b"not json", "not JSON"),
+        (b"[]", "Key Set"),
+        (b'{"keys": {}}', "Key Set"),
+        (b'{"keys": []}', "no usable"),
+        (b'{"keys": [{"kty": "oct", "k": "AA"}]}', "no usable"),
+        (b'{"keys": [1]}', "not an object"),
+        (b'{"keys": [{"kty": "RSA", "kid": "r", "e": "AQAB"}]}', "`n`"),
+        (b'{"keys": [{"kty": "RSA", "kid": "r", "n": "!!", "e": "AQAB"}]}', "`n`"),
+        (b'{"keys": [{"kty": "EC", "crv": "P-256", "kid": "e", "x": "AQ", "y": "AQ"}]}', "not on P-256"),
+        (b'{"keys": [{"kty": "RSA", "kid": 5, "n": "AQ", "e": "AQAB"}]}', "`kid`"),
+    ],
+)
+def test_bad_jwks_is_refused(doc: bytes, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        load_jwks(doc)
+
+
+def test_jwks_small_rsa_key_and_duplicate_kid_are_refused() -> None:
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    with pytest.raises(ValueError, match="at least 2048"):
+        load_jwks(jwks((small, "small")))
+    with pytest.raises(ValueError, match="twice"):
+        load_jwks(jwks((RSA_KEY, "same"), (RSA_OTHER, "same")))
+
+
+def write(tmp_path: Path, name: str, data: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_from_settings_loads_files_once_and_derives_algorithms(tmp_path: Path) -> None:
+    env = {"AUTH_JWT_JWKS_FILE": write(tmp_path, "jwks.json", jwks((RSA_KEY, "r1"))),
+           "AUTH_JWT_AUDIENCE": AUDIENCE}
+    v = Verifier.from_settings(Settings.load(env))
+    assert v is not None
+    assert v.algorithms == {"RS256"}  # only what the keys can verify: no ES256, no HS256
+    assert v.verify(sign(claims(), "RS256", RSA_KEY, kid="r1"), NOW) == USER
+    (tmp_path / "jwks.json").write_bytes(jwks((RSA_OTHER, "r1")))  # changing the file later changes nothing
+    assert v.verify(sign(claims(), "RS256", RSA_KEY, kid="r1"), NOW) == USER
+
+    both = Verifier.from_settings(Settings.load({
+        "AUTH_JWT_SECRET": SECRET, "AUTH_JWT_PUBLIC_KEY_FILE": write(tmp_path, "ec.pem", pem(EC_KEY))}))
+    assert both is not None and both.algorithms == {"HS256", "ES256"}
+    only_secret = Verifier.from_settings(Settings.load({"AUTH_JWT_SECRET": SECRET}))
+    assert only_secret is not None and only_secret.algorithms == {"HS256"} and only_secret.keys == ()
+    assert Verifier.from_settings(Settings.load({})) is None
+
+
+def test_from_settings_explicit_algorithms_restrict(tmp_path: Path) -> None:
+    env = {"AUTH_JWT_SECRET": SECRET, "AUTH_JWT_ALGORITHMS": "RS256",
+           "AUTH_JWT_JWKS_FILE": write(tmp_path, "jwks.json", jwks((RSA_KEY, "r"), (EC_KEY, "e")))}
+    v = Verifier.from_settings(Settings.load(env))
+    assert v is not None and v.algorithms == {"RS256"} and v.secret is None
+    assert [k.alg for k in v.keys] == ["RS256"]
+    with pytest.raises(TokenError):
+        v.verify(sign_hs256(claims(), SECRET), NOW)
+    with pytest.raises(TokenError):
+        v.verify(sign(claims(), "ES256", EC_KEY, kid="e"), NOW)
+
+
+def test_from_settings_refuses_unusable_files(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.pem")
+    with pytest.raises(KeyFileError) as info:
+        Verifier.from_settings(Settings.load({"AUTH_JWT_PUBLIC_KEY_FILE": missing}))
+    assert info.value.var == "AUTH_JWT_PUBLIC_KEY_FILE" and missing in str(info.value)
+    with pytest.raises(KeyFileError) as info:
+        Verifier.from_settings(Settings.load({"AUTH_JWT_JWKS_FILE": write(tmp_path, "bad.json", b"{}")}))
+    assert info.value.var == "AUTH_JWT_JWKS_FILE"
+    # ES256 asked for, but the file holds only an RSA key.
+    with pytest.raises(KeyFileError) as info:
+        Verifier.from_settings(Settings.load({"AUTH_JWT_ALGORITHMS": "ES256",
+                                              "AUTH_JWT_PUBLIC_KEY_FILE": write(tmp_path, "r.pem", pem(RSA_KEY))}))
+    assert info.value.var == "AUTH_JWT_ALGORITHMS"
+
+
+def test_gateway_refuses_to_start_with_a_bad_key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    monkeypatch.setenv("AUTH_JWT_JWKS_FILE", write(tmp_path, "jwks.json", json.dumps({"keys": []}).encode()))
+    assert main([]) == 2
+    assert "AUTH_JWT_JWKS_FILE" in capsys.readouterr().err
+
+
+def test_public_key_dataclass_is_frozen() -> None:
+    key = PublicKey("RS256", RSA_KEY.public_key())
+    with pytest.raises(AttributeError):
+        key.alg = "HS256"  # type: ignore[misc]

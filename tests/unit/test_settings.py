@@ -111,6 +111,11 @@ PARSED: list[tuple[str, str, str, Any]] = [
     ("ALLOWED_ORIGINS", "", "allowed_origins", ()),
     ("AUTH_JWT_SECRET", "s3cret", "jwt_secret", "s3cret"),
     ("AUTH_JWT_SECRET", "", "jwt_secret", None),
+    ("AUTH_JWT_PUBLIC_KEY_FILE", "/etc/roomcast/jwt.pem", "jwt_public_key_file", "/etc/roomcast/jwt.pem"),
+    ("AUTH_JWT_PUBLIC_KEY_FILE", "", "jwt_public_key_file", None),
+    ("AUTH_JWT_JWKS_FILE", "/etc/roomcast/jwks.json", "jwt_jwks_file", "/etc/roomcast/jwks.json"),
+    ("AUTH_JWT_JWKS_FILE", "", "jwt_jwks_file", None),
+    ("AUTH_JWT_ALGORITHMS", "", "jwt_algorithms", ()),
     ("AUTH_JWT_AUDIENCE", "roomcast", "jwt_audience", "roomcast"),
     ("AUTH_JWT_AUDIENCE", "", "jwt_audience", None),
     ("REQUIRE_AUTH", "false", "require_auth", False),
@@ -203,6 +208,10 @@ BAD: list[tuple[str, str]] = [
     ("DEFAULT_MAX_PLAYERS", "10001"),
     ("PARTICIPANT_PRUNE_AFTER", "10"),
     ("REQUIRE_AUTH", "sometimes"),
+    ("AUTH_JWT_ALGORITHMS", "none"),
+    ("AUTH_JWT_ALGORITHMS", "RS256,none"),
+    ("AUTH_JWT_ALGORITHMS", "HS512"),
+    ("AUTH_JWT_ALGORITHMS", "PS256"),
     ("NODE_TTL", "999"),
     ("COORDINATOR_LEASE_TTL", "0"),
     ("LOG_LEVEL", "TRACE"),
@@ -290,17 +299,56 @@ def test_flags_not_given_leave_env_alone() -> None:
 # ---------------------------------------------------------------- auth
 
 
-@pytest.mark.parametrize("env", [{"REQUIRE_AUTH": "true"}, {"REQUIRE_AUTH": "1", "AUTH_JWT_SECRET": ""}])
-def test_require_auth_needs_a_secret(env: dict[str, str]) -> None:
+@pytest.mark.parametrize("env", [{"REQUIRE_AUTH": "true"}, {"REQUIRE_AUTH": "1", "AUTH_JWT_SECRET": ""},
+                                 {"REQUIRE_AUTH": "1", "AUTH_JWT_JWKS_FILE": "", "AUTH_JWT_PUBLIC_KEY_FILE": ""}])
+def test_require_auth_needs_a_verifier(env: dict[str, str]) -> None:
     with pytest.raises(SettingsError) as info:
         Settings.load(env)
     assert info.value.var == "REQUIRE_AUTH"
     assert "AUTH_JWT_SECRET" in str(info.value)
+    assert "AUTH_JWT_JWKS_FILE" in str(info.value)
 
 
 def test_require_auth_with_secret() -> None:
     s = load(REQUIRE_AUTH="yes", AUTH_JWT_SECRET="k")
     assert (s.require_auth, s.jwt_secret) == (True, "k")
+
+
+@pytest.mark.parametrize("env", [{"AUTH_JWT_PUBLIC_KEY_FILE": "/k.pem"}, {"AUTH_JWT_JWKS_FILE": "/jwks.json"}])
+def test_require_auth_accepts_a_public_key_verifier(env: dict[str, str]) -> None:
+    s = Settings.load({"REQUIRE_AUTH": "true", **env})
+    assert s.require_auth is True
+    assert s.jwt_secret is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("HS256", ("HS256",)), ("rs256, ES256", ("RS256", "ES256")), ("ES256,RS256,ES256", ("ES256", "RS256")),
+     ("HS256,RS256,ES256", ("HS256", "RS256", "ES256"))],
+)
+def test_jwt_algorithms_are_parsed(raw: str, expected: tuple[str, ...]) -> None:
+    s = load(AUTH_JWT_ALGORITHMS=raw, AUTH_JWT_SECRET="k", AUTH_JWT_JWKS_FILE="/jwks.json")
+    assert s.jwt_algorithms == expected
+
+
+def test_jwt_algorithm_none_is_refused_by_name() -> None:
+    with pytest.raises(SettingsError) as info:
+        load(AUTH_JWT_ALGORITHMS="none", AUTH_JWT_SECRET="k")
+    assert info.value.var == "AUTH_JWT_ALGORITHMS"
+    assert "never accepted" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "needs"),
+    [({"AUTH_JWT_ALGORITHMS": "HS256", "AUTH_JWT_JWKS_FILE": "/jwks.json"}, "AUTH_JWT_SECRET"),
+     ({"AUTH_JWT_ALGORITHMS": "RS256", "AUTH_JWT_SECRET": "k"}, "AUTH_JWT_PUBLIC_KEY_FILE"),
+     ({"AUTH_JWT_ALGORITHMS": "HS256,ES256", "AUTH_JWT_SECRET": "k"}, "AUTH_JWT_JWKS_FILE")],
+)
+def test_jwt_algorithms_need_their_key_material(env: dict[str, str], needs: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.load(env)
+    assert info.value.var == "AUTH_JWT_ALGORITHMS"
+    assert needs in str(info.value)
 
 
 # ---------------------------------------------------------------- documentation
