@@ -146,8 +146,13 @@ class Node:
             log.warning("could not record disconnect of %s: %s", caller.socket_id, exc.message)
 
     def _bucket(self, what: str, key: str) -> str:
-        """Bucket names hold a keyed hash, never a raw address or device id."""
-        return f"{what}:{self.privacy.hash(key)[3:35]}"
+        """Bucket names hold a hash, never a raw address or device id. Every replica must
+        name a bucket alike, or the budget would not be shared: keyed with PRIVACY_HASH_KEY
+        when it is set (the same on every replica); without it the privacy hash key is
+        random per process, so the hash is unkeyed then."""
+        if self.settings.privacy_hash_key:
+            return f"{what}:{self.privacy.hash(key)[3:35]}"
+        return f"{what}:{hashlib.sha256(b'roomcast-bucket:' + key.encode()).hexdigest()[:32]}"
 
     async def limited(self, what: str, key: str, rate: float, burst: int, cost: int = 1) -> int:
         """Take from a cluster-wide bucket; 0 if allowed, else ms to wait (counted)."""
@@ -314,7 +319,7 @@ class Node:
         for attempt in range(attempts):
             room_id = msg.room_id or new_join_code()
             new = NewRoom(room_id, msg.game_type, msg.max_players or self.settings.default_max_players,
-                          msg.game_data or {}, pw_hash, msg.spectators_can_send)
+                          msg.game_data or {}, pw_hash, msg.spectators_can_send, generated=msg.room_id is None)
             # Join the hub first so the host receives its own participant_joined (seq 1).
             await self.hub.begin_join(room_id, session)
             try:
@@ -391,24 +396,38 @@ class Node:
 
     async def _check_device_rooms(self, device_id: str, joining: str | None = None) -> None:
         limit = self.settings.max_rooms_per_device
-        if await self.store.device_room_count(device_id) >= limit:
+        # A room the device is already in (rejoined from a new socket) takes no new place.
+        if await self.store.device_room_count(device_id, joining) >= limit:
             raise GatewayError(ErrorCode.FORBIDDEN, f"this device is already in {limit} rooms (the limit)")
 
     async def _check_password(self, device_id: str, room_id: str, password: str, stored: str) -> None:
         """Brute force is limited per device and per room, cluster-wide: while either
-        budget of failures is spent, attempts get `rate_limited` without being checked."""
+        budget of failures is spent, attempts get `rate_limited` without being checked.
+
+        Each attempt takes its token from both budgets *before* the (slow) check and gets
+        it back if the password is right, so guesses sent all at once, over many sockets
+        and replicas, are still no more than the budget allows."""
         s = self.settings
         budgets = (("password_device", device_id, s.password_fail_rate, 5),
                    ("password_room", room_id, s.room_password_fail_rate, 20))
-        for what, key, rate, burst in budgets:
-            wait = await self.limiter.take(self._bucket(what, key), rate, burst, now_ms(), cost=0)
-            if wait:
-                self.metrics.rate_limited.labels(what).inc()
-                raise GatewayError(ErrorCode.RATE_LIMITED, "too many wrong passwords", retry_after_ms=wait)
-        if await asyncio.to_thread(passwords.verify_password, password, stored):
+        taken: list[tuple[str, float, int]] = []
+        try:
+            for what, key, rate, burst in budgets:
+                bucket = self._bucket(what, key)
+                wait = await self.limiter.take(bucket, rate, burst, now_ms())
+                if wait:
+                    self.metrics.rate_limited.labels(what).inc()
+                    raise GatewayError(ErrorCode.RATE_LIMITED, "too many wrong passwords", retry_after_ms=wait)
+                taken.append((bucket, rate, burst))
+            right = await asyncio.to_thread(passwords.verify_password, password, stored)
+        except GatewayError:
+            for bucket, rate, burst in taken:  # not checked: the attempt costs nothing
+                await self.limiter.take(bucket, rate, burst, now_ms(), cost=-1)
+            raise
+        if right:
+            for bucket, rate, burst in taken:
+                await self.limiter.take(bucket, rate, burst, now_ms(), cost=-1)
             return
-        for what, key, rate, burst in budgets:
-            await self.limiter.take(self._bucket(what, key), rate, burst, now_ms())
         raise GatewayError(ErrorCode.FORBIDDEN, "wrong password")
 
     async def _leave(self, session: Session, msg: p.Leave) -> None:

@@ -79,6 +79,7 @@ class NewRoom:
     game_data: dict[str, Any]
     password_hash: str | None
     spectators_can_send: bool = False
+    generated: bool = False  # the server drew this id (a join code), the client did not choose it
 
 
 def fail(code: ErrorCode, message: str) -> GatewayError:
@@ -114,8 +115,9 @@ class RoomStore(Protocol):
         """Create a room with the caller as `host`; `conflict` if the id exists."""
         ...
 
-    async def device_room_count(self, device_id: str) -> int:
-        """How many rooms the device is a participant of (active or disconnected)."""
+    async def device_room_count(self, device_id: str, other_than: str | None = None) -> int:
+        """How many rooms the device is a participant of (active or disconnected), not
+        counting `other_than` (a room being rejoined must not count against the cap)."""
         ...
 
     async def device_known(self, device_id: str) -> bool:

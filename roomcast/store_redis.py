@@ -229,9 +229,20 @@ class RedisStore:
         )
 
     async def create_room(self, caller: Caller, room: NewRoom, now_ms: int) -> JoinResult:
-        if self.stored_room is not None and await self._lookup(room.room_id) is not None:
-            # History has this id: reusing it would reuse its sequence numbers.
-            raise fail(ErrorCode.CONFLICT, f"room {room.room_id!r} already exists (in history)")
+        if self.stored_room is not None:
+            # History has this id? Reusing it would reuse its sequence numbers. Postgres is
+            # not on the hot path: if it cannot be asked, a server-drawn join code goes ahead
+            # (a collision with an old room is unlikely, and logged), while a client-chosen
+            # id gets a retryable `unavailable` rather than risk losing its history.
+            try:
+                stored = await self._lookup(room.room_id)
+            except GatewayError:
+                if not room.generated:
+                    raise
+                log.warning("history unreachable: creating room %s without checking it was never used", room.room_id)
+                stored = None
+            if stored is not None:
+                raise fail(ErrorCode.CONFLICT, f"room {room.room_id!r} already exists (in history)")
         data = orjson.dumps(room.game_data)
         self._check_game_data(data)
         sender = orjson.dumps(caller.sender())
@@ -283,8 +294,12 @@ class RedisStore:
                 self.b.call(cmd("zadd", keys.DISCONNECTED, {f"{room_id}|{device}": now_ms}, nx=True))
         return True
 
-    async def device_room_count(self, device_id: str) -> int:
-        return int(await self.b.call(cmd("scard", keys.device_rooms(device_id))))
+    async def device_room_count(self, device_id: str, other_than: str | None = None) -> int:
+        count = self.b.call(cmd("scard", keys.device_rooms(device_id)))
+        if other_than is None:
+            return int(await count)
+        member = self.b.call(cmd("sismember", keys.device_rooms(device_id), other_than))
+        return int(await count) - int(await member)
 
     async def device_known(self, device_id: str) -> bool:
         conn = self.b.call(cmd("exists", keys.connection(device_id)))
