@@ -40,6 +40,24 @@ local function ptail(kind, device, role, reason, sender, now)
   return '"event_type":"' .. kind .. '","action":null,"payload":' .. payload .. '},"from":'
     .. sender .. ',"ts":' .. now .. '}'
 end
+-- After a room's last event: mark it closed, every participant left; returns their devices.
+local function close_room(now, ttl)
+  redis.call('HSET', KEYS[1], 'status', 'closed', 'closed_at', now, 'players', 0, 'occupants', 0)
+  local devices = {}
+  local all = redis.call('HGETALL', KEYS[2])
+  for i = 1, #all, 2 do
+    local mr, ms, msock, mu, mj = mparse(all[i + 1])
+    if ms ~= 'left' then
+      redis.call('HSET', KEYS[2], all[i], mfmt(mr, 'left', msock, mu, mj))
+      devices[#devices + 1] = all[i]
+    end
+  end
+  redis.call('DEL', KEYS[3])
+  if ttl ~= '0' then  -- history mode passes '0': the flusher expires the room once persisted
+    for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
+  end
+  return devices
+end
 local function open_room()
   local st = redis.call('HGET', KEYS[1], 'status')
   if not st then return nil, 'not_found' end
@@ -199,21 +217,7 @@ local r, pst = mparse(v)
 if pst == 'left' then return {'err', 'not_member'} end
 if r ~= 'host' then return {'err', 'forbidden'} end
 local seq = emit(room_id, ARGV[3], now, ARGV[5])
-redis.call('HSET', KEYS[1], 'status', 'closed', 'closed_at', now, 'players', 0, 'occupants', 0)
-local devices = {}
-local all = redis.call('HGETALL', KEYS[2])
-for i = 1, #all, 2 do
-  local mr, ms, msock, mu, mj = mparse(all[i + 1])
-  if ms ~= 'left' then
-    redis.call('HSET', KEYS[2], all[i], mfmt(mr, 'left', msock, mu, mj))
-    devices[#devices + 1] = all[i]
-  end
-end
-redis.call('DEL', KEYS[3])
-if ttl ~= '0' then  -- history mode: the flusher expires the room once persisted
-  for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
-end
-return {'ok', seq, devices}
+return {'ok', seq, close_room(now, ttl)}
 """
 
 # ARGV: room_id device socket now reason maxlen
@@ -248,21 +252,7 @@ local st = redis.call('HGET', KEYS[1], 'status')
 if not st or st == 'closed' then return {'ok', 0, {}} end
 if tonumber(redis.call('HGET', KEYS[1], 'updated_at')) >= tonumber(ARGV[5]) then return {'ok', 0, {}} end
 local seq = emit(room_id, ARGV[6], now, maxlen)
-redis.call('HSET', KEYS[1], 'status', 'closed', 'closed_at', now, 'players', 0, 'occupants', 0)
-local devices = {}
-local all = redis.call('HGETALL', KEYS[2])
-for i = 1, #all, 2 do
-  local mr, ms, msock, mu, mj = mparse(all[i + 1])
-  if ms ~= 'left' then
-    redis.call('HSET', KEYS[2], all[i], mfmt(mr, 'left', msock, mu, mj))
-    devices[#devices + 1] = all[i]
-  end
-end
-redis.call('DEL', KEYS[3])
-if ttl ~= '0' then
-  for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
-end
-return {'ok', seq, devices}
+return {'ok', seq, close_room(now, ttl)}
 """
 
 # Rebuild a room Redis lost from its history in Postgres: seq continues after the last
