@@ -314,7 +314,7 @@ class Node:
         await self._check_device_rooms(caller.device_id)
         pw_hash = None
         if msg.password is not None:
-            pw_hash = await asyncio.to_thread(passwords.hash_password, msg.password)
+            pw_hash = await passwords.hash_async(msg.password)
         attempts = 1 if msg.room_id is not None else 8
         for attempt in range(attempts):
             room_id = msg.room_id or new_join_code()
@@ -333,7 +333,8 @@ class Node:
                 await self.hub.abort_join(room_id, session)
                 raise
             session.rooms[room_id] = result.role
-            self.reply(session, "room_created", {"type": "room_created", "re": msg.id, "room": result.room})
+            self.reply(session, "room_created", {"type": "room_created", "re": msg.id, "room": result.room,
+                                                 "epoch": result.epoch})
             self.hub.finish_join(room_id, session, result.seq, [], result.epoch)
             return
 
@@ -419,7 +420,7 @@ class Node:
                     self.metrics.rate_limited.labels(what).inc()
                     raise GatewayError(ErrorCode.RATE_LIMITED, "too many wrong passwords", retry_after_ms=wait)
                 taken.append((bucket, rate, burst))
-            right = await asyncio.to_thread(passwords.verify_password, password, stored)
+            right = await passwords.verify_async(password, stored)
         except GatewayError:
             for bucket, rate, burst in taken:  # not checked: the attempt costs nothing
                 await self.limiter.take(bucket, rate, burst, now_ms(), cost=-1)

@@ -1,7 +1,9 @@
-"""roomcast shared core: the wire protocol, settings, error vocabulary and room model.
+"""roomcast shared core, imported by the gateway, the coordinator and the clients.
 
-Everything here is pure (no sockets, no asyncio, no Redis or Postgres) so that the
-gateway, the coordinator and the clients can all import it without pulling in I/O.
+The protocol, settings, errors, room model and client state modules are pure (no sockets,
+asyncio, Redis or Postgres; tests/unit/test_purity.py checks it). The backends (memory,
+Redis, Postgres history), the limiter and the Python client live beside them; nothing
+here imports the gateway or the coordinator.
 """
 
 __version__ = "0.1.0"

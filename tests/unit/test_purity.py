@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-CORE_MODULES = ["roomcast.protocol", "roomcast.errors", "roomcast.merge_patch", "roomcast.room", "roomcast.settings"]
+CORE_MODULES = ["roomcast.protocol", "roomcast.errors", "roomcast.merge_patch", "roomcast.room", "roomcast.settings",
+                "roomcast.client_state"]
 # asyncio and uvloop: event loops; websockets: socket I/O; redis, asyncpg: backends;
 # gateway: the shell, which imports core and never the other way round.
 FORBIDDEN = ["asyncio", "uvloop", "websockets", "redis", "asyncpg", "gateway"]
