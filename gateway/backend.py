@@ -191,6 +191,7 @@ class RedisLink:
         self.bus_ok = False
         self.lost_at: float | None = None
         self.was_up = False
+        self.reregister_due = False  # set when Redis came back; cleared once sockets are back
         self.closing = False
         self.up = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -217,7 +218,7 @@ class RedisLink:
         if ok and not was:
             if self.lost_at is not None and self.was_up:
                 log.info("redis is back after %.1fs: re-registering local sockets", time.monotonic() - self.lost_at)
-                self._tasks.append(asyncio.get_running_loop().create_task(self.node.reregister()))
+                self.reregister_due = True
             self.lost_at = None
             self.was_up = True
         elif was and not ok:
@@ -252,6 +253,9 @@ class RedisLink:
                     log.warning("redis ping failed: %s", exc)
                 self.redis_ok = False
             self._update()
+            if self.reregister_due and self.node.backend_ok:
+                # Until every local socket and room is back in Redis; retried each tick.
+                self.reregister_due = not await self.node.reregister()
             await asyncio.sleep(interval)
 
     async def start(self) -> None:

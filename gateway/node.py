@@ -513,7 +513,7 @@ class Node:
         """What /readyz reports: not draining and the backend is reachable."""
         return self.ready and self.backend_ok
 
-    async def reregister(self) -> None:
+    async def reregister(self) -> bool:
         """After a backend outage: put every local socket and its rooms back.
 
         A participant the reaper marked disconnected meanwhile comes back with
@@ -547,9 +547,10 @@ class Node:
                         break
                 restored += 1
             except GatewayError as exc:
-                log.warning("re-registering sockets stopped: %s", exc.message)
-                return
+                log.warning("re-registering sockets stopped (%s); will try again", exc.message)
+                return False
         log.info("re-registered %d sockets", restored)
+        return True
 
     async def drain(self, window_s: float = 0.0) -> None:
         """Stop taking sockets (readiness false first), then close every open one.

@@ -47,6 +47,18 @@ class RedisHistorySource:
         self._ready = True
 
     async def take(self, max_rows: int) -> Batch:
+        try:
+            return await self._take(max_rows)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis restarted without persistence: the consumer group is gone. Recreate it
+            # (what was pending in it is gone with it) and carry on.
+            log.warning("the lifecycle consumer group was lost (Redis restarted?): recreating it")
+            self._ready = False
+            return await self._take(max_rows)
+
+    async def _take(self, max_rows: int) -> Batch:
         if not self._ready:
             await self._setup()
         b = self.b
@@ -118,7 +130,10 @@ class RedisHistorySource:
         await self.b.call(cmd("ping"))
 
     async def backlog(self) -> int:
-        info = await self.b.call(cmd("xinfo_groups", keys.LIFECYCLE))
+        try:
+            info = await self.b.call(cmd("xinfo_groups", keys.LIFECYCLE))
+        except ResponseError:  # no stream yet (or Redis restarted): nothing waiting there
+            info = []
         lag = 0
         for group in info or []:
             g = {(_s(k) if isinstance(k, bytes) else k): v for k, v in group.items()}

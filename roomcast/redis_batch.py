@@ -16,7 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ErrorCode, GatewayError
@@ -107,11 +107,13 @@ class Batcher:
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(GatewayError(ErrorCode.UNAVAILABLE, UNAVAILABLE))
+                    fut.exception()  # fire-and-forget calls (index updates) need not be awaited
             return
         except RedisError as exc:
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
+                    fut.exception()
             return
         self.batches += 1
         self.commands += len(batch)
@@ -122,5 +124,7 @@ class Batcher:
                 continue
             if isinstance(result, Exception):
                 fut.set_exception(result)
+                if not isinstance(result, ResponseError):
+                    fut.exception()
             else:
                 fut.set_result(result)

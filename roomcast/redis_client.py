@@ -1,6 +1,6 @@
 """One place that makes redis-py clients, with failure behaviour suited to a gateway:
-short timeouts and no hidden retries (a request that cannot reach Redis fails fast with
-`unavailable`; the caller's client retries)."""
+short timeouts and a single immediate retry (a pooled connection that died with a Redis
+restart is replaced once; a Redis that is really down fails fast with `unavailable`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def make_client(url: str) -> Redis:
         url,
         socket_timeout=2.0,
         socket_connect_timeout=1.0,
-        retry=Retry(NoBackoff(), 0),
+        retry=Retry(NoBackoff(), 1),
         health_check_interval=0,
         max_connections=64,
     )

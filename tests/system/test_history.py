@@ -1007,3 +1007,60 @@ async def test_last_heartbeat_advances_in_batches_while_clients_ping(cleanup: tu
         assert after > before
     finally:
         await db.execute(f"DROP TRIGGER {log_table}_trg ON websocket_connections")
+
+
+async def test_room_lost_by_redis_continues_its_sequence_from_history(pg: PostgresServer) -> None:
+    """Redis restarted without persistence: the room comes back from Postgres with its seq
+    continuing after the last persisted event, under a new epoch; no sequence_number is reused."""
+    db = Db(pg, "restore")
+    with cluster(2, 1, FAST | {"DATABASE_URL": db.dsn}) as c:
+        coord = c.coordinators[0]
+        await history_ready(db, coord)
+        room_id = unique("restore")
+        host_dev, player_dev = unique("host"), unique("player")
+        async with Client.open(c.gateways[0].url) as host, Client.open(c.gateways[1].url) as player:
+            await host.hello(host_dev)
+            created = await host.request({"type": "create_room", "room_id": room_id, "game_type": "trivia",
+                                          "game_data": {"round": 1}})
+            old_epoch = created["epoch"]
+            await player.hello(player_dev)
+            await player.request({"type": "join", "room_id": room_id})
+            last = 0
+            for n in range(5):
+                last = await ack(host, {"type": "event", "room_id": room_id, "event_type": "tick", "payload": {"n": n}})
+
+            async def persisted() -> None:
+                assert await db.value("SELECT max(sequence_number) FROM game_events WHERE room_id = $1",
+                                      room_id) == last
+
+            await eventually(persisted, SETTLE, "the events in history")
+            # Redis loses everything (restart without persistence).
+            c.redis.stop()
+            c.redis.start()
+            # Sockets in a room that is gone are told to reconnect (1012).
+            assert await host.closed(15 * UNIT) == 1012
+        async with Client.open(c.gateways[1].url) as back:
+            await back.hello(host_dev)
+            for _ in range(100):  # the gateway may still be re-establishing Redis
+                rejoined = await back.request({"type": "join", "room_id": room_id, "since": last,
+                                               "epoch": old_epoch})
+                if rejoined["type"] == "joined":
+                    break
+                assert rejoined["code"] == "unavailable", rejoined
+                await asyncio.sleep(0.1)
+            assert rejoined["type"] == "joined", rejoined
+            assert rejoined["epoch"] != old_epoch and rejoined["recovered"] is False
+            assert rejoined["room"]["game_data"] == {"round": 1} and rejoined["role"] == "host"
+            # The sequence continues from history (re-registration may have added events since).
+            assert rejoined["seq"] >= last
+            nxt = await ack(back, {"type": "event", "room_id": room_id, "event_type": "tick", "payload": {"n": 99}})
+            assert nxt > last
+
+            async def continued() -> None:
+                rows = await db.fetch("SELECT sequence_number, event_type FROM game_events WHERE room_id = $1 "
+                                      "ORDER BY sequence_number", room_id)
+                seqs = [r["sequence_number"] for r in rows]
+                assert seqs == list(range(1, nxt + 1)), seqs  # gap-free, nothing reused or dropped
+                assert rows[-1]["event_type"] == "tick"
+
+            await eventually(continued, SETTLE, "history continuing after the restore")
