@@ -9,7 +9,6 @@ Locust failure, so the run must end with exit code 0 and an empty failure table.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 import subprocess
 import sys
@@ -20,13 +19,8 @@ import pytest
 
 from tests.harness import OUTPUT, ROOT, UNIT, cluster
 
-pytestmark = [
-    pytest.mark.system,
-    pytest.mark.skipif(
-        importlib.util.find_spec("locust") is None or importlib.util.find_spec("websocket") is None,
-        reason="needs the `load` extra: pip install -e '.[load]'",
-    ),
-]
+# The `test` extra installs the `load` extra (locust, websocket-client): no skip here.
+pytestmark = pytest.mark.system
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 USERS = 20
