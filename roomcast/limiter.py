@@ -23,6 +23,8 @@ tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
 local wait = 0
 if cost == 0 then  -- a peek: would one token be available?
   if tokens < 1 then wait = math.ceil((1 - tokens) * 1000 / rate) end
+elseif cost < 0 then  -- a refund: give tokens back, up to the burst
+  tokens = math.min(burst, tokens - cost)
 elseif tokens >= cost then tokens = tokens - cost else wait = math.ceil((cost - tokens) * 1000 / rate) end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)
 redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) * 1000 / rate) + 1000)
@@ -33,7 +35,8 @@ return wait
 class Limiter(Protocol):
     async def take(self, key: str, rate: float, burst: int, now_ms: int, cost: int = 1) -> int:
         """0 if allowed, else ms to wait. `rate` is tokens per second. cost=0 only peeks
-        whether one token is available, taking nothing."""
+        whether one token is available, taking nothing; a negative cost gives tokens back
+        (at most up to the burst) and always returns 0."""
         ...
 
 
@@ -48,6 +51,8 @@ class MemoryLimiter:
         if cost == 0:  # a peek: would one token be available?
             if tokens < 1:
                 wait = max(1, math.ceil((1 - tokens) * 1000 / rate))
+        elif cost < 0:  # a refund
+            tokens = min(float(burst), tokens - cost)
         elif tokens >= cost:
             tokens -= cost
         else:

@@ -313,9 +313,9 @@ class MemoryStore:
             raise fail(ErrorCode.FORBIDDEN, "spectators may not send events in this room")
         return self._emit(room, tail, now_ms)
 
-    async def device_room_count(self, device_id: str) -> int:
+    async def device_room_count(self, device_id: str, other_than: str | None = None) -> int:
         dev = self.devices.get(device_id)
-        return 0 if dev is None else len(dev.rooms)
+        return 0 if dev is None else len(dev.rooms - {other_than})
 
     async def device_known(self, device_id: str) -> bool:
         return device_id in self.devices

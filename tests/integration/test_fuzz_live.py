@@ -170,3 +170,20 @@ def replies_until_pong(ws: ClientConnection, re: str) -> dict[str, Any]:
         msg = orjson.loads(ws.recv(timeout=5 * UNIT))
         if msg.get("re") == re:
             return msg  # type: ignore[no-any-return]
+
+
+async def test_generated_frames_get_errors_and_memory_stays_bounded() -> None:
+    """loadtests/fuzz.py at a few thousand frames (the full 100 000-frame run is in
+    docs/security.md): every bad frame gets an error, socket-ending frames their close
+    code, no traceback in the log, and RSS flat after the warm-up."""
+    from loadtests import fuzz
+
+    report = await fuzz.run(frames=4000, seed=20_261_123, workers=4, batch=40, special_every=200,
+                            time_limit=120 * UNIT, max_growth_mb=16)
+    print(report.summary())
+    assert report.ok, report.summary()
+    assert report.frames >= 4000
+    assert report.special_sockets >= 10 and set(report.closes) == {"1007", "1009"}, report.closes
+    must_error = {"binary", "deep", "deep_raw", "huge", "escapes"}
+    assert must_error <= set(report.frames_by_kind), report.frames_by_kind
+    assert report.rss_end_kib - report.rss_warm_kib < 16 * 1024

@@ -73,3 +73,27 @@ def malformed(stored: str) -> list[str]:
 def test_malformed_stored_hash_is_false(stored: str) -> None:
     for bad in malformed(stored):
         assert verify_password(PASSWORD, bad) is False, bad
+
+
+async def test_async_helpers_run_on_the_bounded_scrypt_pool() -> None:
+    import asyncio
+    import threading
+
+    from gateway import passwords
+
+    seen: set[str] = set()
+    real = passwords.verify_password
+
+    def spy(password: str, stored: str) -> bool:
+        seen.add(threading.current_thread().name)
+        return real(password, stored)
+
+    stored = await passwords.hash_async("open sesame")
+    passwords.verify_password = spy  # type: ignore[assignment]
+    try:
+        results = await asyncio.gather(*(passwords.verify_async(pw, stored) for pw in ["open sesame", "nope"] * 4))
+    finally:
+        passwords.verify_password = real  # type: ignore[assignment]
+    assert results == [True, False] * 4
+    assert seen and all(name.startswith("scrypt") for name in seen)
+    assert len(seen) <= passwords.WORKERS
