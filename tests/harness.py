@@ -86,6 +86,20 @@ async def wait_for(
         await asyncio.sleep(interval)
 
 
+def wait_http_ready(proc: subprocess.Popen[bytes], url: str, what: str, log: Callable[[], str],
+                    timeout: float) -> None:
+    """Poll `url` until it answers 200; fail early (with the log) if the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log()}")
+        with contextlib.suppress(OSError):
+            if http_get(url, timeout=0.5)[0] == 200:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready:\n{log()}")
+
+
 @dataclass
 class GatewayProcess:
     """A `python -m gateway` child process bound to 127.0.0.1 on its own port."""
@@ -121,17 +135,8 @@ class GatewayProcess:
         return self
 
     def wait_ready(self, timeout: float = 15 * UNIT) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
-            with contextlib.suppress(OSError):
-                status, _ = http_get(self.http + "/readyz", timeout=0.5)
-                if status == 200:
-                    return
-            time.sleep(0.05)
-        raise TimeoutError(f"gateway on {self.port} not ready:\n{self.log()}")
+        assert self.proc is not None
+        wait_http_ready(self.proc, self.http + "/readyz", f"gateway on {self.port}", self.log, timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
@@ -390,15 +395,8 @@ class CoordinatorProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "coordinator"], env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + 15 * UNIT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"coordinator exited {self.proc.returncode}:\n{self.log()}")
-            with contextlib.suppress(OSError):
-                if http_get(self.http + "/healthz", 0.5)[0] == 200:
-                    return self
-            time.sleep(0.05)
-        raise TimeoutError(f"coordinator not up:\n{self.log()}")
+        wait_http_ready(self.proc, self.http + "/healthz", "coordinator", self.log, 15 * UNIT)
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""

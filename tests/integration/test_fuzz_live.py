@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.sync.client import ClientConnection, connect
 
+from loadtests.fuzz import readable_id
 from roomcast.protocol import MESSAGE_TYPES
 from tests.harness import UNIT, gateway, unique
 
@@ -83,21 +84,6 @@ def frames(room_id: str) -> st.SearchStrategy[str]:
         valid_ish, valid_ish, valid_ish,  # weighted: most frames are near-valid messages
     )
 
-
-def readable_id(frame: str) -> tuple[bool, Any]:
-    """What `re` the reply must carry: (True, id) when the frame's id can be read, else (False, None)."""
-    try:
-        obj = orjson.loads(frame)
-    except orjson.JSONDecodeError:
-        return False, None
-    if not isinstance(obj, dict) or "id" not in obj:
-        return False, None
-    value = obj["id"]
-    if isinstance(value, str) and len(value) <= 64 and "\x00" not in value:
-        return True, value
-    if isinstance(value, int) and not isinstance(value, bool) and len(str(value)) <= 64:
-        return True, value
-    return False, None
 
 
 def replies_until(ws: ClientConnection, sentinel: str) -> list[dict[str, Any]]:

@@ -60,6 +60,7 @@ from tests.harness import (
     free_port,
     http_get,
     unique,
+    wait_http_ready,
 )
 
 pytestmark = pytest.mark.system
@@ -309,15 +310,8 @@ class Prometheus:
                  f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1h",
                  "--log.level=warn"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
-        deadline = time.monotonic() + 20 * UNIT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited {self.proc.returncode}:\n{self.log()}")
-            with contextlib.suppress(OSError):
-                if http_get(self.url + "/-/ready", 0.5)[0] == 200:
-                    return self
-            time.sleep(0.05)
-        raise TimeoutError(f"prometheus not ready:\n{self.log()}")
+        wait_http_ready(self.proc, self.url + "/-/ready", "prometheus", self.log, 20 * UNIT)
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
