@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import asyncio
 import logging
 import os
@@ -69,6 +70,16 @@ async def _serve(settings: Settings, node: Node) -> int:
     return 0
 
 
+def tune_gc() -> None:
+    """Objects that live as long as the process (modules, settings, the loop) are frozen out
+    of the cyclic collector, and young collections run less often: a gateway holds many
+    long-lived objects per socket, and scanning them on every few hundred allocations
+    showed up as a fifth of connect CPU. Reference counting still frees almost everything."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
@@ -89,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.log_level != "DEBUG":
         # websockets logs every connection at INFO; that is per-socket noise here.
         logging.getLogger("websockets").setLevel(logging.WARNING)
+    tune_gc()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it
