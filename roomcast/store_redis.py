@@ -331,7 +331,9 @@ class RedisStore:
         reply = _check(await fut)
         b = self.b
         b.call(lambda p: p.sadd(keys.device_rooms(caller.device_id), room_id))
-        b.call(lambda p: p.zrem(keys.DISCONNECTED, f"{room_id}|{caller.device_id}"))
+        # Awaited (same batch as the SADD): once `joined` is sent, every replica counts this
+        # room for the device (MAX_ROOMS_PER_DEVICE) and lists it in welcome.rooms.
+        await b.call(lambda p: p.zrem(keys.DISCONNECTED, f"{room_id}|{caller.device_id}"))
         return self._join_result(reply)
 
     async def leave(self, caller: Caller, room_id: str, now_ms: int) -> None:
