@@ -23,6 +23,7 @@ from roomcast.http_mini import serve_http
 from roomcast.jobs import delete_old_connections, update_heartbeats
 from roomcast.metrics_util import set_bounded
 from roomcast.migrate import migrate
+from roomcast.protocol import ROOM_STATUSES
 from roomcast.redis_batch import Batcher, cmd
 from roomcast.redis_client import make_client
 from roomcast.settings import Settings
@@ -175,7 +176,7 @@ class Coordinator:
 
     async def _room_stats(self) -> None:
         """Cluster-wide room counts by status and game type, for dashboards."""
-        counts = dict.fromkeys(("active", "waiting", "in_progress", "completed", "closed"), 0)
+        counts = dict.fromkeys(ROOM_STATUSES, 0)
         by_type: collections.Counter[str] = collections.Counter()
         ids = await self.batcher.call(cmd("zrange", keys.ROOM_INDEX, 0, -1))
         futs = [self.batcher.call(cmd("hmget", keys.room(r.decode() if isinstance(r, bytes) else r),

@@ -17,7 +17,7 @@ from roomcast import keys
 from roomcast.bus_memory import MemoryBus
 from roomcast.bus_redis import RedisBus
 from roomcast.erasure import strip_old_personal_data
-from roomcast.errors import CloseCode, ErrorCode, GatewayError
+from roomcast.errors import GatewayError
 from roomcast.flusher import Flusher, FlusherMetrics
 from roomcast.history import TRANSIENT, PostgresWriter
 from roomcast.history_memory import MemoryHistorySource
@@ -28,6 +28,7 @@ from roomcast.metrics_util import set_bounded
 from roomcast.migrate import migrate
 from roomcast.presence_memory import MemoryPresence
 from roomcast.presence_redis import RedisPresence
+from roomcast.protocol import ROOM_STATUSES
 from roomcast.redis_batch import Batcher, cmd
 from roomcast.redis_client import make_client
 from roomcast.settings import Settings
@@ -133,7 +134,7 @@ def memory_node(settings: Settings, metrics: Metrics) -> Node:
     )
 
     def room_counts() -> None:
-        counts = dict.fromkeys(("active", "waiting", "in_progress", "completed", "closed"), 0)
+        counts = dict.fromkeys(ROOM_STATUSES, 0)
         by_type: Counter[str] = Counter()
         for room in store.rooms.values():
             counts[room.status] += 1
@@ -317,6 +318,3 @@ async def open_node(settings: Settings, metrics: Metrics | None = None) -> Async
         yield link.node
     finally:
         await link.close()
-
-
-__all__ = ["CloseCode", "ErrorCode", "open_node"]

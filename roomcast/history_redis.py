@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import orjson
 from redis.exceptions import ResponseError
 
 from . import keys
@@ -148,4 +147,4 @@ def dead_letters(raw: list[Any]) -> list[dict[str, str]]:
     return [{_s(k): _s(v) for k, v in fields.items()} | {"id": _s(eid)} for eid, fields in raw]
 
 
-__all__ = ["RedisHistorySource", "dead_letters", "orjson"]
+__all__ = ["RedisHistorySource", "dead_letters"]

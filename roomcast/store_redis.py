@@ -15,7 +15,6 @@ from typing import Any
 
 import asyncpg
 import orjson
-from redis.exceptions import ResponseError
 
 from . import keys, merge_patch
 from . import redis_scripts as lua
@@ -473,7 +472,3 @@ class RedisStore:
     async def sweep(self, now_ms: int) -> None:
         """Cluster upkeep (pruning, timeouts) runs in the coordinator; nothing per replica."""
         return None
-
-
-def is_script_error(exc: BaseException) -> bool:
-    return isinstance(exc, ResponseError)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -86,6 +85,20 @@ async def wait_for(
         await asyncio.sleep(interval)
 
 
+def stop_process(proc: subprocess.Popen[Any] | None, timeout: float) -> int | None:
+    """SIGTERM, wait up to `timeout`; SIGKILL if it hangs. Returns the exit code."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 def wait_http_ready(proc: subprocess.Popen[bytes], url: str, what: str, log: Callable[[], str],
                     timeout: float) -> None:
     """Poll `url` until it answers 200; fail early (with the log) if the process exits."""
@@ -147,16 +160,7 @@ class GatewayProcess:
 
     def stop(self, timeout: float = 10 * UNIT) -> int | None:
         """SIGTERM, wait; SIGKILL if it hangs. Returns the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, timeout)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -355,13 +359,7 @@ class RedisServer:
         raise TimeoutError(f"redis-server on {self.port} did not start")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 5)
         self.proc = None
 
     def cli(self, *args: str) -> str:
@@ -409,13 +407,7 @@ class CoordinatorProcess:
         return None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

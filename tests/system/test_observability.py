@@ -59,6 +59,7 @@ from tests.harness import (
     cluster,
     free_port,
     http_get,
+    stop_process,
     unique,
     wait_http_ready,
 )
@@ -317,13 +318,7 @@ class Prometheus:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)
 
     def api(self, path: str, **params: str) -> Any:
         status, body = http_get(f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}", timeout=10)
