@@ -1,7 +1,8 @@
 """Bus over Redis pub/sub, with its own lean subscriber connection.
 
 One TCP connection per replica carries SUBSCRIBE/UNSUBSCRIBE and the `message` pushes;
-a small RESP parser (roomcast/resp.py) hands each frame to the sink with no decoding.
+hiredis' C `Reader` parses the replies (it beat our own pure-Python RESP parser 4-9x in
+`python -m loadtests.resp_ab`, docs/benchmarks.md), and each frame goes to the sink undecoded.
 
 Health: every `probe_interval` the replica publishes to its own probe channel through
 the command connection; if the probe does not come back through the subscription within
@@ -20,10 +21,13 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 from urllib.parse import unquote, urlparse
 
+import hiredis
+
 from . import keys
 from .errors import ErrorCode, GatewayError
 from .protocol import event_seq_of
-from .resp import Parser, RespError, encode_command
+from .redis_client import tls_context
+from .resp import RespError, encode_command
 from .store import EventSink
 
 log = logging.getLogger("roomcast.bus")
@@ -36,7 +40,7 @@ def _drop(room_id: str, seq: int, frame: bytes) -> None:
 class _Protocol(asyncio.Protocol):
     def __init__(self, bus: RedisBus) -> None:
         self.bus = bus
-        self.parser = Parser()
+        self.reader = hiredis.Reader(protocolError=RespError, replyError=RespError)
         self.transport: asyncio.Transport | None = None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -45,17 +49,19 @@ class _Protocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        parser = self.parser
-        parser.feed(data)
-        try:
-            values = parser.values()
-        except (RespError, ValueError) as exc:
-            log.error("bad data on pub/sub connection: %s", exc)
-            if self.transport is not None:
-                self.transport.close()
-            return
+        reader = self.reader
+        reader.feed(data)
         sink = self.bus.sink
-        for value in values:
+        while True:
+            try:
+                value = reader.gets()
+            except RespError as exc:
+                log.error("bad data on pub/sub connection: %s", exc)
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            if value is False:
+                return
             if type(value) is list and len(value) == 3 and value[0] == b"message":
                 room_id = keys.room_of_channel(value[1])
                 if room_id is not None:
@@ -87,6 +93,7 @@ class RedisBus:
         self.port = u.port or 6379
         self.username = unquote(u.username) if u.username else None
         self.password = unquote(u.password) if u.password else None
+        self.ssl = tls_context(url)
         self.node_id = node_id
         self.probe_channel = keys.node_probe(node_id).encode()
         self._publish = publish
@@ -102,6 +109,7 @@ class RedisBus:
         self.reconnects = 0
         self.on_resubscribed: Callable[[list[str]], None] | None = None
         self.on_state: Callable[[bool], None] | None = None
+        self._auth: asyncio.Future[None] | None = None
 
     def set_sink(self, sink: EventSink) -> None:
         self.sink = sink
@@ -109,6 +117,14 @@ class RedisBus:
     # ------------------------------------------------------------ subscriptions
 
     def control(self, value: object) -> None:
+        auth = self._auth
+        if auth is not None and not auth.done():
+            # The first reply on a fresh connection answers AUTH.
+            if isinstance(value, RespError):
+                auth.set_exception(GatewayError(ErrorCode.UNAVAILABLE, f"pub/sub AUTH failed: {value}"))
+            else:
+                auth.set_result(None)
+            return
         if type(value) is list and len(value) >= 2 and value[0] == b"subscribe":
             channel = value[1]
             assert isinstance(channel, bytes)
@@ -176,12 +192,21 @@ class RedisBus:
     async def _session(self, first: bool) -> None:
         loop = asyncio.get_running_loop()
         _, proto = await asyncio.wait_for(
-            loop.create_connection(lambda: _Protocol(self), self.host, self.port), self.subscribe_timeout)
+            loop.create_connection(lambda: _Protocol(self), self.host, self.port, ssl=self.ssl,
+                                   server_hostname=self.host if self.ssl is not None else None),
+            self.subscribe_timeout)
         self._proto = proto
         assert proto.transport is not None
         if self.password is not None:
-            auth = [b"AUTH", *( [self.username.encode()] if self.username else []), self.password.encode()]
+            # The reply is checked: a refused AUTH would otherwise leave a connection on which
+            # every SUBSCRIBE fails (NOAUTH) while the replica believes it is subscribed.
+            self._auth = loop.create_future()
+            auth = [b"AUTH", *([self.username.encode()] if self.username else []), self.password.encode()]
             proto.transport.write(encode_command(*auth))
+            try:
+                await asyncio.wait_for(asyncio.shield(self._auth), self.subscribe_timeout)
+            finally:
+                self._auth = None
         self.connected.set()
         # Resubscribe everything wanted (and the probe channel), then wait for confirmations.
         probe = asyncio.get_running_loop().create_future()

@@ -328,33 +328,65 @@ class Client:
 # ---------------------------------------------------------------- cluster pieces
 
 
+def make_tls_files(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> dict[str, Path]:
+    """A throwaway CA and a server certificate signed by it (SANs for `hosts`), made with the
+    openssl command line; returns the paths as ca, cert and key."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (directory / n for n in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt"))
+    ext = directory / "san.ext"
+    sans = ",".join(f"IP:{h}" if h[0].isdigit() else f"DNS:{h}" for h in hosts)
+    ext.write_text(f"subjectAltName={sans}\nbasicConstraints=CA:FALSE\n")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca),
+        "-days", "2", "-subj", "/CN=roomcast test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+        "-out", str(cert), "-days", "2", "-extfile", str(ext))
+    return {"ca": ca, "cert": cert, "key": key}
+
+
 @dataclass
 class RedisServer:
     """An ephemeral `redis-server` on a free 127.0.0.1 port (no persistence). It can be
-    stopped and started again on the same port, for outage tests."""
+    stopped and started again on the same port, for outage tests. With `tls` (the files of
+    `make_tls_files`) it speaks only TLS on that port; with `password` it requires AUTH."""
 
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    tls: dict[str, Path] | None = None
+    password: str | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        if self.tls is None:
+            return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return (f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls['ca']}"
+                "&ssl_cert_reqs=required&ssl_check_hostname=true")
 
     def start(self) -> RedisServer:
         if not self.port:
             self.port = free_port()
         OUTPUT.mkdir(exist_ok=True)
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--protected-mode", "no", "--logfile", str(OUTPUT / f"redis-{self.port}.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--protected-mode", "no", "--logfile", str(OUTPUT / f"redis-{self.port}.log")]
+        if self.tls is not None:
+            args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls["cert"]),
+                     "--tls-key-file", str(self.tls["key"]), "--tls-ca-cert-file", str(self.tls["ca"]),
+                     "--tls-auth-clients", "no"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10 * UNIT
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                if self.cli("PING") in ("PONG", "NOAUTH Authentication required."):
                     return self
+            if self.proc.poll() is not None:
+                break
             time.sleep(0.02)
         raise TimeoutError(f"redis-server on {self.port} did not start")
 
@@ -363,7 +395,12 @@ class RedisServer:
         self.proc = None
 
     def cli(self, *args: str) -> str:
-        out = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, timeout=10)
+        cmd = ["redis-cli", "-p", str(self.port)]
+        if self.tls is not None:
+            cmd += ["--tls", "--cacert", str(self.tls["ca"])]
+        if self.password:
+            cmd += ["--no-auth-warning", "-a", self.password]
+        out = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=10)
         return out.stdout.strip()
 
 
