@@ -48,7 +48,8 @@ COPY --from=build /opt/roomcast /opt/roomcast
 ENV PATH=/opt/roomcast/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    GATEWAY_HOST=0.0.0.0
+    GATEWAY_HOST=0.0.0.0 \
+    COORDINATOR_HOST=0.0.0.0
 # Numeric, so Kubernetes' runAsNonRoot can verify it without looking up /etc/passwd.
 USER 10001:10001
 # 8765: gateway WebSocket /ws + /healthz /readyz /metrics; 8780: coordinator /healthz /readyz /metrics.

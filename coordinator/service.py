@@ -87,8 +87,8 @@ class Coordinator:
 
     async def run(self) -> int:
         s = self.settings
-        http = await serve_http(s.host, s.coordinator_port, self.routes())
-        log.info("coordinator %s on http://%s:%d (lease %s, ttl %d ms, history %s)", s.node_id, s.host,
+        http = await serve_http(s.coordinator_host, s.coordinator_port, self.routes())
+        log.info("coordinator %s on http://%s:%d (lease %s, ttl %d ms, history %s)", s.node_id, s.coordinator_host,
                  s.coordinator_port, keys.REAPER_LEASE, s.lease_ttl_ms, "on" if s.database_url else "off")
         loop = asyncio.get_running_loop()
         if s.database_url is not None:

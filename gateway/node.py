@@ -52,7 +52,7 @@ class Node:
         self.verifier = auth.Verifier.from_settings(settings)
         self.limiter: Limiter = limiter or MemoryLimiter()
         self.privacy = Privacy(settings.privacy_hash_key, settings.privacy_encryption_keys, settings.ip_storage,
-                               settings.user_agent_storage)
+                               settings.user_agent_storage, persistent=settings.database_url is not None)
         self.store = store
         self.bus = bus
         self.presence = presence

@@ -27,8 +27,11 @@ ENC_PREFIX = "v1:"
 
 class Privacy:
     def __init__(self, hash_key: str | None, encryption_keys: tuple[str, ...] = (), ip_storage: str = "truncate",
-                 user_agent_storage: str = "encrypt") -> None:
-        if hash_key is None:
+                 user_agent_storage: str = "encrypt", persistent: bool = True) -> None:
+        # `persistent`: whether what is hashed or encrypted here is kept beyond this process
+        # (Postgres). Without it (the embedded default) the missing keys change nothing an
+        # operator could notice, so there is nothing to warn about.
+        if hash_key is None and persistent:
             log.warning("PRIVACY_HASH_KEY is not set: keyed hashes use a random key of this process only")
         self._hash_key = hash_key.encode() if hash_key else os.urandom(32)
         self._keys: list[tuple[str, Any]] = []
@@ -40,7 +43,7 @@ class Privacy:
                 self._keys.append((kid, AESGCM(base64.b64decode(key))))
         self.ip_storage = ip_storage
         self.user_agent_storage = user_agent_storage
-        if user_agent_storage == "encrypt" and not self._keys:
+        if user_agent_storage == "encrypt" and not self._keys and persistent:
             log.warning("USER_AGENT_STORAGE=encrypt without PRIVACY_ENCRYPTION_KEYS: user agents are not stored")
 
     def hash(self, value: str) -> str:

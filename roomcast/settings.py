@@ -176,6 +176,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("node_ttl_ms", "NODE_TTL", _int(1000, 3_600_000, MS), 10_000, "A replica's registration (ws:node:{id}) expires this long after its last refresh.", None),
     Spec("pubsub_probe_ms", "PUBSUB_PROBE_INTERVAL", _int(100, 600_000, MS), 1000, "How often a replica checks its pub/sub subscription by publishing to itself.", None),
     Spec("pubsub_probe_timeout_ms", "PUBSUB_PROBE_TIMEOUT", _int(100, 600_000, MS), 3000, "A probe not seen within this rebuilds the subscription.", None),
+    Spec("coordinator_host", "COORDINATOR_HOST", _str, "127.0.0.1", "Address the coordinator's HTTP endpoints listen on (0.0.0.0 in containers).", None),
     Spec("coordinator_port", "COORDINATOR_PORT", _int(0, 65535), 8780, "Coordinator HTTP port (/healthz, /readyz, /metrics).", None),
     Spec("lease_ttl_ms", "COORDINATOR_LEASE_TTL", _int(500, 600_000, MS), 5000, "Coordinator leader lease; a standby takes over within about this long.", None),
     Spec("reaper_interval_ms", "REAPER_INTERVAL", _int(50, 600_000, MS), 1000, "How often the coordinator looks for timed-out sockets and participants to prune.", None),
@@ -246,6 +247,7 @@ class Settings:
     node_ttl_ms: int = 10_000
     pubsub_probe_ms: int = 1000
     pubsub_probe_timeout_ms: int = 3000
+    coordinator_host: str = "127.0.0.1"
     coordinator_port: int = 8780
     lease_ttl_ms: int = 5000
     reaper_interval_ms: int = 1000

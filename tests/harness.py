@@ -424,13 +424,14 @@ class CoordinatorProcess:
     def http(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> CoordinatorProcess:
+    def start(self, wait: bool = True) -> CoordinatorProcess:
         OUTPUT.mkdir(exist_ok=True)
         self.log_path = OUTPUT / f"coordinator-{self.port}.log"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "coordinator"], env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT, cwd=ROOT)
-        wait_http_ready(self.proc, self.http + "/healthz", "coordinator", self.log, 15 * UNIT)
+        if wait:
+            wait_http_ready(self.proc, self.http + "/healthz", "coordinator", self.log, 15 * UNIT)
         return self
 
     def log(self) -> str:

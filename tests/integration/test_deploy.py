@@ -56,6 +56,7 @@ PER_POD_VARS = {"NODE_ID"}  # from the pod name (downward API), not from the Con
 # so a default changed in settings.py is not silently pinned to its old value here).
 DELIBERATE = {
     "GATEWAY_HOST": "listen on the pod IP, not loopback",
+    "COORDINATOR_HOST": "the coordinator's probes and /metrics on the pod IP, not loopback",
     "DRAIN_WINDOW": "graceful drain on rolling updates",
     "AUTO_MIGRATE": "the migration Job applies the schema",
     "TRUSTED_PROXIES": "client addresses from X-Forwarded-For behind the Ingress",
@@ -593,6 +594,7 @@ def test_dockerfile_final_stage_runs_the_gateway_as_non_root() -> None:
     assert uid.isdigit() and int(uid) == 10001, f"USER {users[-1]}: use the numeric uid 10001 (runAsNonRoot checks it)"
     envs = " ".join(args for instr, args in final if instr == "ENV")
     assert "GATEWAY_HOST=0.0.0.0" in envs
+    assert "COORDINATOR_HOST=0.0.0.0" in envs
     exposed = {int(p) for instr, args in final if instr == "EXPOSE" for p in args.split()}
     defaults = {spec.env: spec.default for spec in SPECS}
     assert exposed == {defaults["GATEWAY_PORT"], defaults["COORDINATOR_PORT"]}

@@ -125,6 +125,7 @@ PARSED: list[tuple[str, str, str, Any]] = [
     ("NODE_TTL", "2000", "node_ttl_ms", 2000),
     ("PUBSUB_PROBE_INTERVAL", "500", "pubsub_probe_ms", 500),
     ("PUBSUB_PROBE_TIMEOUT", "700", "pubsub_probe_timeout_ms", 700),
+    ("COORDINATOR_HOST", "0.0.0.0", "coordinator_host", "0.0.0.0"),
     ("COORDINATOR_PORT", "8781", "coordinator_port", 8781),
     ("COORDINATOR_LEASE_TTL", "1500", "lease_ttl_ms", 1500),
     ("REAPER_INTERVAL", "250", "reaper_interval_ms", 250),
