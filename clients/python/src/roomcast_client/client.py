@@ -34,12 +34,11 @@ from websockets.exceptions import ConnectionClosed, InvalidURI
 from websockets.typing import Origin, Subprotocol
 from websockets.uri import parse_uri
 
-from . import __version__
 from .device import load_device, store_device
 from .emitter import Callback, Emitter
 from .errors import RoomcastError, bad
 from .outbox import Conn, Outbox
-from .protocol import MAX_GAME_TYPE, ROOM_ID_RE, SUBPROTOCOL
+from .protocol import CLIENT_VERSION, MAX_GAME_TYPE, ROOM_ID_RE, SUBPROTOCOL
 from .room import Link, Op, Room, RoomEvents
 from .state import ABNORMAL_CLOSURE, CLIENT_GAVE_UP, RoomReplica, backoff_delay, close_policy
 
@@ -383,7 +382,7 @@ class RoomcastClient(Outbox, Emitter):
                 open_timeout=self.request_timeout,
                 close_timeout=1.0,
                 max_size=_MAX_INCOMING,
-                user_agent_header=f"roomcast-python/{__version__}",
+                user_agent_header=f"roomcast-python/{CLIENT_VERSION}",
             )
         except Exception as exc:  # refused, reset, 503 while draining, handshake timeout…
             log.info("roomcast: cannot open %s: %s", url, exc)

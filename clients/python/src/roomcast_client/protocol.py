@@ -13,6 +13,7 @@ import enum
 import re
 from typing import Any, Final, Literal
 
+CLIENT_VERSION: Final = "0.1.0"  # this distribution's version (`roomcast_client.__version__`, the User-Agent)
 PROTOCOL_VERSION: Final = 1
 SUBPROTOCOL: Final = "roomcast.v1"  # the WebSocket subprotocol the client asks for
 
