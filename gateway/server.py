@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -75,7 +76,19 @@ class Gateway:
         return Response(200, "OK", Headers([("Content-Type", CONTENT_TYPE_LATEST)]), body)
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = request.path.split("?", 1)[0]
+        if request.method != "HEAD":
+            return self._route(request.path.split("?", 1)[0])
+        # HEAD: the status and headers GET would get, with the length of its body, and no body
+        # (RFC 9110 section 9.3.2). The WebSocket handshake itself is GET only.
+        response = self._route(request.path.split("?", 1)[0])
+        if response is None:
+            return Response(405, "Method Not Allowed", Headers([("Allow", "GET"), ("Content-Length", "0")]), b"")
+        headers = Headers(response.headers)
+        headers["Content-Length"] = str(len(response.body))
+        return dataclasses.replace(response, headers=headers, body=b"")
+
+    def _route(self, path: str) -> Response | None:
+        """The response to a GET of `path`; None for the WebSocket handshake."""
         if path == "/ws":
             if not self.node.accepting:
                 return _text(503, "draining\n")

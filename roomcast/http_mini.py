@@ -1,7 +1,8 @@
 """A tiny HTTP/1.1 responder for the coordinator's /healthz, /readyz and /metrics.
 
-GET only, one request per connection, bounded request size. Enough for probes and
-Prometheus scrapes without pulling a web framework into the coordinator.
+GET and HEAD (the same status and headers, no body), one request per connection, bounded
+request size. Enough for probes and Prometheus scrapes without pulling a web framework into
+the coordinator.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ async def serve_http(host: str, port: int, routes: dict[str, Route]) -> asyncio.
                 status, ctype, body = route() if route else (404, "text/plain", b"not found\n")
             writer.write(
                 f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + (b"" if line and line[0] == "HEAD" else body)  # HEAD: the headers of GET, no body
             )
             await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):

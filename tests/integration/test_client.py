@@ -1,4 +1,4 @@
-"""roomcast.client against real embedded gateways: requests, resume after a dropped socket,
+"""roomcast_client against real embedded gateways: requests, resume after a dropped socket,
 sends whose reply was lost, close codes, the offline queue, rate limits, and reset when the
 gateway cannot replay.
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from roomcast.client import CLIENT_GAVE_UP, Room, RoomcastClient, RoomcastError
+from roomcast_client import CLIENT_GAVE_UP, Room, RoomcastClient, RoomcastError
 from tests.harness import UNIT, Client, GatewayProcess, ahttp_get, gateway, parse_metrics, unique, wait_for
 
 HEARTBEAT_TIMEOUT_MS = 800

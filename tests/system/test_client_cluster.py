@@ -1,4 +1,4 @@
-"""roomcast.client against a 2-replica cluster: when the replica a client is on goes away
+"""roomcast_client against a 2-replica cluster: when the replica a client is on goes away
 (SIGKILL, SIGTERM, SIGTERM with a drain window), the client fails over to the other URL,
 resumes its room there and delivers every event exactly once, keeping its role."""
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from roomcast.client import Room, RoomcastClient
+from roomcast_client import Room, RoomcastClient
 from tests.harness import UNIT, cluster, wait_for
 
 pytestmark = pytest.mark.system

@@ -1,8 +1,8 @@
 """The Python client's pure core: reconnect policy, request matching keys and the per-room
 replica. No I/O (a unit test checks that importing it pulls in no event loop or socket).
 
-`roomcast.client` is the asyncio shell around it: it owns the socket and the timers and
-asks this module what to do. The names and numbers are those of the browser client
+`roomcast_client.client` and `roomcast_client.room` are the asyncio shell around it: they
+own the socket and the timers and ask this module what to do. The names and numbers are those of the browser client
 (clients/js/src/roomcast.js: `closePolicy`, `backoffDelay`, `eventKey`), so both clients
 behave alike; times here are in seconds where the browser client uses milliseconds.
 
@@ -18,9 +18,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from . import merge_patch
-from .errors import CloseCode
-from .protocol import DEVICE_ID_RE, JOIN_ROLES, RESERVED_EVENT_TYPES
+from .protocol import DEVICE_ID_RE, JOIN_ROLES, RESERVED_EVENT_TYPES, CloseCode, merge_patch
 
 Policy = Literal["now", "busy", "never", "backoff"]
 
@@ -191,7 +189,7 @@ class RoomReplica:
             if isinstance(payload.get("status"), str):
                 self.state["status"] = payload["status"]
             if isinstance(payload.get("patch"), dict):
-                self.state["game_data"] = merge_patch.apply(self.state.get("game_data") or {}, payload["patch"])
+                self.state["game_data"] = merge_patch(self.state.get("game_data") or {}, payload["patch"])
         elif kind == "room_closed":
             self.state["status"] = "closed"
             self.state["current_players"] = 0

@@ -1,4 +1,4 @@
-"""The Python client's pure core (roomcast.client_state): backoff bounds, the close-code
+"""The Python client's pure core (roomcast_client.state): backoff bounds, the close-code
 plan, and the room replica's dedupe / gap / reset rules. No sockets."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from roomcast.client import RoomcastClient
-from roomcast.client_state import (
+from roomcast_client import RoomcastClient
+from roomcast_client.protocol import CloseCode
+from roomcast_client.state import (
     CLIENT_GAVE_UP,
     RoomReplica,
     backoff_delay,
@@ -19,7 +20,6 @@ from roomcast.client_state import (
     request_key,
     valid_device_id,
 )
-from roomcast.errors import CloseCode
 
 BASE, CAP = 0.1, 5.0
 

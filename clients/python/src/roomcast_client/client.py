@@ -1,42 +1,11 @@
-"""Python client for roomcast gateways (protocol v1, docs/protocol.md).
+"""Python client for roomcast gateways (protocol v1, docs/protocol.md): the connection half.
 
-It behaves like the browser client (clients/js/src/roomcast.js), with Python names and times
-in seconds:
-
-```python
-from roomcast.client import RoomcastClient
-
-async with RoomcastClient(urls=["ws://127.0.0.1:8765/ws"], device_file="~/.roomcast-device") as client:
-    room = await client.create_room(game_type="trivia", game_data={"round": 1})
-    room.on("event", lambda ev: print(ev["seq"], ev["event_type"], ev["payload"]))
-    seq = await room.send("answer", {"choice": 2})
-    async for event in room.events():
-        ...
-```
-
-- **Requests** carry an `id` and are matched to their reply by `re`; a reply must come within
-  `request_timeout` of the request going out, or `RoomcastError("timeout")` is raised. An `error`
-  reply raises `RoomcastError(code, message, retry_after_ms)`. A request made while
-  disconnected waits (at most `max_queue` of them) and goes out on the next socket, a room's
-  requests once that room is resumed; `rate_limited` replies are sent again after
-  `retry_after_ms` (the whole queue pauses meanwhile).
-- **Heartbeat**: after `welcome` a `ping` goes out every `heartbeat_interval_ms`; a socket on
-  which nothing arrived for `heartbeat_timeout_ms` is given up (reported as close 4000).
-- **Reconnects**, each on the next URL of `urls` (failover), after a delay set by the close
-  code (`client_state.close_policy`, from `CloseCode.reconnect_advice`): 1001, 1012, 4009
-  at once; 1013, 4008 after a longer backoff ("busy"); 1008, 1009 never (the client is then
-  closed and emits `error` with code `policy_violation`); anything else (and a socket that
-  could not be opened) with exponential backoff and full jitter within `backoff` seconds.
-- **Resume**: every socket says `hello` with the same `device_id`; every room is joined again
-  with `since` = its last taken seq and its `epoch`, and each event is delivered once, in seq
-  order. When the gateway cannot replay (`recovered: false`) the room takes the snapshot of
-  `joined` and emits `reset`. A room the device is still in that this client does not know
-  (listed in `welcome.rooms`, e.g. after a restart with the same `device_file`) is joined and
-  announced with the client event `room`.
-- **Sends whose reply was lost** with a socket are looked for in the replay (same socket id,
-  same content): found, the send resolves with that event's seq; not found, it is sent again.
-  Nothing is applied twice. Only when the room cannot be replayed does it fail with
-  `disconnected` (it may or may not have taken effect).
+`RoomcastClient` owns the sockets: it opens one (on the next URL of `urls`), says hello,
+reconnects after the delay the close code asks for, resumes every room on each new socket
+and hands each room its event frames. Its request queue is `roomcast_client.outbox.Outbox`;
+the rooms (`roomcast_client.room.Room`) reach it only through the `RoomHost` interface.
+clients/python/README.md describes the behaviour (requests, heartbeat, reconnects, resume,
+sends whose reply was lost) and the events.
 
 Client events (`client.on(name, callback)`; a callback may be a coroutine function):
 `state` (connecting, open, reconnecting, closed), `welcome` (the welcome message), `open` (no
@@ -49,35 +18,29 @@ Room events: see `Room`.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import inspect
 import logging
 import os
 import random
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidURI
 from websockets.typing import Origin, Subprotocol
 from websockets.uri import parse_uri
 
-from . import SUBPROTOCOL, __version__
-from .client_room import Callback, Emitter, Op, Room, RoomcastError, RoomEvents, bad
-from .client_state import (
-    ABNORMAL_CLOSURE,
-    CLIENT_GAVE_UP,
-    RoomReplica,
-    backoff_delay,
-    close_policy,
-    valid_device_id,
-)
-from .protocol import MAX_GAME_TYPE, ROOM_ID_RE
+from .device import load_device, store_device
+from .emitter import Callback, Emitter
+from .errors import RoomcastError, bad
+from .outbox import Conn, Outbox
+from .protocol import CLIENT_VERSION, MAX_GAME_TYPE, ROOM_ID_RE, SUBPROTOCOL
+from .room import Link, Op, Room, RoomEvents
+from .state import ABNORMAL_CLOSURE, CLIENT_GAVE_UP, RoomReplica, backoff_delay, close_policy
 
 __all__ = ["CLIENT_GAVE_UP", "Room", "RoomEvents", "RoomcastClient", "RoomcastError"]
 
@@ -95,71 +58,7 @@ _REQUEUED_KINDS: Final = frozenset({"join", "list", "leave"})  # safe to send ag
 _HEARTBEAT: Final = "roomcast-heartbeat"
 
 
-class _Conn:
-    """One WebSocket and what belongs to it: requests sent on it, its tasks, its timers."""
-
-    def __init__(self, ws: ClientConnection, url: str) -> None:
-        loop = asyncio.get_running_loop()
-        self.ws = ws
-        self.url = url
-        self.pending: dict[int, Op] = {}
-        self.in_flight = 0
-        self.ended: asyncio.Future[tuple[int, str]] = loop.create_future()
-        self.last_rx = loop.time()
-        self.welcome: Msg | None = None
-        self.welcomed_at: float | None = None
-        self.socket_id: str | None = None
-        self.wake = asyncio.Event()  # the writer has something to look at
-        self.heartbeat_paused = False
-        self.gave_up: tuple[int, str] | None = None
-        self.tasks: list[asyncio.Task[None]] = []
-
-    @property
-    def done(self) -> bool:
-        return self.ended.done()
-
-    async def wait_ended(self) -> tuple[int, str]:
-        """(close code, reason) once the socket has ended. Shielded: a waiter that is
-        cancelled must not cancel `ended` for everyone else."""
-        return await asyncio.shield(self.ended)
-
-    def abort(self) -> None:
-        """Drop the TCP connection without a close frame (as a network failure would)."""
-        self.ws.transport.abort()
-
-    def give_up(self, reason: str) -> None:
-        """The client decides the socket is dead (silent link, no welcome in time)."""
-        if not self.done:
-            self.gave_up = (CLIENT_GAVE_UP, reason)
-            self.abort()
-
-
-def _load_device(device_id: str | None, device_file: str | os.PathLike[str] | None) -> tuple[str, str | None]:
-    """(device id, device token) from the arguments or `device_file` (made there on first use)."""
-    if device_id is not None:
-        if not valid_device_id(device_id):
-            raise ValueError("device_id must be 8-128 characters of [A-Za-z0-9._:-]")
-        return device_id, None
-    path = Path(device_file).expanduser() if device_file is not None else None
-    if path is not None and path.is_file():
-        lines = path.read_text(encoding="utf-8").split()
-        if lines and valid_device_id(lines[0]):
-            return lines[0], lines[1] if len(lines) > 1 else None
-        log.warning("roomcast: ignoring the invalid device id in %s", path)
-    new = f"py-{uuid.uuid4().hex}"
-    if path is not None:
-        _store_device(path, new, None)
-    return new, None
-
-
-def _store_device(path: Path, device_id: str, token: str | None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(device_id + "\n" + (token + "\n" if token else ""), encoding="utf-8")
-    tmp.replace(path)
-
-
-class RoomcastClient(Emitter):
+class RoomcastClient(Outbox, Emitter):
     """A connection to roomcast gateway replicas that reconnects and resumes its rooms by itself.
 
     `urls`: one or more `ws://…/ws` URLs (each new socket tries the next). `device_id`: this
@@ -197,7 +96,7 @@ class RoomcastClient(Emitter):
         rand: Callable[[], float] = random.random,
     ) -> None:
         self._callback_tasks: set[asyncio.Task[Any]] = set()
-        super().__init__(self._callback_tasks)
+        Emitter.__init__(self, self._callback_tasks)
         self.urls = [urls] if isinstance(urls, str) else list(dict.fromkeys(urls))
         if not self.urls:
             raise ValueError("give at least one gateway URL")
@@ -210,12 +109,9 @@ class RoomcastClient(Emitter):
         if request_timeout <= 0 or max_queue < 1 or max_in_flight < 1 or not 0 < base <= cap:
             raise ValueError("need request_timeout > 0, max_queue >= 1, max_in_flight >= 1, 0 < backoff[0] <= backoff[1]")
         self._device_file = Path(device_file).expanduser() if device_file is not None and device_id is None else None
-        self.device_id, stored_token = _load_device(device_id, device_file)
+        self.device_id, stored_token = load_device(device_id, device_file)
         self.device_token = device_token or stored_token
-        self.request_timeout = float(request_timeout)
-        self.max_queue = max_queue
-        self.max_in_flight = max_in_flight
-        self.max_frame_bytes = max_frame_bytes
+        Outbox.__init__(self, request_timeout, max_queue, max_in_flight, max_frame_bytes)
         self.gap_timeout = gap_timeout
         self.backoff = (float(base), float(cap))
         self.origin = origin
@@ -226,16 +122,9 @@ class RoomcastClient(Emitter):
         self.welcome: Msg | None = None
         self.rooms: dict[str, Room] = {}
         self._state: State = "closed"
-        self._stopped = True  # close() was called (or never connected): no reconnects
         self._runner: asyncio.Task[None] | None = None
-        self._conn: _Conn | None = None
         self._url_index = -1
         self._attempt = 0
-        self._next_id = 0
-        self._op_seq = 0
-        self._priority_seq = 0
-        self._outbox: list[Op] = []  # requests not sent yet, in order
-        self._paused_until = 0.0
         self._waiters: list[asyncio.Future[Msg]] = []
         self._joins: dict[str, asyncio.Future[Any]] = {}
         self._orphans: dict[str, list[Msg]] = {}
@@ -255,11 +144,6 @@ class RoomcastClient(Emitter):
     def url(self) -> str:
         """The URL of the current (or last tried) gateway."""
         return self.urls[max(self._url_index, 0)]
-
-    @property
-    def queued(self) -> int:
-        """Requests waiting to go out (room requests included until their room is resumed)."""
-        return sum(1 for op in self._outbox if not op.settled and not op.priority)
 
     def on(self, name: ClientEventName | str, callback: Callback) -> Self:
         return super().on(name, callback)
@@ -329,7 +213,7 @@ class RoomcastClient(Emitter):
             if value is not None:
                 msg[key] = value
 
-        def adopt(conn: _Conn, reply: Msg) -> Room:
+        def adopt(conn: Link, reply: Msg) -> Room:
             user_id = (conn.welcome or {}).get("user_id")
             room = Room(self, RoomReplica.from_created(reply["room"], self.device_id, user_id), password, held=True)
             room._joined_conn = conn
@@ -395,185 +279,20 @@ class RoomcastClient(Emitter):
         if self._conn is not None:
             self._conn.abort()
 
-    # ------------------------------------------------------------ requests
-
-    def _enqueue(self, msg: Msg, kind: str, *, room: Room | None = None, key: tuple[str, ...] | None = None,
-                 on_reply: Callable[[_Conn, Msg], Any] | None = None,
-                 on_error: Callable[[RoomcastError], bool] | None = None,
-                 priority: bool = False) -> asyncio.Future[Any]:
-        """Queue a request; it goes out when the socket (and for room requests, the room) is
-        ready. The future resolves with `on_reply(conn, reply)` (or the reply)."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if self._stopped:
-            future.set_exception(RoomcastError("closed", "not connected: call connect() first"))
-            return future
-        if room is not None and room.ended and kind != "resume":
-            future.set_exception(room._over_error())
-            return future
-        size = len(orjson.dumps({**msg, "id": 2**53 - 1}))
-        if self.max_frame_bytes and size > self.max_frame_bytes:
-            future.set_exception(RoomcastError(
-                "too_large", f"the message would be {size} bytes, over the {self.max_frame_bytes}-byte frame limit"))
-            return future
-        if not priority and self.queued >= self.max_queue:
-            future.set_exception(RoomcastError("queue_full", f"{self.max_queue} requests are already waiting (max_queue)"))
-            return future
-        if priority:
-            self._priority_seq += 1
-            n = -(2**62) + self._priority_seq
-        else:
-            self._op_seq += 1
-            n = self._op_seq
-        self._insert(Op(n, msg, kind, room, key, future, on_reply, on_error, priority))
-        self._kick()
-        return future
-
-    def _insert(self, op: Op) -> None:
-        bisect.insort(self._outbox, op, key=lambda o: o.n)
-
-    def _requeue(self, op: Op) -> None:
-        """A request that must go again (lost with a socket, or rate limited)."""
-        if op.settled:
-            return
-        if op.timer is not None:
-            op.timer.cancel()
-        op.timer, op.id, op.conn, op.socket_id = None, 0, None, None
-        self._insert(op)
-        self._kick()
-
-    def _settle(self, op: Op, err: BaseException | None, value: Any = None) -> None:
-        if op.timer is not None:
-            op.timer.cancel()
-            op.timer = None
-        if op.future.done():
-            return
-        if err is not None:
-            op.future.set_exception(err)
-        else:
-            op.future.set_result(value)
-
-    def _kick(self) -> None:
-        if self._conn is not None:
-            self._conn.wake.set()
-
-    def _live_conn(self) -> _Conn | None:
-        """The current socket if it is welcomed and open."""
-        conn = self._conn
-        return conn if conn is not None and conn.welcome is not None and not conn.done else None
-
-    def _is_ready(self, op: Op, conn: _Conn) -> bool:
-        if op.room is None or op.kind == "resume":
-            return True
-        return op.room._ready and op.room._joined_conn is conn
-
-    async def _writer(self, conn: _Conn) -> None:
-        """Send what is ready, in order, at most `max_in_flight` unanswered at once."""
-        loop = asyncio.get_running_loop()
-        while not conn.done:
-            await conn.wake.wait()
-            conn.wake.clear()
-            while conn.welcome is not None and not conn.done and conn is self._conn:
-                pause = self._paused_until - loop.time()
-                if pause > 0:
-                    loop.call_later(pause, conn.wake.set)
-                    break
-                if conn.in_flight >= self.max_in_flight:
-                    break
-                op = self._next_ready(conn)
-                if op is None:
-                    break
-                await self._transmit(conn, op)
-
-    def _next_ready(self, conn: _Conn) -> Op | None:
-        i = 0
-        while i < len(self._outbox):
-            op = self._outbox[i]
-            if op.settled:
-                del self._outbox[i]
-                continue
-            if self._is_ready(op, conn):
-                del self._outbox[i]
-                return op
-            i += 1
-        return None
-
-    async def _transmit(self, conn: _Conn, op: Op) -> None:
-        self._next_id += 1
-        op.id, op.conn, op.socket_id, op.timed_out = self._next_id, conn, conn.socket_id, False
-        conn.pending[op.id] = op
-        if op.kind != "hello":
-            conn.in_flight += 1
-        if op.room is not None and op.key is not None:
-            op.room._inflight.append(op)
-        op.timer = asyncio.get_running_loop().call_later(self.request_timeout, self._timed_out, conn, op)
-        try:
-            await conn.ws.send(orjson.dumps({**op.msg, "id": op.id}).decode())
-        except ConnectionClosed:
-            pass  # the socket's end decides what becomes of the request
-
-    def _timed_out(self, conn: _Conn, op: Op) -> None:
-        op.timer = None
-        if conn.pending.get(op.id) is not op or op.timed_out:
-            return
-        op.timed_out = True
-        if op.kind != "hello":
-            conn.in_flight -= 1
-        self._settle(op, RoomcastError("timeout", f"no reply to {op.msg.get('type')} within {self.request_timeout}s"))
-        self._kick()
-
-    def _on_reply(self, conn: _Conn, msg: Msg) -> None:
-        op = conn.pending.pop(msg["re"], None) if isinstance(msg.get("re"), int) else None
-        if op is None:
-            return
-        if op.timer is not None:
-            op.timer.cancel()
-            op.timer = None
-        if not op.timed_out and op.kind != "hello":
-            conn.in_flight -= 1
-        room = op.room
-        if room is not None and op.key is not None:
-            room._drop_inflight(op)
-        if msg.get("type") == "error":
-            retry = msg.get("retry_after_ms")
-            err = RoomcastError(str(msg.get("code", "internal")), str(msg.get("message", "error")),
-                                retry if isinstance(retry, int) else None, reply=msg)
-            if err.code == "rate_limited" and not op.settled and op.kind != "hello":
-                # The gateway dropped the message: send it again after retry_after_ms.
-                wait = (err.retry_after_ms if err.retry_after_ms is not None else 1000) / 1000
-                self._paused_until = max(self._paused_until, asyncio.get_running_loop().time() + wait)
-                self._requeue(op)
-                return
-            if op.on_error is not None and not op.settled and op.on_error(err):
-                self._settle(op, None, None)
-            else:
-                self._settle(op, err)
-            self._kick()
-            return
-        seq = msg.get("seq")
-        if room is not None and op.key is not None and isinstance(seq, int) and not op.matched \
-                and seq > room._last_accepted:
-            room._acked.add(seq)
-        if not op.settled:
-            try:
-                self._settle(op, None, op.on_reply(conn, msg) if op.on_reply is not None else msg)
-            except Exception as exc:
-                log.exception("roomcast: cannot apply the %s reply", msg.get("type"))
-                self._settle(op, RoomcastError("internal", f"unexpected {msg.get('type')} reply: {exc!r}"))
-        self._kick()
-
-    def _drop_room_ops(self, room: Room, err: RoomcastError) -> None:
-        for op in [o for o in self._outbox if o.room is room]:
-            self._outbox.remove(op)
-            self._settle(op, None if op.kind == "leave" else err)
-
     # ------------------------------------------------------------ rooms
+
+    def _forget_room(self, room: Room) -> None:
+        """The room is over: its events are no longer routed to it (RoomHost)."""
+        if self.rooms.get(room.id) is room:
+            del self.rooms[room.id]
+        self._orphans.pop(room.id, None)
 
     def _adopt(self, room: Room) -> None:
         self.rooms[room.id] = room
         for event in self._orphans.pop(room.id, []):
             room._receive(event)
 
-    def _room_from_joined(self, conn: _Conn, joined: Msg, password: str | None, role: str) -> Room:
+    def _room_from_joined(self, conn: Link, joined: Msg, password: str | None, role: str) -> Room:
         room = Room(self, RoomReplica.from_joined(joined, self.device_id, role), password, held=True)
         room._joined_conn = conn
         room._ready = True
@@ -588,7 +307,7 @@ class RoomcastClient(Emitter):
         if role in ("player", "spectator"):
             msg["role"] = role
 
-        def adopted(conn: _Conn, joined: Msg) -> Room:
+        def adopted(conn: Link, joined: Msg) -> Room:
             room = self._room_from_joined(conn, joined, None, str(role or "player"))
             self._emit("room", room)
             asyncio.get_running_loop().call_soon(room._release)
@@ -663,12 +382,12 @@ class RoomcastClient(Emitter):
                 open_timeout=self.request_timeout,
                 close_timeout=1.0,
                 max_size=_MAX_INCOMING,
-                user_agent_header=f"roomcast-python/{__version__}",
+                user_agent_header=f"roomcast-python/{CLIENT_VERSION}",
             )
         except Exception as exc:  # refused, reset, 503 while draining, handshake timeout…
             log.info("roomcast: cannot open %s: %s", url, exc)
             return ABNORMAL_CLOSURE, str(exc), None
-        conn = _Conn(ws, url)
+        conn = Conn(ws, url)
         self._conn = conn
         loop = asyncio.get_running_loop()
         conn.tasks = [loop.create_task(self._read(conn), name="roomcast-reader"),
@@ -680,7 +399,7 @@ class RoomcastClient(Emitter):
         finally:
             await self._finish(conn)
 
-    async def _handshake(self, conn: _Conn) -> None:
+    async def _handshake(self, conn: Conn) -> None:
         """hello until welcome (or the socket ends, or a reply says stop)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.request_timeout
@@ -722,7 +441,7 @@ class RoomcastClient(Emitter):
             self._on_welcome(conn, welcome)
             return
 
-    def _on_welcome(self, conn: _Conn, welcome: Msg) -> None:
+    def _on_welcome(self, conn: Conn, welcome: Msg) -> None:
         loop = asyncio.get_running_loop()
         conn.welcome = welcome
         conn.welcomed_at = loop.time()
@@ -735,7 +454,7 @@ class RoomcastClient(Emitter):
             self.device_token = token
             if self._device_file is not None:
                 with contextlib.suppress(OSError):
-                    _store_device(self._device_file, self.device_id, token)
+                    store_device(self._device_file, self.device_id, token)
         conn.tasks.append(loop.create_task(self._heartbeat(conn), name=_HEARTBEAT))
         listed = {str(r.get("room_id")): r for r in welcome.get("rooms") or [] if isinstance(r, dict)}
         for room in list(self.rooms.values()):
@@ -755,7 +474,7 @@ class RoomcastClient(Emitter):
                 waiter.set_result(welcome)
         self._kick()
 
-    async def _finish(self, conn: _Conn) -> None:
+    async def _finish(self, conn: Conn) -> None:
         """The socket is over: close it if needed, stop its tasks, and sort out its requests."""
         if not conn.done:
             with contextlib.suppress(Exception):
@@ -771,7 +490,7 @@ class RoomcastClient(Emitter):
             self._conn = None
         self._socket_ended(conn)
 
-    def _socket_ended(self, conn: _Conn) -> None:
+    def _socket_ended(self, conn: Conn) -> None:
         self._orphans.clear()
         lost = RoomcastError("disconnected", "the connection was lost before the reply")
         for op in conn.pending.values():
@@ -793,7 +512,7 @@ class RoomcastClient(Emitter):
         for room in self.rooms.values():
             room._socket_lost()
 
-    async def _read(self, conn: _Conn) -> None:
+    async def _read(self, conn: Conn) -> None:
         loop = asyncio.get_running_loop()
         try:
             async for raw in conn.ws:
@@ -826,7 +545,7 @@ class RoomcastClient(Emitter):
                                                    close_code=code))
             conn.wake.set()
 
-    def _dispatch(self, conn: _Conn, msg: Msg) -> None:
+    def _dispatch(self, conn: Conn, msg: Msg) -> None:
         kind = msg.get("type")
         if kind == "event":
             room_id = str(msg.get("room_id"))
@@ -844,22 +563,6 @@ class RoomcastClient(Emitter):
         if kind == "error":
             self._emit("error", RoomcastError(str(msg.get("code", "internal")), str(msg.get("message", "error")),
                                               reply=msg))
-
-    async def _heartbeat(self, conn: _Conn) -> None:
-        loop = asyncio.get_running_loop()
-        welcome = conn.welcome or {}
-        interval = max(0.01, int(welcome.get("heartbeat_interval_ms") or 25000) / 1000)
-        silence = int(welcome.get("heartbeat_timeout_ms") or 60000) / 1000
-        while not conn.done:
-            await asyncio.sleep(interval)
-            if conn.heartbeat_paused:
-                continue
-            if loop.time() - conn.last_rx > silence:
-                log.info("roomcast: nothing from %s for %.1fs; giving the socket up", conn.url, silence)
-                conn.give_up("no frame from the gateway within heartbeat_timeout_ms")
-                return
-            with contextlib.suppress(ConnectionClosed):
-                await conn.ws.send('{"type":"ping"}')
 
     def _fatal(self, err: RoomcastError) -> None:
         """No reconnect: state closed, `error` emitted, everything waiting fails with `err`."""

@@ -1,112 +1,107 @@
-"""The Python client's rooms: `Room`, its event iterator, and the client's error type.
+"""The client's room half: `Room`, its event iterator, and the request record `Op`.
 
 A `Room` takes the room's event frames from the client's reader, puts them in seq order
 (dropping duplicates, holding back anything after a gap), delivers each once to the app,
-and resumes the room on every new socket. See `roomcast.client` for the whole picture.
+and resumes the room on every new socket. It sends its requests through `RoomHost`, the
+interface the connection half (`roomcast_client.client.RoomcastClient`) implements; this
+module imports nothing of that half, not even for type checking.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal, Self
+from typing import Any, Final, Literal, Protocol, Self
 
-from .client_state import RoomReplica, backoff_delay, event_key, request_key
+from .emitter import Callback, Emitter
+from .errors import RoomcastError, bad
 from .protocol import MAX_ACTION, MAX_EVENT_TYPE, RESERVED_EVENT_TYPES, SETTABLE_STATUSES
-
-if TYPE_CHECKING:
-    from .client import RoomcastClient, _Conn
+from .state import RoomReplica, backoff_delay, event_key, request_key
 
 log = logging.getLogger("roomcast.client")
 
 Msg = dict[str, Any]
-Callback = Callable[..., object]
 RoomEventName = Literal["event", "reset", "closed"]
 
 # Error replies after which a room cannot be resumed: it is over for this device.
 ROOM_GONE: Final = frozenset({"not_found", "room_closed", "forbidden", "room_full"})
 
 
-class RoomcastError(Exception):
-    """`code` is the gateway's error code (protocol.md section 7: not_found, room_full,
-    forbidden, rate_limited…) or one of the client's own: timeout, closed, disconnected,
-    queue_full, too_large, bad_request (refused before sending), policy_violation (a close
-    code that says never reconnect; `close_code` tells which), bad_frame, overflow."""
+class Link(Protocol):
+    """One socket of the client as the room half sees it. Rooms only compare links by
+    identity (is the room joined on the current socket? was a request sent on it?); a reply
+    callback may read the socket's `welcome`."""
 
-    def __init__(self, code: str, message: str, retry_after_ms: int | None = None, *,
-                 close_code: int | None = None, reply: Msg | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.retry_after_ms = retry_after_ms
-        self.close_code = close_code
-        self.reply = reply
+    @property
+    def welcome(self) -> Msg | None: ...
 
 
-def bad(message: str) -> RoomcastError:
-    return RoomcastError("bad_request", message)
+class RoomHost(Protocol):
+    """What a `Room` needs from the connection half, and all it uses of it.
 
+    Contract (every call is made on the event loop's thread and returns at once):
 
-class Emitter:
-    """on/off/once with callbacks called in order; a callback may be a coroutine function
-    (its coroutine then runs as a task). A failing callback is reported, never fatal."""
+    - `_enqueue(msg, kind, room=…, key=…, on_reply=…, on_error=…, priority=…)` queues one
+      request and returns its future. The request goes out once a socket is welcomed and,
+      for a room request other than kind "resume", once that room is `_ready` and
+      `_joined_conn` is that socket. `priority` requests go before every other one and do
+      not count against `max_queue`. The future resolves with `on_reply(link, reply)` (or
+      the reply itself), with None when `on_error(err)` returns True for an `error` reply, or
+      fails with a `RoomcastError` (that reply, timeout, closed, queue_full, too_large,
+      disconnected…); a request for an ended room fails at once with `room._over_error()`.
+      A keyed request (`key`, from `state.request_key`) is appended to `room._inflight` when
+      it is sent and removed from it (`room._drop_inflight`) when answered; if its socket is
+      lost before the reply the host neither fails nor resends it: the room settles it when
+      the replay shows its event, or hands it back with `_requeue`. An ack's seq the room has
+      not taken yet is added to `room._acked`.
+    - `_settle(op, err, value)` resolves `op.future` once (with `value`, or fails it with
+      `err`); later calls do nothing. `_requeue(op)` puts an unsettled request back in the
+      queue for the current or next socket. `_kick()` says a room became ready: look at
+      the queue again.
+    - `_live_conn()` is the current socket if it is welcomed and open, else None.
+    - `_forget_room(room)` stops routing events to a room that is over; then
+      `_drop_room_ops(room, err)` fails its requests still waiting to go (a leave succeeds).
+    - `_listener_failed(name, exc)` reports a listener that raised; coroutine listeners'
+      tasks are kept in `_callback_tasks`.
+    - `max_queue`, `gap_timeout`, `backoff` and `_random` are the client's settings: the
+      most events a room holds back or queues for `events()`, seconds a missing seq is
+      awaited, the (base, cap) of the resume retry backoff, and its uniform [0, 1) source.
+    """
 
-    _names: tuple[str, ...] = ()
+    _callback_tasks: set[asyncio.Task[Any]]
+    _random: Callable[[], float]
 
-    def __init__(self, tasks: set[asyncio.Task[Any]]) -> None:
-        self._handlers: dict[str, list[Callback]] = {name: [] for name in self._names}
-        self._tasks = tasks
+    @property
+    def max_queue(self) -> int: ...
 
-    def on(self, name: str, callback: Callback) -> Self:
-        if name not in self._handlers:
-            raise ValueError(f"unknown event {name!r}; use one of {', '.join(self._handlers)}")
-        self._handlers[name].append(callback)
-        return self
+    @property
+    def gap_timeout(self) -> float: ...
 
-    def off(self, name: str, callback: Callback) -> Self:
-        handlers = self._handlers.get(name, [])
-        for i, cb in enumerate(handlers):
-            if cb is callback or getattr(cb, "__wrapped__", None) is callback:
-                del handlers[i]
-                break
-        return self
+    @property
+    def backoff(self) -> tuple[float, float]: ...
 
-    def once(self, name: str, callback: Callback) -> Self:
-        def wrapper(*args: Any) -> object:
-            self.off(name, wrapper)
-            return callback(*args)
+    def _enqueue(self, msg: Msg, kind: str, *, room: Room | None = None, key: tuple[str, ...] | None = None,
+                 on_reply: Callable[[Link, Msg], Any] | None = None,
+                 on_error: Callable[[RoomcastError], bool] | None = None,
+                 priority: bool = False) -> asyncio.Future[Any]: ...
 
-        wrapper.__wrapped__ = callback  # type: ignore[attr-defined]
-        return self.on(name, wrapper)
+    def _settle(self, op: Op, err: BaseException | None, value: Any = None) -> None: ...
 
-    def _emit(self, name: str, *args: Any) -> None:
-        for callback in list(self._handlers[name]):
-            try:
-                result = callback(*args)
-                if inspect.isawaitable(result):
-                    task = asyncio.ensure_future(result)
-                    self._tasks.add(task)
-                    task.add_done_callback(self._callback_done(name))
-            except Exception as exc:
-                self._listener_failed(name, exc)
+    def _requeue(self, op: Op) -> None: ...
 
-    def _callback_done(self, name: str) -> Callable[[asyncio.Task[Any]], None]:
-        def done(task: asyncio.Task[Any]) -> None:
-            self._tasks.discard(task)
-            if not task.cancelled() and task.exception() is not None:
-                exc = task.exception()
-                assert isinstance(exc, Exception)
-                self._listener_failed(name, exc)
+    def _kick(self) -> None: ...
 
-        return done
+    def _live_conn(self) -> Link | None: ...
 
-    def _listener_failed(self, name: str, exc: Exception) -> None:
-        log.error("roomcast: a %r listener failed", name, exc_info=exc)
+    def _forget_room(self, room: Room) -> None: ...
+
+    def _drop_room_ops(self, room: Room, err: RoomcastError) -> None: ...
+
+    def _listener_failed(self, name: str, exc: Exception) -> None: ...
 
 
 @dataclass(eq=False)
@@ -119,11 +114,11 @@ class Op:
     room: Room | None
     key: tuple[str, ...] | None  # content key of a request that makes one event
     future: asyncio.Future[Any]
-    on_reply: Callable[[_Conn, Msg], Any] | None = None
+    on_reply: Callable[[Link, Msg], Any] | None = None
     on_error: Callable[[RoomcastError], bool] | None = None
     priority: bool = False
     id: int = 0
-    conn: _Conn | None = None
+    conn: Link | None = None
     socket_id: str | None = None
     timer: asyncio.TimerHandle | None = None
     timed_out: bool = False
@@ -203,7 +198,7 @@ class Room(Emitter):
 
     _names = ("event", "reset", "closed")
 
-    def __init__(self, client: RoomcastClient, replica: RoomReplica, password: str | None, *, held: bool) -> None:
+    def __init__(self, client: RoomHost, replica: RoomReplica, password: str | None, *, held: bool) -> None:
         super().__init__(client._callback_tasks)
         self._client = client
         self._replica = replica
@@ -215,7 +210,7 @@ class Room(Emitter):
         self._pumping = False
         self._inflight: list[Op] = []  # keyed requests sent and not answered, in send order
         self._acked: set[int] = set()  # seqs acked before their event came
-        self._joined_conn: _Conn | None = None  # the socket the room is joined on
+        self._joined_conn: Link | None = None  # the socket the room is joined on
         self._ready = False  # joined and resumed: its queued requests may go
         self._joining = False
         self._resume_target: int | None = None
@@ -483,7 +478,7 @@ class Room(Emitter):
 
         future.add_done_callback(done)
 
-    def _on_rejoined(self, joined: Msg, conn: _Conn) -> None:
+    def _on_rejoined(self, joined: Msg, conn: Link) -> None:
         if self._ended is not None or conn is not self._client._live_conn():
             return
         self._joining = False
@@ -550,9 +545,7 @@ class Room(Emitter):
         self._ended = reason
         self._socket_lost()
         client = self._client
-        if client.rooms.get(self.id) is self:
-            del client.rooms[self.id]
-        client._orphans.pop(self.id, None)
+        client._forget_room(self)
         err = self._over_error()
         for op in list(self._inflight):
             self._inflight.remove(op)
