@@ -6,6 +6,7 @@ which is the same contract the Redis scripts give a cluster.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ from .room import (
     new_epoch,
     participant_tail,
 )
-from .store import Caller, ConnectionInfo, ConnectResult, DeviceRoom, JoinResult, NewRoom, fail
+from .store import REPLAY_CHUNK, Caller, ConnectionInfo, ConnectResult, DeviceRoom, JoinResult, NewRoom, fail
 
 
 @dataclass(slots=True)
@@ -116,8 +117,9 @@ class MemoryStore:
         return room
 
     def _member(self, room: Room, caller: Caller) -> Participant:
+        """The caller's participant, if this very socket joined the room (and is still in it)."""
         p = room.participants.get(caller.device_id)
-        if p is None or p.status == LEFT:
+        if p is None or p.status == LEFT or caller.socket_id not in p.sockets:
             raise fail(ErrorCode.NOT_MEMBER, f"not a member of room {room.room_id!r}")
         return p
 
@@ -134,12 +136,11 @@ class MemoryStore:
         room = self.rooms.get(room_id)
         if room is None:
             return None
-        creator = room.participants.get(room.created_by)
         return {
             "room_id": room.room_id, "game_type": room.game_type, "status": room.status,
             "max_players": str(room.max_players), "players": str(room.current_players()),
             "game_data": orjson.dumps(room.game_data).decode(), "created_at": str(room.created_at),
-            "created_by": room.created_by, "creator_user": (creator.user_id or "") if creator else "",
+            "created_by": room.created_by, "creator_user": room.creator_user or "",
             "updated_at": str(room.updated_at), "closed_at": "" if room.closed_at is None else str(room.closed_at),
             "seq": str(room.seq),
         }
@@ -190,8 +191,11 @@ class MemoryStore:
             if room is None or room.status == "closed":
                 continue
             p = room.participants.get(caller.device_id)
-            if p is None or p.status != ACTIVE or p.socket_id != caller.socket_id:
+            if p is None or p.status == LEFT or caller.socket_id not in p.sockets:
                 continue
+            p.sockets.discard(caller.socket_id)
+            if p.sockets or p.status != ACTIVE:
+                continue  # another of its joined sockets keeps the participant active
             p.status = DISCONNECTED
             self.disconnected_since[(room_id, caller.device_id)] = now_ms
             self._participant_event(room, "participant_disconnected", p, reason, None, now_ms)
@@ -215,6 +219,7 @@ class MemoryStore:
             epoch=new_epoch(),
             updated_at=now_ms,
             spectators_can_send=room.spectators_can_send,
+            creator_user=caller.user_id,
         )
         self.rooms[room_id] = r
         self.history[room_id] = deque(maxlen=self.history_len)
@@ -240,23 +245,34 @@ class MemoryStore:
         # the oldest event the client needs out of the bounded history.
         recovered = False
         replay: list[bytes] = []
-        if since is not None and (epoch is None or epoch == room.epoch):
-            recovered, replay = self._replay(room.room_id, since, head)
+        rest_after: int | None = None
+        kept = self.history[room.room_id]
+        first_kept = kept[0][0] if kept else head + 1
+        if since is not None and since <= head and (epoch is None or epoch == room.epoch):
+            recovered = since == head or first_kept <= since + 1
+            if since < head and (recovered or since == 0):
+                # The first events only (the join's own event may trim the oldest one);
+                # the gateway reads the rest with read_since.
+                first = self._read(room.room_id, since, head, REPLAY_CHUNK)
+                replay = [f for _, f in first]
+                if first and first[-1][0] < head:
+                    rest_after = first[-1][0]
         if p is not None and p.status != LEFT:
-            was, old_socket = p.status, p.socket_id
             p.status = ACTIVE
             p.socket_id = caller.socket_id
             p.user_id = caller.user_id
             self.disconnected_since.pop((room.room_id, caller.device_id), None)
-            # Back after a drop, or on a new socket that replaces a lost one.
-            if was == DISCONNECTED or old_socket != caller.socket_id:
+            # Back after a drop, or a new socket (it may replace one not yet known to be lost).
+            if caller.socket_id not in p.sockets:
+                p.sockets.add(caller.socket_id)
                 self._participant_event(room, "participant_reconnected", p, None, sender, now_ms)
         else:
             if room.occupants() >= self.max_participants:
                 raise fail(ErrorCode.ROOM_FULL, f"room {room.room_id!r} is full ({self.max_participants} participants)")
             if counts_toward_capacity(role) and room.current_players() >= room.max_players:
                 raise fail(ErrorCode.ROOM_FULL, f"room {room.room_id!r} is full ({room.max_players} players)")
-            p = Participant(caller.device_id, caller.user_id, caller.socket_id, role, ACTIVE, now_ms)
+            p = Participant(caller.device_id, caller.user_id, caller.socket_id, role, ACTIVE, now_ms,
+                            {caller.socket_id})
             # Re-insert so a returning device is ordered by its latest join.
             room.participants.pop(caller.device_id, None)
             room.participants[caller.device_id] = p
@@ -270,31 +286,47 @@ class MemoryStore:
             role=p.role,
             recovered=recovered,
             replay=replay,
+            replay_rest_after=rest_after,
+            first_kept=first_kept,
         )
         return result
 
-    def _replay(self, room_id: str, since: int, head: int) -> tuple[bool, list[bytes]]:
-        if since > head:
-            return False, []
-        if since == head:
-            return True, []
-        kept = self.history[room_id]
-        if not kept or kept[0][0] > since + 1:
-            return False, []
-        frames = [frame for seq, frame in kept if since < seq <= head]
-        return len(frames) == head - since, frames
+    async def read_since(
+        self, room_id: str, after: int, upto: int | None = None, limit: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        return self._read(room_id, after, upto, limit)
 
-    async def read_since(self, room_id: str, after: int, upto: int | None = None) -> list[tuple[int, bytes]]:
-        kept = self.history.get(room_id, ())
-        return [(seq, f) for seq, f in kept if seq > after and (upto is None or seq <= upto)]
+    def _read(self, room_id: str, after: int, upto: int | None, limit: int | None) -> list[tuple[int, bytes]]:
+        kept = self.history.get(room_id)
+        if not kept:
+            return []
+        # Seqs in the history are consecutive: start at the first one after `after`.
+        start = max(0, after + 1 - kept[0][0])
+        out: list[tuple[int, bytes]] = []
+        for seq, f in itertools.islice(kept, start, None):
+            if upto is not None and seq > upto:
+                break
+            out.append((seq, f))
+            if limit is not None and len(out) >= limit:
+                break
+        return out
 
     async def leave(self, caller: Caller, room_id: str, now_ms: int) -> None:
         room = self._room(room_id)
         p = self._member(room, caller)
-        self._remove(room, p, "leave", caller.sender(), now_ms)
+        p.sockets.discard(caller.socket_id)
+        if p.sockets:
+            return  # the device's other joined sockets keep it in the room
+        self._remove(room, p, "leave", caller.sender(), now_ms, forget=True)
 
-    def _remove(self, room: Room, p: Participant, reason: str, sender: dict[str, Any] | None, now_ms: int) -> None:
+    def _remove(self, room: Room, p: Participant, reason: str, sender: dict[str, Any] | None, now_ms: int,
+                forget: bool = False) -> None:
+        """The participant leaves; `forget` also drops it from the room's members (a room
+        that stays open must not keep everyone who ever passed through)."""
         p.status = LEFT
+        p.sockets.clear()
+        if forget:
+            del room.participants[p.device_id]
         self.disconnected_since.pop((room.room_id, p.device_id), None)
         dev = self.devices.get(p.device_id)
         if dev is not None:
@@ -396,7 +428,7 @@ class MemoryStore:
             if room is None or p is None or p.status != DISCONNECTED:
                 self.disconnected_since.pop((room_id, device_id), None)
                 continue
-            self._remove(room, p, "pruned", None, now_ms)
+            self._remove(room, p, "pruned", None, now_ms, forget=room.status != "closed")
         for room_id, room in list(self.rooms.items()):
             if room.closed_at is not None and now_ms - room.closed_at >= self.room_ttl_ms:
                 del self.rooms[room_id]

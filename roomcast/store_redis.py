@@ -24,7 +24,7 @@ from .history_read import StoredRoom
 from .protocol import event_tail
 from .redis_batch import Batcher, cmd
 from .room import ACTIVE, LEFT, new_epoch
-from .store import Caller, ConnectionInfo, ConnectResult, DeviceRoom, JoinResult, NewRoom, fail
+from .store import REPLAY_CHUNK, Caller, ConnectionInfo, ConnectResult, DeviceRoom, JoinResult, NewRoom, fail
 
 LIFECYCLE = keys.LIFECYCLE
 log = logging.getLogger("roomcast.store")
@@ -217,14 +217,18 @@ class RedisStore:
         head = int(reply[1])
         room = _pairs(reply[5])
         members = _pairs(reply[6])
+        state = int(reply[4])  # -1 no replay, 0 not every event after `since` is kept, 1 all are
+        rest = int(reply[9]) if len(reply) > 9 else -1
         return JoinResult(
             room=_room_wire(room, head),
             participants=[_member(d, v) for d, v in members.items() if v.split("|")[1] != LEFT],
             seq=head,
             epoch=_s(reply[2]),
             role=_s(reply[3]),
-            recovered=bool(int(reply[4])),
+            recovered=state == 1,
             replay=[bytes(f) for f in reply[7]],
+            replay_rest_after=None if rest < 0 else rest,
+            first_kept=int(reply[8]) if len(reply) > 8 else head + 1,
         )
 
     async def create_room(self, caller: Caller, room: NewRoom, now_ms: int) -> JoinResult:
@@ -325,7 +329,8 @@ class RedisStore:
         sender = orjson.dumps(caller.sender())
         fut = self.b.eval(self.s_join, self.room_keys(room_id), [
             room_id, caller.device_id, caller.socket_id, caller.user_id or "", role,
-            -1 if since is None else since, epoch or "", now_ms, sender, self.history, self.max_participants])
+            -1 if since is None else since, epoch or "", now_ms, sender, self.history, self.max_participants,
+            REPLAY_CHUNK])
         self._dirty(room_id)
         reply = _check(await fut)
         b = self.b
@@ -336,12 +341,14 @@ class RedisStore:
         return self._join_result(reply)
 
     async def leave(self, caller: Caller, room_id: str, now_ms: int) -> None:
-        await self._leave(room_id, caller.device_id, "leave", orjson.dumps(caller.sender()), now_ms, False)
+        await self._leave(room_id, caller.device_id, "leave", orjson.dumps(caller.sender()), now_ms, False,
+                          caller.socket_id)
 
     async def _leave(self, room_id: str, device_id: str, reason: str, sender: bytes, now_ms: int,
-                     only_if_disconnected: bool) -> bool:
+                     only_if_disconnected: bool, socket_id: str = "") -> bool:
         fut = self.b.eval(self.s_leave, self.room_keys(room_id), [
-            room_id, device_id, now_ms, sender, reason, self.history, "1" if only_if_disconnected else "0"])
+            room_id, device_id, now_ms, sender, reason, self.history, "1" if only_if_disconnected else "0",
+            socket_id])
         self._dirty(room_id)
         reply = _check(await fut)
         b = self.b
@@ -362,7 +369,7 @@ class RedisStore:
 
     async def publish(self, caller: Caller, room_id: str, tail: bytes, now_ms: int) -> int:
         fut = self.b.eval(self.s_publish, self.room_keys(room_id), [room_id, caller.device_id, tail, now_ms,
-                                                                    self.history])
+                                                                    self.history, caller.socket_id])
         self._dirty(room_id)
         return int(_check(await fut)[1])
 
@@ -386,7 +393,7 @@ class RedisStore:
             try:
                 fut = self.b.eval(self.s_update, self.room_keys(room_id), [
                     room_id, caller.device_id, tail, now_ms, self.history, status or "", data, ver,
-                    self.max_game_data_bytes])
+                    self.max_game_data_bytes, caller.socket_id])
                 self._dirty(room_id)
                 reply = _check(await fut)
             except _Retry:
@@ -401,7 +408,7 @@ class RedisStore:
     async def close_room(self, caller: Caller, room_id: str, now_ms: int) -> int:
         tail = event_tail("room_closed", None, None, caller.sender(), now_ms)
         fut = self.b.eval(self.s_close, self.room_keys(room_id), [
-            room_id, caller.device_id, tail, now_ms, self.history, self.room_ttl_ms])
+            room_id, caller.device_id, tail, now_ms, self.history, self.room_ttl_ms, caller.socket_id])
         self._dirty(room_id)
         reply = _check(await fut)
         index_writes = []
@@ -463,10 +470,13 @@ class RedisStore:
                     break
         return out
 
-    async def read_since(self, room_id: str, after: int, upto: int | None = None) -> list[tuple[int, bytes]]:
-        """Frames of the room's stream with seq > after (and <= upto), for gap repair."""
+    async def read_since(
+        self, room_id: str, after: int, upto: int | None = None, limit: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        """Frames of the room's stream with seq > after (and <= upto), at most `limit`: gap
+        repair and (in chunks) join replays."""
         end = "+" if upto is None else f"{upto}-0"
-        entries = await self.b.call(lambda p: p.xrange(keys.stream(room_id), f"{after + 1}-0", end))
+        entries = await self.b.call(lambda p: p.xrange(keys.stream(room_id), f"{after + 1}-0", end, count=limit))
         return [(int(_s(eid).split("-")[0]), bytes(fields[b"f"])) for eid, fields in entries]
 
     async def sweep(self, now_ms: int) -> None:
