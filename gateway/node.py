@@ -534,8 +534,16 @@ class Node:
         self.reply(session, "ack", {"type": "ack", "re": msg.id, "seq": seq})
 
     async def _list_rooms(self, session: Session, msg: p.ListRooms) -> None:
-        rooms = await self.store.list_rooms(msg.game_type, msg.status, msg.limit)
-        self.reply(session, "rooms", {"type": "rooms", "re": msg.id, "rooms": rooms})
+        caller = session.caller
+        assert caller is not None
+        s = self.settings
+        wait = await self.limited("list_rooms", caller.device_id, s.list_rooms_rate, s.list_rooms_burst)
+        if wait:
+            raise GatewayError(ErrorCode.RATE_LIMITED, "listing rooms too often", retry_after_ms=wait)
+        page = await self.store.list_rooms(msg.game_type, msg.status, msg.limit, msg.cursor)
+        after = page.next_after
+        self.reply(session, "rooms", {"type": "rooms", "re": msg.id, "rooms": page.rooms,
+                                      "next_cursor": None if after is None else p.list_cursor(*after)})
 
     def _room_closed(self, room_id: str, sessions: list[Session]) -> None:
         for session in sessions:

@@ -20,6 +20,16 @@ DEADLETTER = "ws:deadletter"  # stream: history units that could not be written
 FLUSH_GROUP = "flusher"
 
 
+def rooms_by_status(status: str) -> str:
+    """Zset: public rooms (no password) in this status, room_id -> created_at (list_rooms)."""
+    return f"ws:rooms:status:{status}"
+
+
+def rooms_by_status_game(status: str, game_type: str) -> str:
+    """Zset: public rooms in this status and of this game type, room_id -> created_at."""
+    return f"ws:rooms:status:{status}:game:{game_type}"
+
+
 def room(room_id: str) -> str:
     """Hash: the room's fields, `seq`, `epoch`, `players`, `game_data` (JSON)."""
     return f"ws:room:{{{room_id}}}"

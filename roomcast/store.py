@@ -82,6 +82,12 @@ class JoinResult:
 REPLAY_CHUNK = 32
 
 
+@dataclass(slots=True)
+class RoomPage:
+    rooms: list[dict[str, Any]]  # protocol room objects
+    next_after: tuple[int, str] | None = None  # (created_at, room_id) the next page starts after
+
+
 @dataclass(frozen=True, slots=True)
 class NewRoom:
     room_id: str
@@ -175,8 +181,13 @@ class RoomStore(Protocol):
         `limit` of them (the first ones)."""
         ...
 
-    async def list_rooms(self, game_type: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
-        """Public rooms (no password), newest first; closed rooms only if asked for."""
+    async def list_rooms(
+        self, game_type: str | None, status: str | None, limit: int, after: tuple[int, str] | None = None
+    ) -> RoomPage:
+        """Public rooms (no password), newest first (created_at, then room_id, descending);
+        closed rooms only if asked for. Read from indexes by status and game type: the cost
+        is the page, not the number of rooms. `after` continues after that (created_at,
+        room_id); the page's `next_after` is where the next page starts (None: no more)."""
         ...
 
     async def sweep(self, now_ms: int) -> None:

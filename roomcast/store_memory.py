@@ -6,8 +6,11 @@ which is the same contract the Redis scripts give a cluster.
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import itertools
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +19,7 @@ import orjson
 from . import merge_patch
 from .bus_memory import MemoryBus
 from .errors import ErrorCode
-from .protocol import event_frame, event_tail
+from .protocol import ROOM_STATUSES, event_frame, event_tail
 from .room import (
     ACTIVE,
     DISCONNECTED,
@@ -29,7 +32,7 @@ from .room import (
     new_epoch,
     participant_tail,
 )
-from .store import REPLAY_CHUNK, Caller, ConnectionInfo, ConnectResult, DeviceRoom, JoinResult, NewRoom, fail
+from .store import REPLAY_CHUNK, Caller, ConnectionInfo, ConnectResult, DeviceRoom, JoinResult, NewRoom, RoomPage, fail
 
 
 @dataclass(slots=True)
@@ -85,6 +88,10 @@ class MemoryStore:
         self.devices: dict[str, DeviceRecord] = {}
         self.sockets: dict[str, SocketRecord] = {}
         self.disconnected_since: dict[tuple[str, str], int] = {}  # (room, device) -> ms
+        # list_rooms indexes of public rooms: sorted (created_at, room_id) per status, and
+        # per (status, game_type).
+        self._by_status: dict[str, list[tuple[int, str]]] = {}
+        self._by_status_game: dict[tuple[str, str], list[tuple[int, str]]] = {}
 
     # ------------------------------------------------------------ events
 
@@ -223,6 +230,7 @@ class MemoryStore:
         )
         self.rooms[room_id] = r
         self.history[room_id] = deque(maxlen=self.history_len)
+        self._index(r)
         return self._admit(r, caller, HOST, None, None, now_ms)
 
     async def password_hash(self, room_id: str) -> str | None:
@@ -362,7 +370,7 @@ class MemoryStore:
             self._check_game_data(new_data)
             room.game_data = new_data
         if status is not None:
-            room.status = status
+            self._set_status(room, status)
         payload: dict[str, Any] = {}
         if status is not None:
             payload["status"] = status
@@ -379,7 +387,7 @@ class MemoryStore:
         room = self._open_room(room_id)
         self._host(room, caller)
         seq = self._emit(room, event_tail("room_closed", None, None, caller.sender(), now_ms), now_ms)
-        room.status = "closed"
+        self._set_status(room, "closed")
         room.closed_at = now_ms
         for p in room.participants.values():
             if p.status != LEFT:
@@ -393,7 +401,7 @@ class MemoryStore:
             if room.status == "closed" or room.updated_at >= idle_before_ms:
                 continue
             self._emit(room, event_tail("room_closed", None, {"reason": "abandoned"}, None, now_ms), now_ms)
-            room.status = "closed"
+            self._set_status(room, "closed")
             room.closed_at = now_ms
             for p in room.participants.values():
                 if p.status != LEFT:
@@ -401,21 +409,56 @@ class MemoryStore:
             closed.append(room.room_id)
         return closed
 
-    async def list_rooms(self, game_type: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
-        out = []
-        for room in reversed(self.rooms.values()):
-            if room.password_hash is not None:
-                continue
-            if status is None and room.status == "closed":
-                continue
-            if status is not None and room.status != status:
-                continue
-            if game_type is not None and room.game_type != game_type:
-                continue
-            out.append(room.wire())
+    # ------------------------------------------------------------ room index (list_rooms)
+
+    def _index_keys(self, room: Room) -> tuple[str, tuple[str, str]]:
+        return room.status, (room.status, room.game_type)
+
+    def _index(self, room: Room) -> None:
+        """Put a public room in the indexes of its status (and game type)."""
+        if room.password_hash is not None:
+            return
+        entry = (room.created_at, room.room_id)
+        by_status, by_game = self._index_keys(room)
+        bisect.insort(self._by_status.setdefault(by_status, []), entry)
+        bisect.insort(self._by_status_game.setdefault(by_game, []), entry)
+
+    def _unindex(self, room: Room) -> None:
+        if room.password_hash is not None:
+            return
+        entry = (room.created_at, room.room_id)
+        by_status, by_game = self._index_keys(room)
+        if _drop_entry(self._by_status.get(by_status), entry):
+            del self._by_status[by_status]
+        if _drop_entry(self._by_status_game.get(by_game), entry):
+            del self._by_status_game[by_game]
+
+    def _set_status(self, room: Room, status: str) -> None:
+        if status != room.status:
+            self._unindex(room)
+            room.status = status
+            self._index(room)
+
+    async def list_rooms(
+        self, game_type: str | None, status: str | None, limit: int, after: tuple[int, str] | None = None
+    ) -> RoomPage:
+        statuses = [status] if status is not None else [s for s in ROOM_STATUSES if s != "closed"]
+        lists = [self._by_status.get(s, []) if game_type is None else self._by_status_game.get((s, game_type), [])
+                 for s in statuses]
+
+        def newest_first(entries: list[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+            end = len(entries) if after is None else bisect.bisect_left(entries, after)
+            for i in range(end - 1, -1, -1):
+                yield entries[i]
+
+        out: list[dict[str, Any]] = []
+        last = None
+        for entry in heapq.merge(*(newest_first(e) for e in lists), reverse=True):
             if len(out) >= limit:
-                break
-        return out
+                return RoomPage(out, last)
+            out.append(self.rooms[entry[1]].wire())
+            last = entry
+        return RoomPage(out, None)
 
     # ------------------------------------------------------------ upkeep
 
@@ -431,6 +474,7 @@ class MemoryStore:
             self._remove(room, p, "pruned", None, now_ms, forget=room.status != "closed")
         for room_id, room in list(self.rooms.items()):
             if room.closed_at is not None and now_ms - room.closed_at >= self.room_ttl_ms:
+                self._unindex(room)
                 del self.rooms[room_id]
                 del self.history[room_id]
         for sid, sock in list(self.sockets.items()):
@@ -439,3 +483,13 @@ class MemoryStore:
         for device_id, dev in list(self.devices.items()):
             if not dev.sockets and not dev.rooms and now_ms - dev.last_disconnect_ms >= self.connection_ttl_ms:
                 del self.devices[device_id]
+
+
+def _drop_entry(entries: list[tuple[int, str]] | None, entry: tuple[int, str]) -> bool:
+    """Remove `entry` from a sorted index list; True if the list is now empty."""
+    if entries is None:
+        return False
+    i = bisect.bisect_left(entries, entry)
+    if i < len(entries) and entries[i] == entry:
+        del entries[i]
+    return not entries

@@ -42,6 +42,9 @@ ENV = {
     "WEBSOCKET_HEARTBEAT_TIMEOUT": str(int(20_000 * UNIT)),
     "LIST_ROOMS_RATE": "5",
     "LIST_ROOMS_BURST": "10",
+    "ROOM_CREATE_RATE": "1000",
+    "MAX_ROOMS_PER_DEVICE": "1000",
+    "MAX_ROOMS_PER_CONNECTION": "1000",
 }
 
 
@@ -267,3 +270,48 @@ async def test_since_zero_replays_the_kept_history_of_a_longer_room(deployment: 
             assert seqs == list(range(seqs[0], head + 1)), seqs[:5]
             assert seqs[0] > 1
             assert len(seqs) >= HISTORY
+
+
+# ---------------------------------------------------------------- #8 list_rooms
+
+
+async def test_list_rooms_pages_with_a_cursor(deployment: Deployment) -> None:
+    game = unique("paged")
+    async with contextlib.AsyncExitStack() as stack:
+        # Room creation is limited per device (burst 10): three hosts share the work.
+        hosts = [await stack.enter_async_context(opened(deployment.url(0), unique("host"))) for _ in range(3)]
+        created = []
+        for i in range(17):
+            room_id = unique(f"p{i}")
+            reply = await create(hosts[i % 3], room_id, game_type=game)
+            created.append((reply["room"]["created_at"], room_id))
+        await create(hosts[0], unique("secret"), game_type=game, password="hunter22")
+        async with opened(deployment.url(1), unique("browser")) as browser:
+            seen: list[str] = []
+            cursor = None
+            for _ in range(10):
+                ask: dict[str, Any] = {"type": "list_rooms", "game_type": game, "limit": 5}
+                if cursor is not None:
+                    ask["cursor"] = cursor
+                reply = await browser.request(ask)
+                assert reply["type"] == "rooms", reply
+                seen += [r["room_id"] for r in reply["rooms"]]
+                cursor = reply["next_cursor"]
+                if cursor is None:
+                    break
+            # Newest first (rooms of the same ms by id), each once, no password room.
+            assert seen == [r for _, r in sorted(created, reverse=True)]
+            bad = await browser.request({"type": "list_rooms", "cursor": "not a cursor"})
+            assert (bad["type"], bad["code"]) == ("error", "bad_request")
+
+
+async def test_list_rooms_is_rate_limited_per_device(deployment: Deployment) -> None:
+    device = unique("lister")
+    async with opened(deployment.url(0), device) as a, opened(deployment.url(1), device) as b:
+        replies = []
+        for i in range(12):  # the burst is 10, shared by the device's sockets (and replicas)
+            replies.append(await (a if i % 2 else b).request({"type": "list_rooms", "limit": 1}))
+        limited = [r for r in replies if r["type"] == "error"]
+        assert limited, "12 list_rooms at once were all served (burst 10)"
+        assert all(r["code"] == "rate_limited" and r["retry_after_ms"] > 0 for r in limited), limited
+        assert sum(r["type"] == "rooms" for r in replies) >= 10

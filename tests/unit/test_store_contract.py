@@ -401,6 +401,10 @@ async def replayed(store: RoomStore, result: JoinResult, room_id: str = ROOM, ch
     return out
 
 
+async def list_page(store: RoomStore, game_type: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
+    return (await store.list_rooms(game_type, status, limit)).rooms
+
+
 def participant(result: JoinResult, c: Caller) -> dict[str, Any]:
     [p] = [p for p in result.participants if p["device_id"] == c.device_id]
     return p
@@ -924,19 +928,51 @@ async def test_list_rooms(store: RoomStore, log: EventLog) -> None:
     def ids(rooms: list[dict[str, Any]]) -> list[str]:
         return [r["room_id"] for r in rooms]
 
-    listed = await store.list_rooms(None, None, 50)
+    listed = await list_page(store, None, None, 50)
     assert ids(listed) == ["r-new", "r-puzzle", "r-old"]  # newest first; no password or closed rooms
     for room in listed:
         assert set(room) == ROOM_KEYS
     assert "scrypt$x" not in orjson.dumps(listed).decode()
-    assert ids(await store.list_rooms("quiz", None, 50)) == ["r-new", "r-old"]
-    assert ids(await store.list_rooms(None, "waiting", 50)) == ["r-puzzle", "r-old"]
-    assert ids(await store.list_rooms(None, "in_progress", 50)) == ["r-new"]
-    assert ids(await store.list_rooms(None, "closed", 50)) == ["r-closed"]
-    assert ids(await store.list_rooms("puzzle", "closed", 50)) == []
-    assert ids(await store.list_rooms("chess", None, 50)) == []
-    assert ids(await store.list_rooms(None, None, 2)) == ["r-new", "r-puzzle"]
-    assert ids(await store.list_rooms(None, None, 1)) == ["r-new"]
+    assert ids(await list_page(store, "quiz", None, 50)) == ["r-new", "r-old"]
+    assert ids(await list_page(store, None, "waiting", 50)) == ["r-puzzle", "r-old"]
+    assert ids(await list_page(store, None, "in_progress", 50)) == ["r-new"]
+    assert ids(await list_page(store, None, "closed", 50)) == ["r-closed"]
+    assert ids(await list_page(store, "puzzle", "closed", 50)) == []
+    assert ids(await list_page(store, "chess", None, 50)) == []
+    assert ids(await list_page(store, None, None, 2)) == ["r-new", "r-puzzle"]
+    assert ids(await list_page(store, None, None, 1)) == ["r-new"]
+
+
+async def test_list_rooms_pages_through_every_room_once(store: RoomStore, log: EventLog) -> None:
+    """Issue 10 #8: pages of `limit`, each after the cursor of the one before; rooms created in
+    the same ms are ordered by id; a room that changes status moves to its new status."""
+    for i in range(23):
+        await create(store, log, f"r-{i:02d}", game_type="quiz" if i % 3 else "puzzle", now=T0 + i // 2)
+    await create(store, log, "r-secret", password_hash="scrypt$x", now=T0 + 30)
+    expected = sorted(((T0 + i // 2, f"r-{i:02d}") for i in range(23)), reverse=True)
+
+    async def all_pages(game_type: str | None, status: str | None, limit: int) -> list[str]:
+        out: list[str] = []
+        after = None
+        for _ in range(100):
+            page = await store.list_rooms(game_type, status, limit, after)
+            assert len(page.rooms) <= limit
+            out += [r["room_id"] for r in page.rooms]
+            if page.next_after is None:
+                return out
+            assert len(page.rooms) == limit
+            after = page.next_after
+        raise AssertionError("no last page")
+
+    assert await all_pages(None, None, 5) == [r for _, r in expected]
+    assert await all_pages(None, None, 23) == [r for _, r in expected]
+    assert await all_pages("puzzle", "waiting", 2) == [r for _, r in expected if int(r[2:]) % 3 == 0]
+    await store.update_room(HOST, "r-04", "in_progress", None, T0 + 40)
+    await store.close_room(HOST, "r-05", T0 + 41)
+    assert await all_pages(None, "in_progress", 3) == ["r-04"]
+    assert await all_pages("quiz", "closed", 3) == ["r-05"]
+    assert await all_pages(None, "waiting", 4) == [r for _, r in expected if r not in ("r-04", "r-05")]
+    assert await all_pages(None, None, 4) == [r for _, r in expected if r != "r-05"]
 
 
 async def test_closing_a_room_keeps_its_place_in_the_list(store: RoomStore, log: EventLog) -> None:
@@ -944,7 +980,7 @@ async def test_closing_a_room_keeps_its_place_in_the_list(store: RoomStore, log:
     await create(store, log, "r-b", now=T0 + 1)
     await store.close_room(HOST, "r-b", T0 + 2)
     await store.close_room(HOST, "r-a", T0 + 3)
-    listed = await store.list_rooms(None, "closed", 50)
+    listed = await list_page(store, None, "closed", 50)
     assert [r["room_id"] for r in listed] == ["r-b", "r-a"]  # newest created first, not last closed
 
 
@@ -953,7 +989,7 @@ async def test_list_rooms_reports_current_players(store: RoomStore, log: EventLo
     await hello(store, P1, SPEC)
     await join(store, P1)
     await join(store, SPEC, role="spectator")
-    [room] = await store.list_rooms(None, None, 50)
+    [room] = await list_page(store, None, None, 50)
     assert (room["current_players"], room["max_players"]) == (2, 5)
     assert room["seq"] == 3
 
@@ -1156,16 +1192,16 @@ async def test_closed_room_is_removed_after_room_ttl(backend: Backend, store: Ro
     await store.close_room(HOST, ROOM, T0 + 10)
     await backend.expire(T0 + 10 + ROOM_TTL_MS - 1)
     await refused(ErrorCode.ROOM_CLOSED, join(store, P1))
-    assert [r["room_id"] for r in await store.list_rooms(None, "closed", 50)] == [ROOM]
+    assert [r["room_id"] for r in await list_page(store, None, "closed", 50)] == [ROOM]
     await backend.expire(T0 + 10 + ROOM_TTL_MS)
     await refused(ErrorCode.NOT_FOUND, join(store, P1))
-    assert await store.list_rooms(None, "closed", 50) == []
+    assert await list_page(store, None, "closed", 50) == []
 
 
 async def test_open_room_does_not_expire(backend: Backend, store: RoomStore, log: EventLog) -> None:
     await create(store, log)
     await backend.expire(T0 + 100 * ROOM_TTL_MS)
-    assert [r["room_id"] for r in await store.list_rooms(None, None, 50)] == [ROOM]
+    assert [r["room_id"] for r in await list_page(store, None, None, 50)] == [ROOM]
 
 
 async def test_device_records_expire(backend: Backend, store: RoomStore, log: EventLog) -> None:
