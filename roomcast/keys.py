@@ -9,7 +9,8 @@ from __future__ import annotations
 
 PREFIX = "ws"
 PRESENCE = "ws:presence"  # zset: socket_id -> last heartbeat (ms)
-ROOM_INDEX = "ws:rooms"  # zset: room_id -> created_at (ms), for list_rooms
+ROOM_INDEX = "ws:rooms"  # zset: room_id -> created_at (ms), every room (cleanup jobs)
+ROOM_INDEXES_BUILT = "ws:rooms:indexed"  # string: list_rooms' status indexes hold every room of ROOM_INDEX
 DISCONNECTED = "ws:disconnected"  # zset: "room_id|device_id" -> disconnected at (ms), for pruning
 NODES = "ws:nodes"  # zset: node_id -> last registration (ms)
 REAPER_LEASE = "ws:lease:coordinator"

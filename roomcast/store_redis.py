@@ -130,6 +130,7 @@ class RedisStore:
         self.s_disconnect = batcher.register(lua.DISCONNECT)
         self.s_close_idle = batcher.register(lua.CLOSE_IDLE)
         self.s_restore = batcher.register(lua.RESTORE)
+        self._indexes_built = False  # list_rooms: checked once per process (see _build_indexes)
         # Looks a room up in Postgres (history mode): restore on join, conflict on create.
         self.stored_room: Callable[[str], Awaitable[StoredRoom | None]] | None = None
 
@@ -483,6 +484,20 @@ class RedisStore:
             writes.append(self.b.call(cmd("zadd", keys.rooms_by_status_game(current, _s(game_type)), score)))
         await asyncio.gather(*writes)
 
+    async def _build_indexes(self) -> None:
+        """Once per cluster: index rooms created before the status indexes existed (an upgrade)."""
+        self._indexes_built = True
+        if not await self.b.call(cmd("set", keys.ROOM_INDEXES_BUILT, "1", nx=True)):
+            return
+        start, batch = 0, 200
+        for _ in range(1_000_000):  # bounded by the room index's size
+            ids = [_s(r) for r in await self.b.call(cmd("zrange", keys.ROOM_INDEX, start, start + batch - 1))]
+            if not ids:
+                break
+            await asyncio.gather(*(self._reindex(room_id) for room_id in ids))
+            start += batch
+        log.info("list_rooms indexes built for %d rooms", start)
+
     async def _index_page(self, key: str, limit: int,
                           after: tuple[int, str] | None) -> list[tuple[int, str]]:
         """Up to `limit` entries of one index after `after`, newest first (score, then id)."""
@@ -508,6 +523,8 @@ class RedisStore:
     async def list_rooms(
         self, game_type: str | None, status: str | None, limit: int, after: tuple[int, str] | None = None
     ) -> RoomPage:
+        if not self._indexes_built:
+            await self._build_indexes()
         statuses = [status] if status is not None else [st for st in ROOM_STATUSES if st != "closed"]
         index_keys = [keys.rooms_by_status(st) if game_type is None else keys.rooms_by_status_game(st, game_type)
                       for st in statuses]

@@ -975,6 +975,29 @@ async def test_list_rooms_pages_through_every_room_once(store: RoomStore, log: E
     assert await all_pages(None, None, 4) == [r for _, r in expected if r != "r-05"]
 
 
+async def test_redis_rooms_from_before_the_status_indexes_are_listed(redis_server: RedisServer) -> None:
+    """An upgrade: rooms made before list_rooms read indexes (only in `ws:rooms`) are indexed
+    once, by the first list_rooms of the cluster."""
+    client = make_client(redis_server.url)
+    await client.flushall()
+    try:
+        batcher = Batcher(client)
+        store = RedisStore(batcher, history=HISTORY)
+        await batcher.load_scripts()
+        for i in range(3):
+            await store.connect(HOST, ConnectionInfo(), T0)
+            await store.create_room(HOST, NewRoom(f"old-{i}", "quiz", 4, {}, None), T0 + i)
+        await store.update_room(HOST, "old-1", "in_progress", None, T0 + 5)
+        index_keys = [k async for k in client.scan_iter(match="ws:rooms:*")]
+        await client.delete(*index_keys)  # as before the upgrade: only ws:rooms
+        upgraded = RedisStore(batcher, history=HISTORY)
+        page = await upgraded.list_rooms(None, None, 10)
+        assert [r["room_id"] for r in page.rooms] == ["old-2", "old-1", "old-0"]
+        assert [r["room_id"] for r in (await upgraded.list_rooms("quiz", "in_progress", 10)).rooms] == ["old-1"]
+    finally:
+        await client.aclose()
+
+
 async def test_closing_a_room_keeps_its_place_in_the_list(store: RoomStore, log: EventLog) -> None:
     await create(store, log, "r-a", now=T0)
     await create(store, log, "r-b", now=T0 + 1)
