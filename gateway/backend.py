@@ -74,7 +74,7 @@ class EmbeddedHistory:
         s = self.settings
         assert s.database_url is not None
         self.pool = await asyncpg.create_pool(s.database_url, min_size=0, max_size=4)
-        self.node.history = HistoryReader(self.pool).events
+        self.node.history = HistoryReader(self.pool)
         self.source = MemoryHistorySource(self.store)
         self.flusher = Flusher(self.source, PostgresWriter(self.pool), self.flush_metrics,
                                batch_rows=s.history_batch_rows, interval=s.history_flush_ms / 1000)
@@ -265,7 +265,7 @@ class RedisLink:
         if self.settings.database_url is not None:
             # Only for replaying old ranges; the coordinator writes history.
             pool = self.pool = await asyncpg.create_pool(self.settings.database_url, min_size=0, max_size=4)
-            self.node.history = HistoryReader(pool).events
+            self.node.history = HistoryReader(pool)
 
             async def lookup(room_id: str) -> StoredRoom | None:
                 return await stored_room(pool, room_id)

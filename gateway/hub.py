@@ -30,6 +30,30 @@ _TS = b'"ts":'
 GapSource = Callable[[str, int, int | None], Awaitable[list[tuple[int, bytes]]]]
 
 
+class Pending:
+    """Live events for a socket whose join (and replay) is in flight, held in order. Bounded:
+    beyond the socket's send-buffer bound the socket is closed with 4009 (too slow)."""
+
+    __slots__ = ("frames", "size")
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[int, bytes]] = []
+        self.size = 0
+
+    def add(self, session: Session, seq: int, frame: bytes) -> None:
+        if session.closing:
+            return
+        self.frames.append((seq, frame))
+        self.size += len(frame)
+        if self.size > session.buffer_limit:
+            self.frames.clear()
+            session.slow()
+
+    def take(self) -> list[tuple[int, bytes]]:
+        frames, self.frames, self.size = self.frames, [], 0
+        return frames
+
+
 class LocalRoom:
     __slots__ = ("epoch", "held", "last_seq", "members", "pending", "ready")
 
@@ -39,7 +63,7 @@ class LocalRoom:
         # command connection) may be ahead of pub/sub, and existing members still need
         # the events in between.
         self.members: dict[Session, int] = {}
-        self.pending: dict[Session, list[tuple[int, bytes]]] = {}
+        self.pending: dict[Session, Pending] = {}
         self.last_seq = 0
         self.ready = asyncio.Event()  # set once the bus subscription is confirmed
         self.held: list[tuple[int, bytes]] | None = None  # events waiting for a gap repair
@@ -69,7 +93,7 @@ class Hub:
         if local is None:
             local = self.rooms[room_id] = LocalRoom()
             self.metrics.local_rooms.set(len(self.rooms))
-            local.pending[session] = []
+            local.pending[session] = Pending()
             try:
                 await self.bus.subscribe(room_id)
             except BaseException:
@@ -82,34 +106,46 @@ class Hub:
                 local.ready.set()
             return
         if session not in local.members:
-            local.pending[session] = []
+            local.pending[session] = Pending()
         # Others joining meanwhile wait for the same subscription to be confirmed.
         await local.ready.wait()
         if self.rooms.get(room_id) is not local:
             local.pending.pop(session, None)
             raise GatewayError(ErrorCode.UNAVAILABLE, "room subscription failed; retry")
 
-    def finish_join(self, room_id: str, session: Session, head: int, replay: list[bytes],
-                    epoch: str | None = None) -> None:
-        """The join took effect at `head`: send `replay`, then buffered events after head."""
+    async def finish_join(self, room_id: str, session: Session, head: int, epoch: str | None = None) -> None:
+        """The join took effect at `head` and its replay (events up to `head`) is written:
+        hand over the events held meanwhile (those after head, paced by the socket's
+        buffer), then make it a member. Its first live event follows the last held one."""
         local = self.rooms.get(room_id)
         if local is None:
             return
         if epoch is not None:
             local.epoch = epoch
-        buffered = local.pending.pop(session, None)
-        for frame in replay:
-            session.send(frame)
-        self.metrics.out_event.inc(len(replay))
+        buffered = local.pending.get(session)
         start = head
-        if buffered:
-            sent = 0
-            for seq, frame in buffered:
-                if seq > start:
-                    session.send(frame)
-                    start = seq
-                    sent += 1
-            self.metrics.out_event.inc(sent)
+        if buffered is not None:
+            for _ in range(1_000_000):  # bounded: each pass drains what arrived meanwhile
+                frames = buffered.take()
+                if not frames:
+                    break
+                sent = 0
+                for seq, frame in frames:
+                    if seq > start:
+                        start = seq
+                        sent += 1
+                        if not await session.send_paced(frame):
+                            break
+                self.metrics.out_event.inc(sent)
+                if session.closing:
+                    break
+        # No await from here on: nothing can arrive between the last held event and membership.
+        if self.rooms.get(room_id) is not local or local.pending.get(session) is not buffered:
+            return  # the room closed meanwhile (its room_closed was held and sent), or we left
+        local.pending.pop(session, None)
+        if session.closing:
+            await self._maybe_forget(room_id, local)
+            return
         local.members[session] = start
 
     async def abort_join(self, room_id: str, session: Session) -> None:
@@ -168,8 +204,8 @@ class Hub:
         for session, start in members.items():
             if seq > start:
                 session.write_frame(ws_frame)
-        for buffer in local.pending.values():
-            buffer.append((seq, frame))
+        for pending_session, buffer in local.pending.items():
+            buffer.add(pending_session, seq, frame)
         self.metrics.out_event.inc(len(members))
         if self.log_events:
             log.info("event %s", frame.decode(errors="replace"))

@@ -15,7 +15,7 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from roomcast import protocol as p
 from roomcast.errors import CloseCode, ErrorCode, GatewayError, ProtocolError
@@ -23,7 +23,7 @@ from roomcast.limiter import Limiter, MemoryLimiter
 from roomcast.privacy import Privacy
 from roomcast.room import new_join_code
 from roomcast.settings import Settings
-from roomcast.store import Bus, Caller, ConnectionInfo, NewRoom, Presence, RoomStore
+from roomcast.store import REPLAY_CHUNK, Bus, Caller, ConnectionInfo, JoinResult, NewRoom, Presence, RoomStore
 
 from . import auth, passwords
 from .hub import Hub
@@ -31,6 +31,14 @@ from .metrics import Metrics
 from .session import Session
 
 log = logging.getLogger("roomcast.node")
+
+
+class HistorySource(Protocol):
+    """Old event ranges from Postgres (roomcast.history_read.HistoryReader)."""
+
+    async def events(self, room_id: str, after: int, upto: int) -> list[tuple[int, bytes]]: ...
+
+    async def count(self, room_id: str, after: int, upto: int) -> int: ...
 
 
 def now_ms() -> int:
@@ -62,7 +70,7 @@ class Node:
         self.sessions: dict[str, Session] = {}
         self.device_sockets: dict[str, int] = {}
         # Reads old event ranges from Postgres, when history is configured.
-        self.history: Callable[[str, int, int], Awaitable[list[tuple[int, bytes]]]] | None = None
+        self.history: HistorySource | None = None
         # Extra periodic work (each gets now_ms), run with the store sweep.
         self.upkeep_hooks: list[Callable[[int], Awaitable[object]]] = []
         self.ready = True  # false once draining
@@ -335,7 +343,7 @@ class Node:
             session.rooms[room_id] = result.role
             self.reply(session, "room_created", {"type": "room_created", "re": msg.id, "room": result.room,
                                                  "epoch": result.epoch})
-            self.hub.finish_join(room_id, session, result.seq, [], result.epoch)
+            await self.hub.finish_join(room_id, session, result.seq, result.epoch)
             return
 
     async def _join(self, session: Session, msg: p.Join) -> None:
@@ -361,11 +369,16 @@ class Node:
             if room_id not in session.rooms:
                 await self.hub.abort_join(room_id, session)
             raise
-        if (msg.since is not None and not result.recovered and self.history is not None
-                and msg.since < result.seq and (msg.epoch is None or msg.epoch == result.epoch)):
-            frames = await self._replay_from_history(room_id, msg.since, result.seq)
-            if frames is not None:
-                result.replay, result.recovered = frames, True
+        since = msg.since
+        older: tuple[int, int] | None = None  # (after, upto): read from Postgres first
+        if (since is not None and not result.recovered and self.history is not None and since < result.seq
+                and (msg.epoch is None or msg.epoch == result.epoch)):
+            # The store no longer keeps every event after `since`: history may have the older ones.
+            upto = min(result.first_kept, result.seq + 1) - 1
+            if await self._history_has(room_id, since, upto):
+                older, result.recovered = (since, upto), True
+                if not result.replay:  # (since > 0: the store gave no replay) the kept part follows
+                    result.replay_rest_after = upto if upto < result.seq else None
         session.rooms[room_id] = result.role
         self.reply(session, "joined", {
             "type": "joined",
@@ -377,23 +390,81 @@ class Node:
             "role": result.role,
             "recovered": result.recovered,
         })
-        self.hub.finish_join(room_id, session, result.seq, result.replay, result.epoch)
-
-    async def _replay_from_history(self, room_id: str, since: int, head: int) -> list[bytes] | None:
-        """Events (since, head]: what the store still keeps, and the older part from
-        Postgres. None unless every one of them is found (then `recovered` stays false)."""
-        assert self.history is not None
         try:
-            recent = await self.store.read_since(room_id, since, head)
-            first = recent[0][0] if recent else head + 1
-            older = await self.history(room_id, since, first - 1) if first > since + 1 else []
+            await self._send_replay(session, room_id, result, older)
+        except Exception as exc:  # the store or history failed mid-replay: never leave a gap
+            log.warning("replay of room %s to %s failed: %s", room_id, caller.socket_id, exc)
+            session.close(CloseCode.SERVICE_RESTART, "replay failed; rejoin with since")
+        await self.hub.finish_join(room_id, session, result.seq, result.epoch)
+
+    async def _send_replay(self, session: Session, room_id: str, result: JoinResult,
+                           older: tuple[int, int] | None) -> None:
+        """Postgres' part (`older`), then the store's: `replay`, then the rest in chunks."""
+        last = 0
+        if older is not None:
+            last = await self._replay(session, room_id, older[0], older[1], from_history=True)
+        for frame in result.replay:
+            if session.closing:
+                return
+            seq = p.event_seq_of(frame)
+            if seq <= last:
+                continue
+            last = seq
+            if not await session.send_paced(frame):
+                return
+        self.metrics.out_event.inc(len(result.replay))
+        if result.replay_rest_after is not None and not session.closing:
+            await self._replay(session, room_id, max(last, result.replay_rest_after), result.seq,
+                               strict=result.recovered)
+
+    async def _history_has(self, room_id: str, after: int, upto: int) -> bool:
+        """Whether Postgres holds every event after < seq <= upto."""
+        assert self.history is not None
+        if upto <= after:
+            return True
+        try:
+            return await self.history.count(room_id, after, upto) == upto - after
         except Exception as exc:
-            log.warning("replay of room %s from history failed: %s", room_id, exc)
-            return None
-        events = older + recent
-        if [seq for seq, _ in events] != list(range(since + 1, head + 1)):
-            return None
-        return [frame for _, frame in events]
+            log.warning("history of room %s unavailable for a replay: %s", room_id, exc)
+            return False
+
+    async def _replay(self, session: Session, room_id: str, after: int, upto: int, *,
+                      from_history: bool = False, strict: bool = False) -> int:
+        """Write the events after < seq <= upto to a joining socket, REPLAY_CHUNK at a time,
+        each read only once the socket has taken the one before (send_paced): a reader at full
+        speed gets all of it, one that does not read costs one chunk. Returns the last seq
+        written. With `strict` (recovered), events trimmed from the store meanwhile are read
+        from history, or the socket is closed (1012: rejoin) rather than skip them."""
+        last = after
+        for _ in range(upto - after + 1):  # bounded: every pass writes at least one event or stops
+            if last >= upto or session.closing:
+                break
+            if from_history:
+                assert self.history is not None
+                chunk = await self.history.events(room_id, last, min(upto, last + REPLAY_CHUNK))
+            else:
+                chunk = await self.store.read_since(room_id, last, upto, REPLAY_CHUNK)
+            if not chunk or chunk[0][0] != last + 1:
+                if strict or from_history:
+                    if not from_history and self.history is not None:
+                        first = chunk[0][0] if chunk else upto + 1
+                        if await self._history_has(room_id, last, first - 1):
+                            last = await self._replay(session, room_id, last, first - 1, from_history=True)
+                            continue
+                    log.info("replay of room %s after seq %d is no longer kept; closing %s with 1012",
+                             room_id, last, session.socket_id)
+                    session.close(CloseCode.SERVICE_RESTART, "replay no longer available; rejoin with since")
+                    break
+                if not chunk:
+                    break  # not recovered: what is kept is all we have
+            for seq, frame in chunk:
+                if seq <= last:
+                    continue
+                last = seq
+                if not await session.send_paced(frame):
+                    return last
+            self.metrics.out_event.inc(len(chunk))
+        return last
 
     async def _check_device_rooms(self, device_id: str, joining: str | None = None) -> None:
         limit = self.settings.max_rooms_per_device
@@ -463,8 +534,16 @@ class Node:
         self.reply(session, "ack", {"type": "ack", "re": msg.id, "seq": seq})
 
     async def _list_rooms(self, session: Session, msg: p.ListRooms) -> None:
-        rooms = await self.store.list_rooms(msg.game_type, msg.status, msg.limit)
-        self.reply(session, "rooms", {"type": "rooms", "re": msg.id, "rooms": rooms})
+        caller = session.caller
+        assert caller is not None
+        s = self.settings
+        wait = await self.limited("list_rooms", caller.device_id, s.list_rooms_rate, s.list_rooms_burst)
+        if wait:
+            raise GatewayError(ErrorCode.RATE_LIMITED, "listing rooms too often", retry_after_ms=wait)
+        page = await self.store.list_rooms(msg.game_type, msg.status, msg.limit, msg.cursor)
+        after = page.next_after
+        self.reply(session, "rooms", {"type": "rooms", "re": msg.id, "rooms": page.rooms,
+                                      "next_cursor": None if after is None else p.list_cursor(*after)})
 
     def _room_closed(self, room_id: str, sessions: list[Session]) -> None:
         for session in sessions:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import secrets
+import time
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
     from .node import Node
 
 _OPEN = State.OPEN
+# Replays are written up to this many buffered bytes, then wait for the transport's flow
+# control (websockets: pause above its write limit, resume below a quarter of it).
+REPLAY_HIGH_WATER = 64 * 1024
 
 
 def new_socket_id() -> str:
@@ -105,9 +109,29 @@ class Session:
         transport = self.transport
         transport.write(frame)
         if transport.get_write_buffer_size() > self.buffer_limit:
-            self.close(4009, "too slow: outgoing buffer overflowed")
-            self.node.metrics.slow_closes.inc()
+            self.slow()
         return True
+
+    def slow(self) -> None:
+        """Close with 4009: the client does not read what it is sent fast enough."""
+        if not self.closing:
+            self.node.metrics.slow_closes.inc()
+        self.close(4009, "too slow: outgoing buffer overflowed")
+
+    async def send_paced(self, payload: bytes) -> bool:
+        """Write one JSON message, then, if the transport buffer is above its high-water mark,
+        wait until the client has read it down to the low one (replays: a client reading at
+        full speed is never too slow, one that does not read holds no more than that).
+        False once the socket is closing."""
+        if not self.write_frame(text_frame(payload)):
+            return False
+        if self.transport.get_write_buffer_size() > REPLAY_HIGH_WATER:
+            try:
+                await self.ws.drain()
+            except Exception:  # the connection was lost meanwhile
+                return False
+            self.last_seen = time.monotonic()  # it reads: it is alive
+        return not self.closing
 
     def send(self, payload: bytes) -> bool:
         """Write one JSON message as its own frame."""

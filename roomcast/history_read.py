@@ -19,6 +19,11 @@ SELECT sequence_number, event_type, action, payload::text AS payload, socket_id,
 """
 
 
+SQL_COUNT = """
+SELECT count(*) FROM game_events WHERE room_id = $1 AND sequence_number > $2 AND sequence_number <= $3
+"""
+
+
 def frame_of(room_id: str, row: Any) -> bytes:
     """Rebuild an event frame from its game_events row (payload key order may differ)."""
     sender = None
@@ -39,6 +44,11 @@ class HistoryReader:
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(SQL_RANGE, room_id, after, upto)
         return [(int(r["sequence_number"]), frame_of(room_id, r)) for r in rows]
+
+    async def count(self, room_id: str, after: int, upto: int) -> int:
+        """How many events after < seq <= upto are stored (all of them: upto - after)."""
+        async with self.pool.acquire() as conn:
+            return int(await conn.fetchval(SQL_COUNT, room_id, after, upto))
 
 
 SQL_ROOM = """

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 PREFIX = "ws"
 PRESENCE = "ws:presence"  # zset: socket_id -> last heartbeat (ms)
-ROOM_INDEX = "ws:rooms"  # zset: room_id -> created_at (ms), for list_rooms
+ROOM_INDEX = "ws:rooms"  # zset: room_id -> created_at (ms), every room (cleanup jobs)
+ROOM_INDEXES_BUILT = "ws:rooms:indexed"  # string: list_rooms' status indexes hold every room of ROOM_INDEX
 DISCONNECTED = "ws:disconnected"  # zset: "room_id|device_id" -> disconnected at (ms), for pruning
 NODES = "ws:nodes"  # zset: node_id -> last registration (ms)
 REAPER_LEASE = "ws:lease:coordinator"
@@ -18,6 +19,16 @@ FLUSH_DIRTY = "ws:flush:dirty"  # set: rooms with events not yet persisted
 FLUSH_CURSOR = "ws:flush:cursor"  # hash: room_id -> last seq persisted to Postgres
 DEADLETTER = "ws:deadletter"  # stream: history units that could not be written
 FLUSH_GROUP = "flusher"
+
+
+def rooms_by_status(status: str) -> str:
+    """Zset: public rooms (no password) in this status, room_id -> created_at (list_rooms)."""
+    return f"ws:rooms:status:{status}"
+
+
+def rooms_by_status_game(status: str, game_type: str) -> str:
+    """Zset: public rooms in this status and of this game type, room_id -> created_at."""
+    return f"ws:rooms:status:{status}:game:{game_type}"
 
 
 def room(room_id: str) -> str:

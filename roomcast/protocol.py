@@ -34,6 +34,7 @@ RESERVED_EVENT_TYPES: Final = frozenset(
 )
 
 ROOM_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+LIST_CURSOR_RE: Final = re.compile(r"[0-9]{1,16}\.[A-Za-z0-9_-]{1,64}")  # list_cursor()
 DEVICE_ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{8,128}")
 MAX_ID_CHARS: Final = 64
 MAX_GAME_TYPE: Final = 100
@@ -126,6 +127,7 @@ class ListRooms:
     game_type: str | None
     status: str | None
     limit: int
+    cursor: tuple[int, str] | None = None  # (created_at, room_id) of the last room of the page before
 
 
 Message = Hello | Ping | CreateRoom | Join | Leave | Event | UpdateRoom | CloseRoom | ListRooms
@@ -344,13 +346,24 @@ def _close_room(f: _Fields) -> CloseRoom:
     return CloseRoom(f.re, f.room_id())
 
 
+def list_cursor(created_at: int, room_id: str) -> str:
+    """The `next_cursor` after a room (opaque to clients): its place in newest-first order."""
+    return f"{created_at}.{room_id}"
+
+
 def _list_rooms(f: _Fields) -> ListRooms:
     limit = f.integer("limit", 1, MAX_LIST_LIMIT)
+    raw = f.pattern("cursor", LIST_CURSOR_RE, "a `next_cursor` from an earlier `rooms` reply", required=False)
+    cursor = None
+    if raw is not None:
+        created, room_id = raw.split(".", 1)
+        cursor = (int(created), room_id)
     return ListRooms(
         f.re,
         f.string("game_type", required=False, max_len=MAX_GAME_TYPE, min_len=1),
         f.choice("status", ROOM_STATUSES),
         DEFAULT_LIST_LIMIT if limit is None else limit,
+        cursor,
     )
 
 

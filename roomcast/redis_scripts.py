@@ -8,8 +8,12 @@ gateway (`protocol.event_tail`) or, for participant events, by `ptail` below, wh
 produce the same shape (a contract test compares the two).
 
 Room keys: KEYS[1] room hash, KEYS[2] members hash, KEYS[3] participants set,
-KEYS[4] stream. Member values are "role|status|socket_id|user_id|joined_at"; no field
-can contain "|" (roles are fixed words, ids are validated by the protocol).
+KEYS[4] stream. Member values are "role|status|sockets|user_id|joined_at"; no field
+can contain "|" (roles are fixed words, ids are validated by the protocol). `sockets` is
+the comma-separated list of the device's sockets that joined the room and are still in it
+(socket ids never contain "," or "|"); the participant is `active` while it is not empty,
+and a socket acts in a room only while it is in that list. A participant that leaves is
+removed from the members hash (its history is in the stream / Postgres).
 Every script returns a table whose first element is 'ok' or 'err' (then an error code).
 """
 
@@ -66,6 +70,24 @@ local function open_room()
 end
 """
 
+# A member's joined sockets: "a,b,c" (see the module docstring).
+SOCKETS = r"""
+local function has_sock(socks, s)
+  return string.find(',' .. socks .. ',', ',' .. s .. ',', 1, true) ~= nil
+end
+local function add_sock(socks, s)
+  if socks == '' then return s end
+  return socks .. ',' .. s
+end
+local function del_sock(socks, s)
+  local out = {}
+  for x in string.gmatch(socks, '[^,]+') do
+    if x ~= s then out[#out + 1] = x end
+  end
+  return table.concat(out, ',')
+end
+"""
+
 # ARGV: room_id game_type max_players game_data now device socket user sender password_hash epoch maxlen
 #       spectator_events('1'/'0')   (maxlen '0' = do not trim: history mode)
 CREATE = PRELUDE + r"""
@@ -82,41 +104,46 @@ emit(room_id, ptail('participant_joined', device, 'host', '', ARGV[9], now), now
 return {'ok', 0, ARGV[11], 'host', 0, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), {}}
 """
 
-# ARGV: room_id device socket user role since(-1) epoch('') now sender maxlen max_participants
-JOIN = PRELUDE + r"""
+# ARGV: room_id device socket user role since(-1) epoch('') now sender maxlen max_participants replay_chunk
+JOIN = PRELUDE + SOCKETS + r"""
 local room_id, device, sock, user, role = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local since, want_epoch, now, sender, maxlen = tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local _, err = open_room()
 if err then return {'err', err} end
 local head = tonumber(redis.call('HGET', KEYS[1], 'seq'))
--- Read the replay before this join adds its own event: that XADD may trim the stream.
+-- Only the replay's first events (COUNT chunk) are read here, before this join adds its
+-- own event (that XADD may trim the stream); the gateway reads the rest in chunks of the
+-- same size. recovered: -1 no replay, 0 some events after `since` are no longer kept, 1
+-- every one is. rest: the last seq read here if the replay goes on, else -1.
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
-local recovered, replay = 0, {}
-if since >= 0 and (want_epoch == '' or want_epoch == epoch) then
-  if since == head then
-    recovered = 1
-  elseif since < head then
-    local entries = redis.call('XRANGE', KEYS[4], (since + 1) .. '-0', head .. '-0')
-    if #entries == head - since then
-      recovered = 1
-      for i, e in ipairs(entries) do replay[i] = e[2][2] end
+local recovered, first, replay, rest = -1, head + 1, {}, -1
+if since >= 0 and since <= head and (want_epoch == '' or want_epoch == epoch) then
+  recovered = 1
+  if since < head then
+    local e = redis.call('XRANGE', KEYS[4], (since + 1) .. '-0', head .. '-0', 'COUNT', tonumber(ARGV[12]))
+    if #e > 0 then first = tonumber(string.match(e[1][1], '^(%d+)')) end
+    if first ~= since + 1 then recovered = 0 end
+    if recovered == 1 or since == 0 then
+      for i, x in ipairs(e) do replay[i] = x[2][2] end
+      if #e > 0 then
+        local last = tonumber(string.match(e[#e][1], '^(%d+)'))
+        if last < head then rest = last end
+      end
     end
   end
 end
 local v = redis.call('HGET', KEYS[2], device)
-local r, st, old_sock, _u, joined
-if v then r, st, old_sock, _u, joined = mparse(v) end
+local r, st, socks, _u, joined
+if v then r, st, socks, _u, joined = mparse(v) end
 if v and st ~= 'left' then
   role = r
-  redis.call('HSET', KEYS[2], device, mfmt(r, 'active', sock, user, joined))
-  if old_sock ~= sock then
-    redis.call('SREM', KEYS[3], old_sock)
+  if not has_sock(socks, sock) then
+    redis.call('HSET', KEYS[2], device, mfmt(r, 'active', add_sock(socks, sock), user, joined))
     redis.call('SADD', KEYS[3], sock)
-    -- a new socket replaces a lost or disconnected one
+    -- back after a drop, or a new socket (it may replace one not yet known to be lost)
     emit(room_id, ptail('participant_reconnected', device, r, '', sender, now), now, maxlen)
-  elseif st == 'disconnected' then
-    redis.call('SADD', KEYS[3], sock)
-    emit(room_id, ptail('participant_reconnected', device, r, '', sender, now), now, maxlen)
+  elseif st ~= 'active' then
+    redis.call('HSET', KEYS[2], device, mfmt(r, 'active', socks, user, joined))
   end
 else
   if tonumber(redis.call('HGET', KEYS[1], 'occupants') or '0') >= tonumber(ARGV[11]) then
@@ -135,21 +162,34 @@ else
   redis.call('SADD', KEYS[3], sock)
   emit(room_id, ptail('participant_joined', device, role, '', sender, now), now, maxlen)
 end
-return {'ok', head, epoch, role, recovered, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), replay}
+return {'ok', head, epoch, role, recovered, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), replay,
+  first, rest}
 """
 
-# ARGV: room_id device now sender reason maxlen only_if_disconnected(0/1)
-LEAVE = PRELUDE + r"""
+# ARGV: room_id device now sender reason maxlen only_if_disconnected(0/1) socket('' = the device)
+# A socket's leave takes that socket out of the room; the participant leaves with its last
+# joined socket (or when pruned: socket ''). Returns {'ok', 1} when the participant left.
+LEAVE = PRELUDE + SOCKETS + r"""
 local room_id, device, now, sender, reason, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'err', 'not_found'} end
 local v = redis.call('HGET', KEYS[2], device)
 if not v then return {'err', 'not_member'} end
-local r, pst, sock, user, joined = mparse(v)
+local r, pst, socks, user, joined = mparse(v)
 if pst == 'left' then return {'err', 'not_member'} end
 if ARGV[7] == '1' and pst ~= 'disconnected' then return {'ok', 0} end
-redis.call('HSET', KEYS[2], device, mfmt(r, 'left', sock, user, joined))
-redis.call('SREM', KEYS[3], sock)
+local sock = ARGV[8] or ''
+if sock ~= '' then
+  if not has_sock(socks, sock) then return {'err', 'not_member'} end
+  redis.call('SREM', KEYS[3], sock)
+  local rest = del_sock(socks, sock)
+  if rest ~= '' then
+    redis.call('HSET', KEYS[2], device, mfmt(r, pst, rest, user, joined))
+    return {'ok', 0}
+  end
+end
+for s in string.gmatch(socks, '[^,]+') do redis.call('SREM', KEYS[3], s) end
+redis.call('HDEL', KEYS[2], device)
 redis.call('HINCRBY', KEYS[1], 'occupants', -1)
 if r ~= 'spectator' then redis.call('HINCRBY', KEYS[1], 'players', -1) end
 if st ~= 'closed' then
@@ -174,26 +214,29 @@ end
 return {'ok', 1}
 """
 
-# ARGV: room_id device tail now maxlen
-PUBLISH = PRELUDE + r"""
+# ARGV: room_id device tail now maxlen socket
+PUBLISH = PRELUDE + SOCKETS + r"""
 local _, err = open_room()
 if err then return {'err', err} end
 local v = redis.call('HGET', KEYS[2], ARGV[2])
-if not v or string.find(v, '|left|', 1, true) then return {'err', 'not_member'} end
+if not v then return {'err', 'not_member'} end
+local _r, pst, socks = mparse(v)
+if pst == 'left' or not has_sock(socks, ARGV[6]) then return {'err', 'not_member'} end
 if string.sub(v, 1, 10) == 'spectator|' and redis.call('HGET', KEYS[1], 'spectator_events') ~= '1' then
   return {'err', 'forbidden_spectator'}
 end
 return {'ok', emit(ARGV[1], ARGV[3], ARGV[4], ARGV[5])}
 """
 
-# ARGV: room_id device tail now maxlen status('') game_data('') expected_gd_ver max_game_data_bytes
-UPDATE = PRELUDE + r"""
-local _, err = open_room()
+# ARGV: room_id device tail now maxlen status('') game_data('') expected_gd_ver max_game_data_bytes socket
+# Returns {'ok', seq, status before}.
+UPDATE = PRELUDE + SOCKETS + r"""
+local old_status, err = open_room()
 if err then return {'err', err} end
 local v = redis.call('HGET', KEYS[2], ARGV[2])
 if not v then return {'err', 'not_member'} end
-local r, pst = mparse(v)
-if pst == 'left' then return {'err', 'not_member'} end
+local r, pst, socks = mparse(v)
+if pst == 'left' or not has_sock(socks, ARGV[10]) then return {'err', 'not_member'} end
 if r ~= 'host' then return {'err', 'forbidden'} end
 if ARGV[7] ~= '' then
   if redis.call('HGET', KEYS[1], 'gd_ver') ~= ARGV[8] then return {'err', 'retry'} end
@@ -203,34 +246,40 @@ if ARGV[7] ~= '' then
   redis.call('HINCRBY', KEYS[1], 'gd_ver', 1)
 end
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[6]) end
-return {'ok', emit(ARGV[1], ARGV[3], ARGV[4], ARGV[5])}
+return {'ok', emit(ARGV[1], ARGV[3], ARGV[4], ARGV[5]), old_status}
 """
 
-# ARGV: room_id device tail now maxlen ttl_ms
-CLOSE = PRELUDE + r"""
+# ARGV: room_id device tail now maxlen ttl_ms socket
+CLOSE = PRELUDE + SOCKETS + r"""
 local room_id, device, now, ttl = ARGV[1], ARGV[2], ARGV[4], ARGV[6]
 local _, err = open_room()
 if err then return {'err', err} end
 local v = redis.call('HGET', KEYS[2], device)
 if not v then return {'err', 'not_member'} end
-local r, pst = mparse(v)
-if pst == 'left' then return {'err', 'not_member'} end
+local r, pst, socks = mparse(v)
+if pst == 'left' or not has_sock(socks, ARGV[7]) then return {'err', 'not_member'} end
 if r ~= 'host' then return {'err', 'forbidden'} end
 local seq = emit(room_id, ARGV[3], now, ARGV[5])
 return {'ok', seq, close_room(now, ttl)}
 """
 
 # ARGV: room_id device socket now reason maxlen
-DISCONNECT = PRELUDE + r"""
+# The socket leaves the room's list; the participant goes `disconnected` with its last one.
+DISCONNECT = PRELUDE + SOCKETS + r"""
 local room_id, device, sock, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st or st == 'closed' then return {'ok', 0} end
 local v = redis.call('HGET', KEYS[2], device)
 if not v then return {'ok', 0} end
-local r, pst, msock, mu, mj = mparse(v)
-if pst ~= 'active' or msock ~= sock then return {'ok', 0} end
-redis.call('HSET', KEYS[2], device, mfmt(r, 'disconnected', msock, mu, mj))
+local r, pst, socks, mu, mj = mparse(v)
+if pst == 'left' or not has_sock(socks, sock) then return {'ok', 0} end
 redis.call('SREM', KEYS[3], sock)
+local rest = del_sock(socks, sock)
+if rest ~= '' or pst ~= 'active' then
+  redis.call('HSET', KEYS[2], device, mfmt(r, pst, rest, mu, mj))
+  return {'ok', 0}
+end
+redis.call('HSET', KEYS[2], device, mfmt(r, 'disconnected', '', mu, mj))
 emit(room_id, ptail('participant_disconnected', device, r, ARGV[5], 'null', now), now, ARGV[6])
 return {'ok', 1}
 """

@@ -34,6 +34,9 @@ class Participant:
     role: str
     status: str
     joined_at: int
+    # The device's sockets that joined the room and are still in it: the participant is
+    # `active` while there is one, and only these sockets act in the room.
+    sockets: set[str] = field(default_factory=set)
 
     def wire(self) -> dict[str, Any]:
         return {
@@ -60,6 +63,7 @@ class Room:
     updated_at: int = 0
     closed_at: int | None = None
     spectators_can_send: bool = False
+    creator_user: str | None = None  # the creator's user_id (kept after the creator leaves)
     participants: dict[str, Participant] = field(default_factory=dict)
 
     def current_players(self) -> int:

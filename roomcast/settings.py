@@ -187,6 +187,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("connect_rate_per_address", "CONNECT_RATE_PER_ADDRESS", _float(0.01, 1_000_000), 20.0, "New sockets per second per client address, cluster-wide (burst 5x); beyond: close 4008.", None),
     Spec("connect_rate_per_device", "CONNECT_RATE_PER_DEVICE", _float(0.01, 1_000_000), 2.0, "Hellos per second per device, cluster-wide (burst 10); beyond: close 4008.", None),
     Spec("room_create_rate", "ROOM_CREATE_RATE", _float(0.001, 1_000_000), 0.5, "Rooms created per second per user (or device), cluster-wide (burst 10).", None),
+    Spec("list_rooms_rate", "LIST_ROOMS_RATE", _float(0.01, 1_000_000), 2.0, "`list_rooms` per second allowed per device, cluster-wide (token bucket refill); beyond it `rate_limited` with `retry_after_ms`.", None),
+    Spec("list_rooms_burst", "LIST_ROOMS_BURST", _int(1, 1_000_000), 10, "Burst of `list_rooms` allowed per device (token bucket size).", None),
     Spec("join_rate", "JOIN_RATE", _float(0.01, 1_000_000), 5.0, "Joins per second per device, cluster-wide (burst 20).", None),
     Spec("password_fail_rate", "PASSWORD_FAIL_RATE", _float(0.001, 1000), 0.1, "Wrong room passwords allowed per second per device (burst 5); then `rate_limited`.", None),
     Spec("room_password_fail_rate", "ROOM_PASSWORD_FAIL_RATE", _float(0.001, 1000), 0.5, "Wrong passwords per second per room from all devices (burst 20); then `rate_limited`.", None),
@@ -258,6 +260,8 @@ class Settings:
     connect_rate_per_device: float = 2.0
     room_create_rate: float = 0.5
     join_rate: float = 5.0
+    list_rooms_rate: float = 2.0
+    list_rooms_burst: int = 10
     password_fail_rate: float = 0.1
     room_password_fail_rate: float = 0.5
     max_rooms_per_device: int = 50

@@ -67,8 +67,25 @@ class JoinResult:
     seq: int  # the room's head when the join took effect
     epoch: str
     role: str  # the role the device holds now (a rejoin keeps its old role)
-    recovered: bool
-    replay: list[bytes] = field(default_factory=list)  # frames seq in (since, seq], in order
+    recovered: bool  # every event after `since` is still kept (by the store; history may add older ones)
+    # The replay, when there is one (`recovered`, or `since: 0`: the whole kept history even
+    # when older events are gone): its first events (at most REPLAY_CHUNK, read in the join's
+    # atomic step, so the join's own event cannot trim them away), and if it goes on,
+    # `replay_rest_after`: the gateway reads the rest, replay_rest_after < seq <= `seq`, with
+    # read_since in bounded chunks.
+    replay: list[bytes] = field(default_factory=list)
+    replay_rest_after: int | None = None
+    first_kept: int = 0  # the oldest seq the store still keeps (`seq` + 1 if none)
+
+
+# Events a join reads in its atomic step; the rest of a replay is read in chunks this size.
+REPLAY_CHUNK = 32
+
+
+@dataclass(slots=True)
+class RoomPage:
+    rooms: list[dict[str, Any]]  # protocol room objects
+    next_after: tuple[int, str] | None = None  # (created_at, room_id) the next page starts after
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +151,13 @@ class RoomStore(Protocol):
         """Join (or rejoin) a room. Capacity counts players and the host, not spectators;
         a device that is already a participant keeps its role and place. Makes
         `participant_joined` (first join) or `participant_reconnected` (was disconnected).
-        With `since`, `replay` holds every event after it, or `recovered` is false."""
+        With `since`, `recovered` says whether every event after it is still kept; the
+        replay is `replay` then, if `replay_rest_after` is set, read_since (JoinResult)."""
         ...
 
     async def leave(self, caller: Caller, room_id: str, now_ms: int) -> None:
-        """Leave a room (`participant_left`); `not_member` if the device is not in it."""
+        """Take the calling socket out of the room; the participant leaves (`participant_left`)
+        with its last joined socket. `not_member` if this socket has not joined the room."""
         ...
 
     async def publish(self, caller: Caller, room_id: str, tail: bytes, now_ms: int) -> int:
@@ -155,12 +174,20 @@ class RoomStore(Protocol):
         """Host only: close the room with `room_closed` (its last event); members leave."""
         ...
 
-    async def read_since(self, room_id: str, after: int, upto: int | None = None) -> list[tuple[int, bytes]]:
-        """(seq, frame) of the room's kept events with after < seq <= upto, in order."""
+    async def read_since(
+        self, room_id: str, after: int, upto: int | None = None, limit: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        """(seq, frame) of the room's kept events with after < seq <= upto, in order; at most
+        `limit` of them (the first ones)."""
         ...
 
-    async def list_rooms(self, game_type: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
-        """Public rooms (no password), newest first; closed rooms only if asked for."""
+    async def list_rooms(
+        self, game_type: str | None, status: str | None, limit: int, after: tuple[int, str] | None = None
+    ) -> RoomPage:
+        """Public rooms (no password), newest first (created_at, then room_id, descending);
+        closed rooms only if asked for. Read from indexes by status and game type: the cost
+        is the page, not the number of rooms. `after` continues after that (created_at,
+        room_id); the page's `next_after` is where the next page starts (None: no more)."""
         ...
 
     async def sweep(self, now_ms: int) -> None:

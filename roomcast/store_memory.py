@@ -6,7 +6,11 @@ which is the same contract the Redis scripts give a cluster.
 
 from __future__ import annotations
 
+import bisect
+import heapq
+import itertools
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +19,7 @@ import orjson
 from . import merge_patch
 from .bus_memory import MemoryBus
 from .errors import ErrorCode
-from .protocol import event_frame, event_tail
+from .protocol import ROOM_STATUSES, event_frame, event_tail
 from .room import (
     ACTIVE,
     DISCONNECTED,
@@ -28,7 +32,7 @@ from .room import (
     new_epoch,
     participant_tail,
 )
-from .store import Caller, ConnectionInfo, ConnectResult, DeviceRoom, JoinResult, NewRoom, fail
+from .store import REPLAY_CHUNK, Caller, ConnectionInfo, ConnectResult, DeviceRoom, JoinResult, NewRoom, RoomPage, fail
 
 
 @dataclass(slots=True)
@@ -84,6 +88,10 @@ class MemoryStore:
         self.devices: dict[str, DeviceRecord] = {}
         self.sockets: dict[str, SocketRecord] = {}
         self.disconnected_since: dict[tuple[str, str], int] = {}  # (room, device) -> ms
+        # list_rooms indexes of public rooms: sorted (created_at, room_id) per status, and
+        # per (status, game_type).
+        self._by_status: dict[str, list[tuple[int, str]]] = {}
+        self._by_status_game: dict[tuple[str, str], list[tuple[int, str]]] = {}
 
     # ------------------------------------------------------------ events
 
@@ -116,8 +124,9 @@ class MemoryStore:
         return room
 
     def _member(self, room: Room, caller: Caller) -> Participant:
+        """The caller's participant, if this very socket joined the room (and is still in it)."""
         p = room.participants.get(caller.device_id)
-        if p is None or p.status == LEFT:
+        if p is None or p.status == LEFT or caller.socket_id not in p.sockets:
             raise fail(ErrorCode.NOT_MEMBER, f"not a member of room {room.room_id!r}")
         return p
 
@@ -134,12 +143,11 @@ class MemoryStore:
         room = self.rooms.get(room_id)
         if room is None:
             return None
-        creator = room.participants.get(room.created_by)
         return {
             "room_id": room.room_id, "game_type": room.game_type, "status": room.status,
             "max_players": str(room.max_players), "players": str(room.current_players()),
             "game_data": orjson.dumps(room.game_data).decode(), "created_at": str(room.created_at),
-            "created_by": room.created_by, "creator_user": (creator.user_id or "") if creator else "",
+            "created_by": room.created_by, "creator_user": room.creator_user or "",
             "updated_at": str(room.updated_at), "closed_at": "" if room.closed_at is None else str(room.closed_at),
             "seq": str(room.seq),
         }
@@ -190,8 +198,11 @@ class MemoryStore:
             if room is None or room.status == "closed":
                 continue
             p = room.participants.get(caller.device_id)
-            if p is None or p.status != ACTIVE or p.socket_id != caller.socket_id:
+            if p is None or p.status == LEFT or caller.socket_id not in p.sockets:
                 continue
+            p.sockets.discard(caller.socket_id)
+            if p.sockets or p.status != ACTIVE:
+                continue  # another of its joined sockets keeps the participant active
             p.status = DISCONNECTED
             self.disconnected_since[(room_id, caller.device_id)] = now_ms
             self._participant_event(room, "participant_disconnected", p, reason, None, now_ms)
@@ -215,9 +226,11 @@ class MemoryStore:
             epoch=new_epoch(),
             updated_at=now_ms,
             spectators_can_send=room.spectators_can_send,
+            creator_user=caller.user_id,
         )
         self.rooms[room_id] = r
         self.history[room_id] = deque(maxlen=self.history_len)
+        self._index(r)
         return self._admit(r, caller, HOST, None, None, now_ms)
 
     async def password_hash(self, room_id: str) -> str | None:
@@ -240,23 +253,34 @@ class MemoryStore:
         # the oldest event the client needs out of the bounded history.
         recovered = False
         replay: list[bytes] = []
-        if since is not None and (epoch is None or epoch == room.epoch):
-            recovered, replay = self._replay(room.room_id, since, head)
+        rest_after: int | None = None
+        kept = self.history[room.room_id]
+        first_kept = kept[0][0] if kept else head + 1
+        if since is not None and since <= head and (epoch is None or epoch == room.epoch):
+            recovered = since == head or first_kept <= since + 1
+            if since < head and (recovered or since == 0):
+                # The first events only (the join's own event may trim the oldest one);
+                # the gateway reads the rest with read_since.
+                first = self._read(room.room_id, since, head, REPLAY_CHUNK)
+                replay = [f for _, f in first]
+                if first and first[-1][0] < head:
+                    rest_after = first[-1][0]
         if p is not None and p.status != LEFT:
-            was, old_socket = p.status, p.socket_id
             p.status = ACTIVE
             p.socket_id = caller.socket_id
             p.user_id = caller.user_id
             self.disconnected_since.pop((room.room_id, caller.device_id), None)
-            # Back after a drop, or on a new socket that replaces a lost one.
-            if was == DISCONNECTED or old_socket != caller.socket_id:
+            # Back after a drop, or a new socket (it may replace one not yet known to be lost).
+            if caller.socket_id not in p.sockets:
+                p.sockets.add(caller.socket_id)
                 self._participant_event(room, "participant_reconnected", p, None, sender, now_ms)
         else:
             if room.occupants() >= self.max_participants:
                 raise fail(ErrorCode.ROOM_FULL, f"room {room.room_id!r} is full ({self.max_participants} participants)")
             if counts_toward_capacity(role) and room.current_players() >= room.max_players:
                 raise fail(ErrorCode.ROOM_FULL, f"room {room.room_id!r} is full ({room.max_players} players)")
-            p = Participant(caller.device_id, caller.user_id, caller.socket_id, role, ACTIVE, now_ms)
+            p = Participant(caller.device_id, caller.user_id, caller.socket_id, role, ACTIVE, now_ms,
+                            {caller.socket_id})
             # Re-insert so a returning device is ordered by its latest join.
             room.participants.pop(caller.device_id, None)
             room.participants[caller.device_id] = p
@@ -270,31 +294,47 @@ class MemoryStore:
             role=p.role,
             recovered=recovered,
             replay=replay,
+            replay_rest_after=rest_after,
+            first_kept=first_kept,
         )
         return result
 
-    def _replay(self, room_id: str, since: int, head: int) -> tuple[bool, list[bytes]]:
-        if since > head:
-            return False, []
-        if since == head:
-            return True, []
-        kept = self.history[room_id]
-        if not kept or kept[0][0] > since + 1:
-            return False, []
-        frames = [frame for seq, frame in kept if since < seq <= head]
-        return len(frames) == head - since, frames
+    async def read_since(
+        self, room_id: str, after: int, upto: int | None = None, limit: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        return self._read(room_id, after, upto, limit)
 
-    async def read_since(self, room_id: str, after: int, upto: int | None = None) -> list[tuple[int, bytes]]:
-        kept = self.history.get(room_id, ())
-        return [(seq, f) for seq, f in kept if seq > after and (upto is None or seq <= upto)]
+    def _read(self, room_id: str, after: int, upto: int | None, limit: int | None) -> list[tuple[int, bytes]]:
+        kept = self.history.get(room_id)
+        if not kept:
+            return []
+        # Seqs in the history are consecutive: start at the first one after `after`.
+        start = max(0, after + 1 - kept[0][0])
+        out: list[tuple[int, bytes]] = []
+        for seq, f in itertools.islice(kept, start, None):
+            if upto is not None and seq > upto:
+                break
+            out.append((seq, f))
+            if limit is not None and len(out) >= limit:
+                break
+        return out
 
     async def leave(self, caller: Caller, room_id: str, now_ms: int) -> None:
         room = self._room(room_id)
         p = self._member(room, caller)
-        self._remove(room, p, "leave", caller.sender(), now_ms)
+        p.sockets.discard(caller.socket_id)
+        if p.sockets:
+            return  # the device's other joined sockets keep it in the room
+        self._remove(room, p, "leave", caller.sender(), now_ms, forget=True)
 
-    def _remove(self, room: Room, p: Participant, reason: str, sender: dict[str, Any] | None, now_ms: int) -> None:
+    def _remove(self, room: Room, p: Participant, reason: str, sender: dict[str, Any] | None, now_ms: int,
+                forget: bool = False) -> None:
+        """The participant leaves; `forget` also drops it from the room's members (a room
+        that stays open must not keep everyone who ever passed through)."""
         p.status = LEFT
+        p.sockets.clear()
+        if forget:
+            del room.participants[p.device_id]
         self.disconnected_since.pop((room.room_id, p.device_id), None)
         dev = self.devices.get(p.device_id)
         if dev is not None:
@@ -330,7 +370,7 @@ class MemoryStore:
             self._check_game_data(new_data)
             room.game_data = new_data
         if status is not None:
-            room.status = status
+            self._set_status(room, status)
         payload: dict[str, Any] = {}
         if status is not None:
             payload["status"] = status
@@ -347,7 +387,7 @@ class MemoryStore:
         room = self._open_room(room_id)
         self._host(room, caller)
         seq = self._emit(room, event_tail("room_closed", None, None, caller.sender(), now_ms), now_ms)
-        room.status = "closed"
+        self._set_status(room, "closed")
         room.closed_at = now_ms
         for p in room.participants.values():
             if p.status != LEFT:
@@ -361,7 +401,7 @@ class MemoryStore:
             if room.status == "closed" or room.updated_at >= idle_before_ms:
                 continue
             self._emit(room, event_tail("room_closed", None, {"reason": "abandoned"}, None, now_ms), now_ms)
-            room.status = "closed"
+            self._set_status(room, "closed")
             room.closed_at = now_ms
             for p in room.participants.values():
                 if p.status != LEFT:
@@ -369,21 +409,56 @@ class MemoryStore:
             closed.append(room.room_id)
         return closed
 
-    async def list_rooms(self, game_type: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
-        out = []
-        for room in reversed(self.rooms.values()):
-            if room.password_hash is not None:
-                continue
-            if status is None and room.status == "closed":
-                continue
-            if status is not None and room.status != status:
-                continue
-            if game_type is not None and room.game_type != game_type:
-                continue
-            out.append(room.wire())
+    # ------------------------------------------------------------ room index (list_rooms)
+
+    def _index_keys(self, room: Room) -> tuple[str, tuple[str, str]]:
+        return room.status, (room.status, room.game_type)
+
+    def _index(self, room: Room) -> None:
+        """Put a public room in the indexes of its status (and game type)."""
+        if room.password_hash is not None:
+            return
+        entry = (room.created_at, room.room_id)
+        by_status, by_game = self._index_keys(room)
+        bisect.insort(self._by_status.setdefault(by_status, []), entry)
+        bisect.insort(self._by_status_game.setdefault(by_game, []), entry)
+
+    def _unindex(self, room: Room) -> None:
+        if room.password_hash is not None:
+            return
+        entry = (room.created_at, room.room_id)
+        by_status, by_game = self._index_keys(room)
+        if _drop_entry(self._by_status.get(by_status), entry):
+            del self._by_status[by_status]
+        if _drop_entry(self._by_status_game.get(by_game), entry):
+            del self._by_status_game[by_game]
+
+    def _set_status(self, room: Room, status: str) -> None:
+        if status != room.status:
+            self._unindex(room)
+            room.status = status
+            self._index(room)
+
+    async def list_rooms(
+        self, game_type: str | None, status: str | None, limit: int, after: tuple[int, str] | None = None
+    ) -> RoomPage:
+        statuses = [status] if status is not None else [s for s in ROOM_STATUSES if s != "closed"]
+        lists = [self._by_status.get(s, []) if game_type is None else self._by_status_game.get((s, game_type), [])
+                 for s in statuses]
+
+        def newest_first(entries: list[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+            end = len(entries) if after is None else bisect.bisect_left(entries, after)
+            for i in range(end - 1, -1, -1):
+                yield entries[i]
+
+        out: list[dict[str, Any]] = []
+        last = None
+        for entry in heapq.merge(*(newest_first(e) for e in lists), reverse=True):
             if len(out) >= limit:
-                break
-        return out
+                return RoomPage(out, last)
+            out.append(self.rooms[entry[1]].wire())
+            last = entry
+        return RoomPage(out, None)
 
     # ------------------------------------------------------------ upkeep
 
@@ -396,9 +471,10 @@ class MemoryStore:
             if room is None or p is None or p.status != DISCONNECTED:
                 self.disconnected_since.pop((room_id, device_id), None)
                 continue
-            self._remove(room, p, "pruned", None, now_ms)
+            self._remove(room, p, "pruned", None, now_ms, forget=room.status != "closed")
         for room_id, room in list(self.rooms.items()):
             if room.closed_at is not None and now_ms - room.closed_at >= self.room_ttl_ms:
+                self._unindex(room)
                 del self.rooms[room_id]
                 del self.history[room_id]
         for sid, sock in list(self.sockets.items()):
@@ -407,3 +483,13 @@ class MemoryStore:
         for device_id, dev in list(self.devices.items()):
             if not dev.sockets and not dev.rooms and now_ms - dev.last_disconnect_ms >= self.connection_ttl_ms:
                 del self.devices[device_id]
+
+
+def _drop_entry(entries: list[tuple[int, str]] | None, entry: tuple[int, str]) -> bool:
+    """Remove `entry` from a sorted index list; True if the list is now empty."""
+    if entries is None:
+        return False
+    i = bisect.bisect_left(entries, entry)
+    if i < len(entries) and entries[i] == entry:
+        del entries[i]
+    return not entries

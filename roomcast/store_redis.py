@@ -21,10 +21,20 @@ from . import redis_scripts as lua
 from .errors import ErrorCode, GatewayError
 from .history import device_uuid
 from .history_read import StoredRoom
-from .protocol import event_tail
+from .protocol import ROOM_STATUSES, event_tail
 from .redis_batch import Batcher, cmd
 from .room import ACTIVE, LEFT, new_epoch
-from .store import Caller, ConnectionInfo, ConnectResult, DeviceRoom, JoinResult, NewRoom, fail
+from .store import (
+    REPLAY_CHUNK,
+    Caller,
+    ConnectionInfo,
+    ConnectResult,
+    DeviceRoom,
+    JoinResult,
+    NewRoom,
+    RoomPage,
+    fail,
+)
 
 LIFECYCLE = keys.LIFECYCLE
 log = logging.getLogger("roomcast.store")
@@ -120,6 +130,7 @@ class RedisStore:
         self.s_disconnect = batcher.register(lua.DISCONNECT)
         self.s_close_idle = batcher.register(lua.CLOSE_IDLE)
         self.s_restore = batcher.register(lua.RESTORE)
+        self._indexes_built = False  # list_rooms: checked once per process (see _build_indexes)
         # Looks a room up in Postgres (history mode): restore on join, conflict on create.
         self.stored_room: Callable[[str], Awaitable[StoredRoom | None]] | None = None
 
@@ -217,14 +228,18 @@ class RedisStore:
         head = int(reply[1])
         room = _pairs(reply[5])
         members = _pairs(reply[6])
+        state = int(reply[4])  # -1 no replay, 0 not every event after `since` is kept, 1 all are
+        rest = int(reply[9]) if len(reply) > 9 else -1
         return JoinResult(
             room=_room_wire(room, head),
             participants=[_member(d, v) for d, v in members.items() if v.split("|")[1] != LEFT],
             seq=head,
             epoch=_s(reply[2]),
             role=_s(reply[3]),
-            recovered=bool(int(reply[4])),
+            recovered=state == 1,
             replay=[bytes(f) for f in reply[7]],
+            replay_rest_after=None if rest < 0 else rest,
+            first_kept=int(reply[8]) if len(reply) > 8 else head + 1,
         )
 
     async def create_room(self, caller: Caller, room: NewRoom, now_ms: int) -> JoinResult:
@@ -254,7 +269,11 @@ class RedisStore:
         reply = _check(await fut)
         b = self.b
         b.call(lambda p: p.sadd(keys.device_rooms(caller.device_id), room.room_id))
-        await b.call(lambda p: p.zadd(keys.ROOM_INDEX, {room.room_id: now_ms}))
+        index = b.call(lambda p: p.zadd(keys.ROOM_INDEX, {room.room_id: now_ms}))
+        if room.password_hash is None:  # list_rooms lists public rooms only
+            b.call(cmd("zadd", keys.rooms_by_status_game("waiting", room.game_type), {room.room_id: now_ms}))
+            index = b.call(cmd("zadd", keys.rooms_by_status("waiting"), {room.room_id: now_ms}))
+        await index
         return self._join_result(reply)
 
     async def _lookup(self, room_id: str) -> StoredRoom | None:
@@ -288,6 +307,7 @@ class RedisStore:
         if int(reply[1]):
             log.warning("room %s restored from history at seq %d (%s)", room_id, stored.last_seq, stored.status)
             await self.b.call(cmd("zadd", keys.ROOM_INDEX, {room_id: stored.created_ms}, nx=True))
+            await self._reindex(room_id)
             for device, *_ in stored.members:
                 self.b.call(cmd("sadd", keys.device_rooms(device), room_id))
                 self.b.call(cmd("zadd", keys.DISCONNECTED, {f"{room_id}|{device}": now_ms}, nx=True))
@@ -325,7 +345,8 @@ class RedisStore:
         sender = orjson.dumps(caller.sender())
         fut = self.b.eval(self.s_join, self.room_keys(room_id), [
             room_id, caller.device_id, caller.socket_id, caller.user_id or "", role,
-            -1 if since is None else since, epoch or "", now_ms, sender, self.history, self.max_participants])
+            -1 if since is None else since, epoch or "", now_ms, sender, self.history, self.max_participants,
+            REPLAY_CHUNK])
         self._dirty(room_id)
         reply = _check(await fut)
         b = self.b
@@ -336,12 +357,14 @@ class RedisStore:
         return self._join_result(reply)
 
     async def leave(self, caller: Caller, room_id: str, now_ms: int) -> None:
-        await self._leave(room_id, caller.device_id, "leave", orjson.dumps(caller.sender()), now_ms, False)
+        await self._leave(room_id, caller.device_id, "leave", orjson.dumps(caller.sender()), now_ms, False,
+                          caller.socket_id)
 
     async def _leave(self, room_id: str, device_id: str, reason: str, sender: bytes, now_ms: int,
-                     only_if_disconnected: bool) -> bool:
+                     only_if_disconnected: bool, socket_id: str = "") -> bool:
         fut = self.b.eval(self.s_leave, self.room_keys(room_id), [
-            room_id, device_id, now_ms, sender, reason, self.history, "1" if only_if_disconnected else "0"])
+            room_id, device_id, now_ms, sender, reason, self.history, "1" if only_if_disconnected else "0",
+            socket_id])
         self._dirty(room_id)
         reply = _check(await fut)
         b = self.b
@@ -362,7 +385,7 @@ class RedisStore:
 
     async def publish(self, caller: Caller, room_id: str, tail: bytes, now_ms: int) -> int:
         fut = self.b.eval(self.s_publish, self.room_keys(room_id), [room_id, caller.device_id, tail, now_ms,
-                                                                    self.history])
+                                                                    self.history, caller.socket_id])
         self._dirty(room_id)
         return int(_check(await fut)[1])
 
@@ -386,9 +409,11 @@ class RedisStore:
             try:
                 fut = self.b.eval(self.s_update, self.room_keys(room_id), [
                     room_id, caller.device_id, tail, now_ms, self.history, status or "", data, ver,
-                    self.max_game_data_bytes])
+                    self.max_game_data_bytes, caller.socket_id])
                 self._dirty(room_id)
                 reply = _check(await fut)
+                if status is not None and len(reply) > 2 and _s(reply[2]) != status:
+                    await self._reindex(room_id)
             except _Retry:
                 continue  # another host update won the race: re-read and re-apply
             except GatewayError as exc:
@@ -401,7 +426,7 @@ class RedisStore:
     async def close_room(self, caller: Caller, room_id: str, now_ms: int) -> int:
         tail = event_tail("room_closed", None, None, caller.sender(), now_ms)
         fut = self.b.eval(self.s_close, self.room_keys(room_id), [
-            room_id, caller.device_id, tail, now_ms, self.history, self.room_ttl_ms])
+            room_id, caller.device_id, tail, now_ms, self.history, self.room_ttl_ms, caller.socket_id])
         self._dirty(room_id)
         reply = _check(await fut)
         index_writes = []
@@ -410,7 +435,7 @@ class RedisStore:
             index_writes.append(self.b.call(cmd("srem", keys.device_rooms(d), room_id)))
             index_writes.append(self.b.call(cmd("zrem", keys.DISCONNECTED, f"{room_id}|{d}")))
         # The room keeps its place in the room index (created_at): list_rooms is newest-created first.
-        await asyncio.gather(*index_writes)
+        await asyncio.gather(*index_writes, self._reindex(room_id))
         return int(reply[1])
 
     async def close_abandoned(self, idle_before_ms: int, now_ms: int, limit: int = 1000) -> list[str]:
@@ -434,39 +459,110 @@ class RedisStore:
                 for dev in reply[2]:
                     self.b.call(cmd("srem", keys.device_rooms(_s(dev)), room_id))
                     self.b.call(cmd("zrem", keys.DISCONNECTED, f"{room_id}|{_s(dev)}"))
+                await self._reindex(room_id)
                 closed.append(room_id)
         return closed
 
-    async def list_rooms(self, game_type: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        start, page = 0, max(50, limit * 2)
-        while len(out) < limit:
-            ids = [_s(r) for r in await self.b.call(
-                cmd("zrevrange", keys.ROOM_INDEX, start, start + page - 1))]
+    # ------------------------------------------------------------ room index (list_rooms)
+
+    async def _reindex(self, room_id: str) -> None:
+        """Put a room in the list_rooms index of its current status (and game type), and
+        out of the others. Indexes only: list_rooms checks every room it reads from one."""
+        status, game_type, created, pw = await self.b.call(
+            cmd("hmget", keys.room(room_id), "status", "game_type", "created_at", "password_hash"))
+        writes = []
+        current = None if status is None or pw else _s(status)
+        for st in ROOM_STATUSES:
+            if st == current:
+                continue
+            writes.append(self.b.call(cmd("zrem", keys.rooms_by_status(st), room_id)))
+            if game_type is not None:
+                writes.append(self.b.call(cmd("zrem", keys.rooms_by_status_game(st, _s(game_type)), room_id)))
+        if current is not None and game_type is not None and created is not None:
+            score = {room_id: int(created)}
+            writes.append(self.b.call(cmd("zadd", keys.rooms_by_status(current), score)))
+            writes.append(self.b.call(cmd("zadd", keys.rooms_by_status_game(current, _s(game_type)), score)))
+        await asyncio.gather(*writes)
+
+    async def _build_indexes(self) -> None:
+        """Once per cluster: index rooms created before the status indexes existed (an upgrade)."""
+        self._indexes_built = True
+        if not await self.b.call(cmd("set", keys.ROOM_INDEXES_BUILT, "1", nx=True)):
+            return
+        start, batch = 0, 200
+        for _ in range(1_000_000):  # bounded by the room index's size
+            ids = [_s(r) for r in await self.b.call(cmd("zrange", keys.ROOM_INDEX, start, start + batch - 1))]
             if not ids:
                 break
-            start += page
-            futs = [(rid, self.b.call(cmd("hgetall", keys.room(rid)))) for rid in ids]
-            for rid, fut in futs:
-                h = {_s(k): _s(v) for k, v in (await fut).items()}
-                if not h:
-                    self.b.call(cmd("zrem", keys.ROOM_INDEX, rid))  # expired room
-                    continue
-                if h.get("password_hash"):
-                    continue
-                if (status is None and h["status"] == "closed") or (status is not None and h["status"] != status):
-                    continue
-                if game_type is not None and h["game_type"] != game_type:
-                    continue
-                out.append(_room_wire(h))
+            await asyncio.gather(*(self._reindex(room_id) for room_id in ids))
+            start += batch
+        log.info("list_rooms indexes built for %d rooms", start)
+
+    async def _index_page(self, key: str, limit: int,
+                          after: tuple[int, str] | None) -> list[tuple[int, str]]:
+        """Up to `limit` entries of one index after `after`, newest first (score, then id)."""
+        out: list[tuple[int, str]] = []
+        offset = 0
+        top: int | str = "+inf" if after is None else after[0]
+        for _ in range(1000):  # bounded: only rooms created in the same ms as `after` are skipped
+            want = limit - len(out) + 16
+            rows = await self.b.call(cmd("zrevrangebyscore", key, top, "-inf", start=offset, num=want,
+                                         withscores=True))
+            for member, score in rows:
+                entry = (int(score), _s(member))
+                if after is not None and entry >= after:
+                    continue  # at or before the cursor (same created_at, not a smaller id)
+                out.append(entry)
                 if len(out) >= limit:
-                    break
+                    return out
+            if len(rows) < want:
+                return out
+            offset += len(rows)
         return out
 
-    async def read_since(self, room_id: str, after: int, upto: int | None = None) -> list[tuple[int, bytes]]:
-        """Frames of the room's stream with seq > after (and <= upto), for gap repair."""
+    async def list_rooms(
+        self, game_type: str | None, status: str | None, limit: int, after: tuple[int, str] | None = None
+    ) -> RoomPage:
+        if not self._indexes_built:
+            await self._build_indexes()
+        statuses = [status] if status is not None else [st for st in ROOM_STATUSES if st != "closed"]
+        index_keys = [keys.rooms_by_status(st) if game_type is None else keys.rooms_by_status_game(st, game_type)
+                      for st in statuses]
+        out: list[dict[str, Any]] = []
+        cursor = after
+        for _ in range(100):  # bounded: each pass reads one page of the indexes
+            need = limit - len(out)
+            # One more than needed: whether another page follows.
+            pages = await asyncio.gather(*(self._index_page(k, need + 1, cursor) for k in index_keys))
+            entries = sorted((e for page in pages for e in page), reverse=True)[: need + 1]
+            if not entries:
+                return RoomPage(out, None)
+            futs = [(e, self.b.call(cmd("hgetall", keys.room(e[1])))) for e in entries]
+            for entry, fut in futs:
+                if len(out) >= limit:
+                    return RoomPage(out, cursor)
+                cursor = entry
+                h = {_s(k): _s(v) for k, v in (await fut).items()}
+                if not h:
+                    for k in index_keys:  # an expired room
+                        self.b.call(cmd("zrem", k, entry[1]))
+                    continue
+                if h.get("password_hash") or (status is None and h["status"] == "closed") or (
+                        status is not None and h["status"] != status) or (
+                        game_type is not None and h["game_type"] != game_type):
+                    continue  # a stale index entry (a change in flight): it is re-indexed after the change
+                out.append(_room_wire(h))
+            if len(entries) <= need:
+                return RoomPage(out, None)  # the indexes hold no more
+        return RoomPage(out, cursor)
+
+    async def read_since(
+        self, room_id: str, after: int, upto: int | None = None, limit: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        """Frames of the room's stream with seq > after (and <= upto), at most `limit`: gap
+        repair and (in chunks) join replays."""
         end = "+" if upto is None else f"{upto}-0"
-        entries = await self.b.call(lambda p: p.xrange(keys.stream(room_id), f"{after + 1}-0", end))
+        entries = await self.b.call(lambda p: p.xrange(keys.stream(room_id), f"{after + 1}-0", end, count=limit))
         return [(int(_s(eid).split("-")[0]), bytes(fields[b"f"])) for eid, fields in entries]
 
     async def sweep(self, now_ms: int) -> None:

@@ -395,7 +395,9 @@ async def test_list_rooms_filters_limit_and_passwords(gw: GatewayProcess) -> Non
         rooms = reply["rooms"]
         ids = [r["room_id"] for r in rooms]
         assert set(ids) == {r1, r2}  # not the password room, not the closed one, not the other game
-        assert ids == [r2, r1]  # newest first
+        # Newest first: by created_at, rooms created in the same ms by room_id (both descending).
+        assert ids == [r["room_id"] for r in sorted(rooms, key=lambda r: (r["created_at"], r["room_id"]), reverse=True)]
+        assert rooms[0]["created_at"] >= rooms[1]["created_at"]
         for r in rooms:
             assert set(r) == ROOM_KEYS
         by_id = {r["room_id"]: r for r in rooms}

@@ -709,6 +709,15 @@ async def test_join_since_older_than_the_stream_is_served_from_game_events(pg: P
                     assert bw.seqs == list(range(since + 1, last + 1))
                     assert bw.events[head - since]["event_type"] == "participant_reconnected"
                     assert [e for e in await back.drain() if e.get("type") == "event"] == []  # nothing twice
+                # `since: 0`: every event from seq 1, the older ones from Postgres, streamed.
+                async with Client.open(g1.url) as newcomer:
+                    await newcomer.hello(unique("since-new"))
+                    fresh = await newcomer.request({"type": "join", "room_id": room_id, "since": 0})
+                    assert fresh["type"] == "joined" and fresh["recovered"] is True, fresh
+                    nw = Watch(newcomer, room_id)
+                    await nw.upto(fresh["seq"])
+                    assert nw.seqs == list(range(1, fresh["seq"] + 1))
+                    assert nw.events[: head] == [by_seq[s] for s in range(1, head + 1)]
         finally:
             await r.aclose()
 

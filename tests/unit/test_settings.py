@@ -145,6 +145,8 @@ PARSED: list[tuple[str, str, str, Any]] = [
     ("CONNECT_RATE_PER_DEVICE", "1.5", "connect_rate_per_device", 1.5),
     ("ROOM_CREATE_RATE", "2", "room_create_rate", 2.0),
     ("JOIN_RATE", "3", "join_rate", 3.0),
+    ("LIST_ROOMS_RATE", "0.5", "list_rooms_rate", 0.5),
+    ("LIST_ROOMS_BURST", "3", "list_rooms_burst", 3),
     ("PASSWORD_FAIL_RATE", "0.5", "password_fail_rate", 0.5),
     ("ROOM_PASSWORD_FAIL_RATE", "1", "room_password_fail_rate", 1.0),
     ("MAX_ROOMS_PER_DEVICE", "3", "max_rooms_per_device", 3),
