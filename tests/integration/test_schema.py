@@ -430,7 +430,10 @@ async def test_supabase_migrations_apply_with_psql_and_match_coordinator_migrate
     # The optional policies also apply to a pushed schema (which has no roomcast_migrations table).
     await conn.execute(STUB_SUPABASE)
     psql_file(db, SUPABASE / "policies" / "roomcast_rls.sql", single_transaction=False)
-    assert await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND rowsecurity") == 6
+    assert await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND rowsecurity") >= 8
+    # Every table the migrations make is covered (the archive and the room password hashes too).
+    assert await conn.fetchval(
+        "SELECT array_agg(tablename::text) FROM pg_tables WHERE schemaname = 'public' AND NOT rowsecurity") is None
 
 
 # ---------------------------------------------------------------- row level security
@@ -545,6 +548,8 @@ async def test_rls_policies_restrict_supabase_roles(db: Database, conn: asyncpg.
         await denied(role, "UPDATE websocket_connections SET status = 'timeout'")
         await denied(role, "DELETE FROM game_events")
         await denied(role, "SELECT * FROM roomcast_flush_state")
+        await denied(role, "SELECT * FROM roomcast_room_access")  # password hashes: service_role only
+        await denied(role, "SELECT * FROM websocket_connections_archive")
         await denied(role, CALL_APPLY)
     await conn.execute("SET ROLE service_role")
     try:
