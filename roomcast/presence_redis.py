@@ -1,7 +1,9 @@
 """Presence in the `ws:presence` sorted set (score = last heartbeat ms), batched per node.
 
 Heartbeats are collected in memory and written with one ZADD per flush (design
-invariant 4); `expired` serves the coordinator's reaper.
+invariant 4), together with the `last_heartbeat` field of each device's
+`ws:connections:{device_id}` (the requirements' "on heartbeat: UPDATE last_heartbeat"),
+in the same pipeline; `expired` serves the coordinator's reaper.
 """
 
 from __future__ import annotations
@@ -9,14 +11,28 @@ from __future__ import annotations
 from . import keys
 from .redis_batch import Batcher, cmd
 
+# KEYS[1] ws:connections:{device_id}; ARGV[1] heartbeat ms. Only an existing record (one
+# that expired stays gone), and only forwards (the device may have sockets on other nodes).
+HEARTBEAT = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if tonumber(ARGV[1]) > tonumber(redis.call('HGET', KEYS[1], 'last_heartbeat') or '0') then
+  redis.call('HSET', KEYS[1], 'last_heartbeat', ARGV[1])
+end
+return 1
+"""
+
 
 class RedisPresence:
     def __init__(self, batcher: Batcher) -> None:
         self.b = batcher
         self._pending: dict[str, int] = {}
+        self._devices: dict[str, int] = {}  # device_id -> latest heartbeat since the last flush
+        self.s_heartbeat = batcher.register(HEARTBEAT)
 
-    def touch(self, socket_id: str, now_ms: int) -> None:
+    def touch(self, socket_id: str, now_ms: int, device_id: str | None = None) -> None:
         self._pending[socket_id] = now_ms
+        if device_id is not None:
+            self._devices[device_id] = now_ms
 
     def remove(self, socket_id: str) -> None:
         self._pending.pop(socket_id, None)
@@ -25,6 +41,9 @@ class RedisPresence:
         if not self._pending:
             return
         batch, self._pending = self._pending, {}
+        devices, self._devices = self._devices, {}
+        for device_id, beat in devices.items():
+            self.b.eval(self.s_heartbeat, [keys.connection(device_id)], [beat])
         # XX: only refresh sockets that are still registered (a closed socket stays gone).
         await self.b.call(cmd("zadd", keys.PRESENCE, batch, xx=True))
 

@@ -59,6 +59,7 @@ class Room:
     seq: int = 0
     updated_at: int = 0
     closed_at: int | None = None
+    status_at_close: str | None = None  # the status it had when it closed
     spectators_can_send: bool = False
     participants: dict[str, Participant] = field(default_factory=dict)
 
