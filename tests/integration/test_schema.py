@@ -27,7 +27,7 @@ import pytest
 
 from roomcast.migrate import LOCK_KEY, MigrationError, migrate, migrations
 from roomcast.settings import SPECS
-from tests.harness import ROOT, UNIT, PostgresServer, free_port, wait_for
+from tests.harness import ROOT, UNIT, PostgresServer, free_port, redis_server, wait_for
 
 # Every migration shipped, in order (0001 and 0002 create the schema; later ones amend it).
 VERSIONS = [m.version for m in migrations()]
@@ -434,6 +434,27 @@ async def test_supabase_migrations_apply_with_psql_and_match_coordinator_migrate
     # Every table the migrations make is covered (the archive and the room password hashes too).
     assert await conn.fetchval(
         "SELECT array_agg(tablename::text) FROM pg_tables WHERE schemaname = 'public' AND NOT rowsecurity") is None
+
+
+def test_supabase_readme_repair_command_lists_every_migration() -> None:
+    """The `migration repair` command of supabase/README.md marks every file as applied."""
+    readme = (SUPABASE / "README.md").read_text()
+    commands = re.findall(r"supabase migration repair --status applied((?: \d{14})+)", readme)
+    assert len(commands) == 1, commands
+    assert commands[0].split() == [link.name[:14] for link in supabase_migrations()]
+
+
+async def test_coordinator_auto_migrate_on_a_pushed_schema_exits_1(db: Database) -> None:
+    """What supabase/README.md says: AUTO_MIGRATE on a `supabase db push` schema stops the
+    coordinator with status 1 (no retry loop)."""
+    for path in supabase_migrations():
+        psql_file(db, path)
+    with redis_server() as redis:
+        env = cli_env(db.dsn) | {"REDIS_URL": redis.url, "COORDINATOR_PORT": str(free_port()), "LOG_LEVEL": "INFO"}
+        out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "coordinator"], env=env, cwd=ROOT,
+                                      capture_output=True, text=True, timeout=60 * UNIT)
+    assert out.returncode == 1, (out.returncode, out.stderr[-2000:])
+    assert "migrations failed" in out.stderr
 
 
 # ---------------------------------------------------------------- row level security
