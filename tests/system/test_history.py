@@ -949,10 +949,9 @@ async def test_cleanup_archives_only_old_connection_rows(cleanup: tuple[Cluster,
     rows = {f"{tag}-old-40": (40, "disconnected"), f"{tag}-old-31": (31, "timeout"),
             f"{tag}-new-29": (29, "disconnected"), f"{tag}-new-0": (0, "disconnected")}
     before = cleanup_count(await scrape(coord.http), "old_connections")
-    for socket_id, (days, status) in rows.items():
-        await db.execute(insert, socket_id, f"{tag}-dev", days, status)
-    originals = {r["socket_id"]: r for r in await db.fetch(
-        "SELECT * FROM websocket_connections WHERE device_id = $1", f"{tag}-dev")}
+    originals: dict[str, dict[str, Any]] = {}
+    for socket_id, (days, status) in rows.items():  # the job may run at any moment: RETURNING
+        originals[socket_id] = (await db.fetch(insert + " RETURNING *", socket_id, f"{tag}-dev", days, status))[0]
 
     async def table(name: str) -> dict[str, dict[str, Any]]:
         return {r["socket_id"]: r for r in await db.fetch(f"SELECT * FROM {name} WHERE device_id = $1",
@@ -967,9 +966,8 @@ async def test_cleanup_archives_only_old_connection_rows(cleanup: tuple[Cluster,
 
     await eventually(lambda: archived([f"{tag}-old-40", f"{tag}-old-31"]), 10 * UNIT, "old connection rows archived")
     # One more old row: once it is archived too, a later pass has run and kept the recent ones.
-    await db.execute(insert, f"{tag}-old-35", f"{tag}-dev", 35, "disconnected")
-    originals.update({r["socket_id"]: r for r in await db.fetch(
-        "SELECT * FROM websocket_connections WHERE socket_id = $1", f"{tag}-old-35")})
+    originals[f"{tag}-old-35"] = (await db.fetch(insert + " RETURNING *", f"{tag}-old-35", f"{tag}-dev", 35,
+                                                 "disconnected"))[0]
     await eventually(lambda: archived([f"{tag}-old-40", f"{tag}-old-31", f"{tag}-old-35"]), 10 * UNIT,
                      "a second retention pass")
     after = cleanup_count(await scrape(coord.http), "old_connections")
