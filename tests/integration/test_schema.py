@@ -317,6 +317,62 @@ async def test_migrated_schema_matches_the_requirements(db: Database, conn: asyn
         await conn.fetch(sql, *args)
 
 
+async def test_0004_gives_completed_games_closed_before_it_their_status_back(
+        db: Database, conn: asyncpg.Connection) -> None:
+    links = supabase_migrations()
+    v4 = next(i for i, link in enumerate(links) if link.name.endswith("_history_audit.sql"))
+    for path in links[:v4]:
+        psql_file(db, path)
+    now = "(now() AT TIME ZONE 'utc')"
+    # (room, status changes in order); every room was closed by the earlier code.
+    games = {"won": ["in_progress", "completed"], "replayed": ["completed", "in_progress"], "never": [],
+             "patched": ["completed"]}
+    for room_id, changes in games.items():
+        await conn.execute(f"""INSERT INTO game_rooms (room_id, created_at, updated_at, closed_at, game_type,
+                                   max_players, status) VALUES ($1, {now}, {now}, {now}, 'quiz', 4, 'closed')""",
+                           room_id)
+        for seq, status in enumerate(changes, start=1):
+            await conn.execute(f"""INSERT INTO game_events (room_id, event_type, "timestamp", payload, sequence_number)
+                                   VALUES ($1, 'state_change', {now}, $2::jsonb, $3)""",
+                               room_id, json.dumps({"status": status}), seq)
+    # A later state_change without a status (a game_data patch) does not hide the completion.
+    await conn.execute(f"""INSERT INTO game_events (room_id, event_type, "timestamp", payload, sequence_number)
+                           VALUES ('patched', 'state_change', {now}, '{{"patch": {{"x": 1}}}}', 2)""")
+    psql_file(db, links[v4])
+    rows = {r["room_id"]: r["status"] for r in await conn.fetch("SELECT room_id, status::text AS status FROM game_rooms")}
+    assert rows == {"won": "completed", "replayed": "closed", "never": "closed", "patched": "completed"}
+
+
+async def test_apply_connection_drops_refused_sockets_and_keeps_device_metadata(
+        db: Database, conn: asyncpg.Connection) -> None:
+    await migrate(db.dsn)
+    meta = json.dumps({"app": "quiz"})
+
+    async def apply(kind: str, socket: str, meta_json: str | None, reconnects: int | None,
+                    reason_status: str = "active") -> None:
+        await conn.execute("SELECT roomcast_apply_connection($1, $2, 'dev-1', NULL, now()::timestamp, $3, NULL, "
+                           "NULL, NULL, $4::jsonb, $5::int)", kind, socket, reason_status, meta_json, reconnects)
+
+    await apply("connect", "s1", meta, 0)
+    await apply("disconnect", "s1", None, None, "disconnected")
+    await apply("connect", "s2", "{}", 1)  # a hello without metadata
+    await apply("connect", "s3", None, 2)
+    await apply("refused", "s3", None, None, "disconnected")  # refused after its connect was written
+    await apply("refused", "s3", None, None, "disconnected")  # redelivered: nothing more
+    rows = {r["socket_id"]: r["reconnect_count"] for r in await conn.fetch(
+        "SELECT socket_id, reconnect_count FROM websocket_connections")}
+    assert rows == {"s1": 0, "s2": 1}
+    session = await conn.fetchrow("SELECT total_connections, total_reconnections, metadata::text AS metadata "
+                                  "FROM device_sessions WHERE device_id = 'dev-1'")
+    assert (session["total_connections"], session["total_reconnections"]) == (2, 1)
+    assert json.loads(session["metadata"]) == {"app": "quiz"}
+    # The 10-argument form (a coordinator not yet upgraded) follows the same rules.
+    await conn.execute("SELECT roomcast_apply_connection('connect', 's4', 'dev-1', NULL, now()::timestamp, "
+                       "'active', NULL, NULL, NULL, '{}'::jsonb)")
+    assert await conn.fetchval("SELECT reconnect_count FROM websocket_connections WHERE socket_id = 's4'") == 2
+    assert json.loads(await conn.fetchval("SELECT metadata::text FROM device_sessions")) == {"app": "quiz"}
+
+
 async def test_migrating_twice_applies_nothing_the_second_time(db: Database, conn: asyncpg.Connection) -> None:
     assert await migrate(db.dsn) == VERSIONS
     before = await schema_snapshot(conn)
