@@ -8,6 +8,8 @@ in the same pipeline; `expired` serves the coordinator's reaper.
 
 from __future__ import annotations
 
+import asyncio
+
 from . import keys
 from .redis_batch import Batcher, cmd
 
@@ -38,14 +40,15 @@ class RedisPresence:
         self._pending.pop(socket_id, None)
 
     async def flush(self) -> None:
-        if not self._pending:
+        if not self._pending and not self._devices:
             return
         batch, self._pending = self._pending, {}
         devices, self._devices = self._devices, {}
-        for device_id, beat in devices.items():
-            self.b.eval(self.s_heartbeat, [keys.connection(device_id)], [beat])
-        # XX: only refresh sockets that are still registered (a closed socket stays gone).
-        await self.b.call(cmd("zadd", keys.PRESENCE, batch, xx=True))
+        futs = [self.b.eval(self.s_heartbeat, [keys.connection(d)], [beat]) for d, beat in devices.items()]
+        if batch:
+            # XX: only refresh sockets that are still registered (a closed socket stays gone).
+            futs.append(self.b.call(cmd("zadd", keys.PRESENCE, batch, xx=True)))
+        await asyncio.gather(*futs)  # one pipeline
 
     async def expired(self, older_than_ms: int) -> list[str]:
         found = await self.b.call(cmd("zrangebyscore", keys.PRESENCE, "-inf", f"({older_than_ms}", start=0, num=1000))
