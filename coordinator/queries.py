@@ -61,11 +61,13 @@ SELECT * FROM game_rooms
  ORDER BY created_at DESC
  LIMIT $1::bigint
 """
-# --all-open: every status a room can have before close_room (rooms take joins and events in
-# all of them; new rooms start as 'waiting', so the requirement's query misses them).
+# --all-open: every room not closed yet, whatever its status (rooms take joins and events in
+# all of them; new rooms start as 'waiting', so the requirement's query misses them). A room
+# that closed after its game completed keeps status 'completed' (so the completion rate
+# counts it): closed_at, not the status, says whether a room is closed.
 SQL_OPEN_ROOMS = """
 SELECT * FROM game_rooms
- WHERE status <> 'closed'
+ WHERE closed_at IS NULL
  ORDER BY created_at DESC
  LIMIT $1::bigint
 """
@@ -101,6 +103,7 @@ SELECT DATE(connected_at) AS date,
 #          SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END) as completed_games
 #   FROM game_rooms GROUP BY game_type;
 # plus completion_rate = completed_games / total_games (0..1, 4 decimals), ordered by game_type.
+# A completed game keeps status 'completed' after its room closes, so this counts it.
 SQL_COMPLETION_RATE = """
 SELECT game_type,
        COUNT(*) AS total_games,

@@ -20,7 +20,7 @@ from roomcast.flusher import Flusher, FlusherMetrics
 from roomcast.history import TRANSIENT, PostgresWriter
 from roomcast.history_redis import RedisHistorySource
 from roomcast.http_mini import serve_http
-from roomcast.jobs import delete_old_connections, update_heartbeats
+from roomcast.jobs import archive_old_connections, update_heartbeats
 from roomcast.metrics_util import set_bounded
 from roomcast.migrate import migrate
 from roomcast.protocol import ROOM_STATUSES
@@ -215,7 +215,7 @@ class Coordinator:
                         log.info("cleanup: closed %d abandoned rooms", len(closed))
                         self.metrics.cleanup.labels("abandoned_rooms").inc(len(closed))
                     if self.pool is not None and self.schema_ready.is_set():
-                        n = await delete_old_connections(self.pool, s.connection_retention_days)
+                        n = await archive_old_connections(self.pool, s.connection_retention_days)
                         self.metrics.cleanup.labels("old_connections").inc(n)
                         n = await strip_old_personal_data(self.pool, s.personal_data_retention_days)
                         self.metrics.cleanup.labels("personal_data").inc(n)

@@ -22,7 +22,7 @@ from roomcast.flusher import Flusher, FlusherMetrics
 from roomcast.history import TRANSIENT, PostgresWriter
 from roomcast.history_memory import MemoryHistorySource
 from roomcast.history_read import HistoryReader, StoredRoom, stored_room
-from roomcast.jobs import delete_old_connections, update_heartbeats
+from roomcast.jobs import archive_old_connections, update_heartbeats
 from roomcast.limiter import RedisLimiter
 from roomcast.metrics_util import set_bounded
 from roomcast.migrate import migrate
@@ -101,7 +101,7 @@ class EmbeddedHistory:
                     await update_heartbeats(self.pool, presence.snapshot())
                 if time.monotonic() - last_cleanup >= s.cleanup_interval_ms / 1000:
                     last_cleanup = time.monotonic()
-                    await delete_old_connections(self.pool, s.connection_retention_days)
+                    await archive_old_connections(self.pool, s.connection_retention_days)
                     await strip_old_personal_data(self.pool, s.personal_data_retention_days)
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
                 log.warning("history jobs: postgres unavailable (%s)", exc)

@@ -197,7 +197,7 @@ class Node:
         session.last_seen = now
         if session.caller is not None:
             # Any frame is a heartbeat, valid or not: presence agrees with our own timer.
-            self.presence.touch(session.socket_id, now_ms())
+            self.presence.touch(session.socket_id, now_ms(), session.device_id)
         if isinstance(data, bytes):
             self.metrics.in_invalid.inc()
             self.error(session, GatewayError(ErrorCode.BAD_REQUEST, "binary frames are not supported; send text"))
@@ -273,13 +273,16 @@ class Node:
         except BaseException:
             self._release_device(device_id)
             raise
-        if result.open_sockets > s.max_connections_per_device:
+        refused = result.open_sockets > s.max_connections_per_device
+        if refused:
             # The cluster-wide count (other replicas included) is over the limit.
             self.metrics.rate_limited.labels("connections_per_device").inc()
             session.close(CloseCode.RATE_LIMITED, "too many connections for this device")
         if session.closing:
             self._release_device(device_id)
-            await self.store.disconnect(caller, "disconnected", "close", now_ms())
+            # A refused socket was never a connection: history drops its row, and it is not
+            # counted as one of the device's connections (reconnect_count).
+            await self.store.disconnect(caller, "disconnected", "refused" if refused else "close", now_ms())
             return
         session.caller = caller
         session.device_id = device_id

@@ -59,7 +59,8 @@ async def forget_device(device_id: str, *, pool: asyncpg.Pool | None, batcher: B
     if pool is not None:
         async with pool.acquire() as conn:
             sockets |= {r["socket_id"] for r in await conn.fetch(
-                "SELECT socket_id FROM websocket_connections WHERE device_id = $1", device_id)}
+                "SELECT socket_id FROM websocket_connections WHERE device_id = $1 UNION "
+                "SELECT socket_id FROM websocket_connections_archive WHERE device_id = $1", device_id)}
     if batcher is not None:
         current = await batcher.call(cmd("hget", keys.connection(device_id), "socket_id"))
         if current:
@@ -126,6 +127,8 @@ async def _forget_in_postgres(pool: asyncpg.Pool, device_id: str, report: EraseR
             report.postgres[name] = report.postgres.get(name, 0) + int(status.split()[-1])
 
         await run("websocket_connections", "DELETE FROM websocket_connections WHERE device_id = $1", device_id)
+        await run("websocket_connections_archive", "DELETE FROM websocket_connections_archive WHERE device_id = $1",
+                  device_id)
         await run("device_sessions", "DELETE FROM device_sessions WHERE device_id = $1", device_id)
         await run("room_participants", "DELETE FROM room_participants WHERE device_id = $1", device_id)
         # Other people's history keeps its events and their order, but not this device.
@@ -149,7 +152,8 @@ async def export_device(device_id: str, *, pool: asyncpg.Pool | None, batcher: B
                 return [dict(r) for r in await conn.fetch(sql, device_id)]
 
             out["device_session"] = await rows("SELECT * FROM device_sessions WHERE device_id = $1")
-            connections = await rows("SELECT * FROM websocket_connections WHERE device_id = $1 "
+            connections = await rows("SELECT * FROM websocket_connections_archive WHERE device_id = $1 "
+                                     "UNION ALL SELECT * FROM websocket_connections WHERE device_id = $1 "
                                      "ORDER BY connected_at")
             for c in connections:
                 if privacy is not None and c.get("user_agent"):
@@ -173,6 +177,8 @@ UPDATE websocket_connections SET ip_address = NULL, user_agent = NULL, metadata 
  WHERE connected_at < (now() AT TIME ZONE 'utc') - make_interval(days => $1)
    AND (ip_address IS NOT NULL OR user_agent IS NOT NULL OR metadata IS NOT NULL)
 """
+SQL_STRIP_ARCHIVE = SQL_STRIP_CONNECTIONS.replace("UPDATE websocket_connections ",
+                                                  "UPDATE websocket_connections_archive ")
 SQL_STRIP_DEVICES = """
 UPDATE device_sessions SET browser_fingerprint = NULL, metadata = NULL
  WHERE last_seen < (now() AT TIME ZONE 'utc') - make_interval(days => $1)
@@ -185,6 +191,7 @@ async def strip_old_personal_data(pool: asyncpg.Pool, days: int) -> int:
     analytics). Returns how many rows were changed."""
     async with pool.acquire() as conn:
         a = int((await conn.execute(SQL_STRIP_CONNECTIONS, days)).split()[-1])
+        a += int((await conn.execute(SQL_STRIP_ARCHIVE, days)).split()[-1])
         b = int((await conn.execute(SQL_STRIP_DEVICES, days)).split()[-1])
     if a or b:
         log.info("retention: erased personal fields of %d connections and %d devices older than %d days", a, b, days)

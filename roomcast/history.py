@@ -99,16 +99,32 @@ class HistorySource(Protocol):
 # ---------------------------------------------------------------- rows (pure)
 
 
+def refused(rec: LifecycleRecord) -> bool:
+    """A socket closed by a limit before its welcome (e.g. 4008): never a connection."""
+    return rec.fields.get("kind") == "disconnect" and rec.fields.get("reason") == "refused"
+
+
 def connection_args(rec: LifecycleRecord) -> tuple[Any, ...]:
     f = rec.fields
-    kind = f["kind"]
+    kind = "refused" if refused(rec) else f["kind"]
     meta = f.get("metadata")
+    reconnects = f.get("reconnect_count")
     return (
         kind, f["socket_id"], f["device_id"], _uuid(f.get("user_id")), ts(f["ts"]),
         f.get("status") or ("active" if kind == "connect" else "disconnected"),
         f.get("ip") or None, f.get("user_agent") or None, f.get("fingerprint") or None,
         meta if meta not in (None, "") else None,
+        int(reconnects) if reconnects not in (None, "") else None,
     )
+
+
+def room_status(snapshot: dict[str, str]) -> str:
+    """The room's status for game_rooms: a game that completed stays `completed` after its
+    room closes (closed_at says it closed), so the completion rate counts it."""
+    status = snapshot["status"]
+    if status == "closed" and snapshot.get("status_at_close") == "completed":
+        return "completed"
+    return status
 
 
 def room_args(snapshot: dict[str, str]) -> tuple[Any, ...]:
@@ -118,7 +134,9 @@ def room_args(snapshot: dict[str, str]) -> tuple[Any, ...]:
     return (
         snapshot["room_id"], ts(snapshot["created_at"]), ts(snapshot.get("updated_at") or snapshot["created_at"]),
         ts(closed) if closed else None, created_by, snapshot["game_type"], snapshot.get("game_data") or "{}",
-        snapshot["status"], int(snapshot["max_players"]), int(snapshot.get("players") or 0),
+        room_status(snapshot), int(snapshot["max_players"]), int(snapshot.get("players") or 0),
+        # The password's hash ('' = none), kept so a room Redis lost is rebuilt with it.
+        snapshot.get("password_hash") or "",
     )
 
 
@@ -148,9 +166,10 @@ def event_rows(room_id: str, seq: int, frame: bytes) -> tuple[tuple[Any, ...], t
 
 # ---------------------------------------------------------------- writer
 
-SQL_CONNECTION = "SELECT roomcast_apply_connection($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)"
+SQL_CONNECTION = "SELECT roomcast_apply_connection($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11::int)"
 SQL_PARTICIPANT = "SELECT roomcast_apply_participant($1, $2, $3, $4, $5, $6, $7)"
 SQL_ROOM = """
+WITH room AS (
 INSERT INTO game_rooms (room_id, created_at, updated_at, closed_at, created_by, game_type, game_data,
                         status, max_players, current_players)
 VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::room_status, $9, $10)
@@ -159,6 +178,10 @@ ON CONFLICT (room_id) DO UPDATE SET
     closed_at = COALESCE(EXCLUDED.closed_at, game_rooms.closed_at),
     game_data = EXCLUDED.game_data, status = EXCLUDED.status,
     max_players = EXCLUDED.max_players, current_players = EXCLUDED.current_players
+RETURNING room_id
+)
+INSERT INTO roomcast_room_access (room_id, password_hash) SELECT room_id, $11 FROM room
+ON CONFLICT (room_id) DO NOTHING
 """
 SQL_EVENTS = """
 INSERT INTO game_events (room_id, event_type, socket_id, device_id, user_id, "timestamp", action, payload,
@@ -219,8 +242,14 @@ class PostgresWriter:
 
     async def _write(self, conn: asyncpg.Connection, batch: Batch, careful: bool) -> WriteResult:
         result = WriteResult()
-        connects = [r for r in batch.lifecycle if r.fields.get("kind") == "connect"]
-        others = [r for r in batch.lifecycle if r.fields.get("kind") != "connect"]
+        # A socket refused before its welcome leaves no row: its connect and its refusal
+        # are both dropped when they meet in one batch (else `refused` undoes the row).
+        gone = {r.fields.get("socket_id") for r in batch.lifecycle if refused(r)}
+        connects = [r for r in batch.lifecycle if r.fields.get("kind") == "connect"
+                    and r.fields.get("socket_id") not in gone]
+        met = {r.fields.get("socket_id") for r in batch.lifecycle if r.fields.get("kind") == "connect"} & gone
+        others = [r for r in batch.lifecycle if r.fields.get("kind") != "connect"
+                  and not (refused(r) and r.fields.get("socket_id") in met)]
         # Connects first so a disconnect in the same batch finds its row.
         for rec in connects + others:
             data = orjson.dumps(rec.fields).decode()

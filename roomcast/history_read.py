@@ -54,6 +54,8 @@ class HistoryReader:
 SQL_ROOM = """
 SELECT r.room_id, r.game_type, r.status::text AS status, r.max_players, r.game_data::text AS game_data,
        (extract(epoch FROM r.created_at) * 1000)::bigint AS created_ms, r.created_by,
+       r.closed_at IS NOT NULL AS closed,
+       (SELECT a.password_hash FROM roomcast_room_access a WHERE a.room_id = r.room_id) AS password_hash,
        GREATEST(COALESCE((SELECT last_seq FROM roomcast_flush_state f WHERE f.room_id = r.room_id), 0),
                 COALESCE((SELECT max(sequence_number) FROM game_events e WHERE e.room_id = r.room_id), 0)) AS last_seq
   FROM game_rooms r WHERE r.room_id = $1
@@ -71,7 +73,7 @@ class StoredRoom:
 
     room_id: str
     game_type: str
-    status: str
+    status: str  # `completed` stays after the room closes: `closed` says whether it did
     max_players: int
     game_data: str
     created_ms: int
@@ -79,6 +81,10 @@ class StoredRoom:
     last_seq: int
     host_device: str
     members: list[tuple[str, str | None, str, int]]  # (device, user, role, joined_ms), not left
+    closed: bool = False
+    # The room's password hash ('' = no password); None if history does not know it (a room
+    # last flushed before migration 0004): such a room may have had one and is not restored.
+    password_hash: str | None = None
 
 
 async def stored_room(pool: asyncpg.Pool, room_id: str) -> StoredRoom | None:
@@ -94,4 +100,5 @@ async def stored_room(pool: asyncpg.Pool, room_id: str) -> StoredRoom | None:
         last_seq=int(row["last_seq"]), host_device=host,
         members=[(m["device_id"], None if m["user_id"] is None else str(m["user_id"]), m["role"], int(m["joined_ms"]))
                  for m in members if m["status"] != "left"],
+        closed=bool(row["closed"]) or row["status"] == "closed", password_hash=row["password_hash"],
     )

@@ -16,10 +16,28 @@ UPDATE websocket_connections AS c SET last_heartbeat = v.hb
  WHERE c.socket_id = v.socket_id AND c.status = 'active'
    AND (c.last_heartbeat IS NULL OR c.last_heartbeat < v.hb)
 """
-SQL_RETENTION = """
-DELETE FROM websocket_connections
- WHERE connected_at < (now() AT TIME ZONE 'utc') - make_interval(days => $1) AND status <> 'active'
+# "Archive old connections (> 30 days)": one statement moves a bounded chunk of rows to
+# websocket_connections_archive (same columns) and deletes them from the live table, so
+# no row is ever in neither; a row already archived (a repeated run) is not duplicated.
+ARCHIVE_COLUMNS = ("id, socket_id, device_id, user_id, connected_at, disconnected_at, last_heartbeat, "
+                   "reconnect_count, ip_address, user_agent, metadata, status")
+SQL_ARCHIVE = f"""
+WITH moved AS (
+    DELETE FROM websocket_connections
+     WHERE id IN (SELECT id FROM websocket_connections
+                   WHERE connected_at < (now() AT TIME ZONE 'utc') - make_interval(days => $1)
+                     AND status <> 'active'
+                   LIMIT $2)
+    RETURNING {ARCHIVE_COLUMNS}
+), archived AS (
+    INSERT INTO websocket_connections_archive ({ARCHIVE_COLUMNS})
+    SELECT {ARCHIVE_COLUMNS} FROM moved
+    ON CONFLICT (socket_id) DO NOTHING
+)
+SELECT count(*) FROM moved
 """
+ARCHIVE_CHUNK = 5000
+ARCHIVE_MAX_CHUNKS = 100  # per run; the next run carries on
 
 
 async def update_heartbeats(pool: asyncpg.Pool, beats: dict[str, int]) -> int:
@@ -32,10 +50,16 @@ async def update_heartbeats(pool: asyncpg.Pool, beats: dict[str, int]) -> int:
     return int(status.split()[-1])
 
 
-async def delete_old_connections(pool: asyncpg.Pool, days: int) -> int:
-    async with pool.acquire() as conn:
-        status = await conn.execute(SQL_RETENTION, days)
-    n = int(status.split()[-1])
-    if n:
-        log.info("retention: deleted %d connection rows older than %d days", n, days)
-    return n
+async def archive_old_connections(pool: asyncpg.Pool, days: int, chunk: int = ARCHIVE_CHUNK) -> int:
+    """Move connection rows older than `days` (not active) to the archive; return how many
+    left the live table."""
+    moved = 0
+    for _ in range(ARCHIVE_MAX_CHUNKS):
+        async with pool.acquire() as conn:
+            n = int(await conn.fetchval(SQL_ARCHIVE, days, chunk))
+        moved += n
+        if n < chunk:
+            break
+    if moved:
+        log.info("retention: archived %d connection rows older than %d days", moved, days)
+    return moved

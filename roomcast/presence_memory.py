@@ -7,7 +7,7 @@ class MemoryPresence:
     def __init__(self) -> None:
         self._last: dict[str, int] = {}
 
-    def touch(self, socket_id: str, now_ms: int) -> None:
+    def touch(self, socket_id: str, now_ms: int, device_id: str | None = None) -> None:
         self._last[socket_id] = now_ms
 
     def remove(self, socket_id: str) -> None:

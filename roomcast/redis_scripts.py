@@ -45,8 +45,11 @@ local function ptail(kind, device, role, reason, sender, now)
     .. sender .. ',"ts":' .. now .. '}'
 end
 -- After a room's last event: mark it closed, every participant left; returns their devices.
+-- `status_at_close` keeps the status it had (history keeps a completed game `completed`).
 local function close_room(now, ttl)
-  redis.call('HSET', KEYS[1], 'status', 'closed', 'closed_at', now, 'players', 0, 'occupants', 0)
+  local before = redis.call('HGET', KEYS[1], 'status') or ''
+  redis.call('HSET', KEYS[1], 'status', 'closed', 'closed_at', now, 'players', 0, 'occupants', 0,
+    'status_at_close', before)
   local devices = {}
   local all = redis.call('HGETALL', KEYS[2])
   for i = 1, #all, 2 do
@@ -294,27 +297,37 @@ return 0
 """
 
 # Close a room on the server's own behalf (cleanup job: abandoned rooms), only if it has
-# had no event since `idle_before`. ARGV: room_id now maxlen ttl_ms idle_before tail
+# had no event since `idle_before` and no member is connected (a quiet lobby whose players
+# are online is not abandoned; the last one to go emits participant_disconnected, so the
+# room then closes `idle_before` after that). ARGV: room_id now maxlen ttl_ms idle_before tail
 CLOSE_IDLE = PRELUDE + r"""
 local room_id, now, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st or st == 'closed' then return {'ok', 0, {}} end
 if tonumber(redis.call('HGET', KEYS[1], 'updated_at')) >= tonumber(ARGV[5]) then return {'ok', 0, {}} end
+local all = redis.call('HVALS', KEYS[2])
+for i = 1, #all do
+  local _r, ms = mparse(all[i])
+  if ms == 'active' then return {'ok', 0, {}} end
+end
 local seq = emit(room_id, ARGV[6], now, maxlen)
 return {'ok', seq, close_room(now, ttl)}
 """
 
 # Rebuild a room Redis lost from its history in Postgres: seq continues after the last
-# persisted event, under a new epoch; every participant comes back `disconnected`.
+# persisted event, under a new epoch; every participant comes back `disconnected`; the
+# room keeps its password hash (ARGV[13], '' = no password; the caller refuses to restore
+# a room whose hash history does not know).
 # ARGV: room_id game_type status max_players game_data created_at created_by creator_user
-#       seq epoch now players, then (device, member value) pairs
+#       seq epoch now players password_hash, then (device, member value) pairs
 RESTORE = r"""
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'ok', 0} end
+if not ARGV[13] then return {'err', 'bad_request'} end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('HSET', KEYS[1], 'room_id', ARGV[1], 'game_type', ARGV[2], 'status', ARGV[3],
   'max_players', ARGV[4], 'game_data', ARGV[5], 'created_at', ARGV[6], 'created_by', ARGV[7],
-  'creator_user', ARGV[8], 'password_hash', '', 'epoch', ARGV[10], 'seq', ARGV[9], 'players', ARGV[12],
-  'gd_ver', 0, 'updated_at', ARGV[11], 'restored_at', ARGV[11], 'occupants', (#ARGV - 12) / 2)
-for i = 13, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+  'creator_user', ARGV[8], 'password_hash', ARGV[13], 'epoch', ARGV[10], 'seq', ARGV[9], 'players', ARGV[12],
+  'gd_ver', 0, 'updated_at', ARGV[11], 'restored_at', ARGV[11], 'occupants', (#ARGV - 13) / 2)
+for i = 14, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 return {'ok', 1}
 """

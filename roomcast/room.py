@@ -62,6 +62,7 @@ class Room:
     seq: int = 0
     updated_at: int = 0
     closed_at: int | None = None
+    status_at_close: str | None = None  # the status it had when it closed
     spectators_can_send: bool = False
     creator_user: str | None = None  # the creator's user_id (kept after the creator leaves)
     participants: dict[str, Participant] = field(default_factory=dict)

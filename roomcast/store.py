@@ -214,8 +214,8 @@ class Bus(Protocol):
 class Presence(Protocol):
     """Last-heartbeat times of sockets (`ws:presence`); updates are batched per node."""
 
-    def touch(self, socket_id: str, now_ms: int) -> None:
-        """Note a heartbeat; written to the backend at the next flush."""
+    def touch(self, socket_id: str, now_ms: int, device_id: str | None = None) -> None:
+        """Note a heartbeat (of the device's record too, if given); written at the next flush."""
         ...
 
     def remove(self, socket_id: str) -> None: ...

@@ -149,7 +149,8 @@ class MemoryStore:
             "game_data": orjson.dumps(room.game_data).decode(), "created_at": str(room.created_at),
             "created_by": room.created_by, "creator_user": room.creator_user or "",
             "updated_at": str(room.updated_at), "closed_at": "" if room.closed_at is None else str(room.closed_at),
-            "seq": str(room.seq),
+            "seq": str(room.seq), "password_hash": room.password_hash or "",
+            "status_at_close": room.status_at_close or "",
         }
 
     # ------------------------------------------------------------ connections
@@ -166,7 +167,7 @@ class MemoryStore:
         self._lifecycle({"kind": "connect", "socket_id": caller.socket_id, "device_id": caller.device_id,
                          "user_id": caller.user_id or "", "ts": str(now_ms), "ip": info.ip or "",
                          "user_agent": info.user_agent or "", "fingerprint": info.fingerprint or "",
-                         "metadata": orjson.dumps(info.metadata or {}).decode()})
+                         "metadata": orjson.dumps(info.metadata or {}).decode(), "reconnect_count": str(earlier)})
         rooms = []
         for room_id in sorted(dev.rooms):
             room = self.rooms.get(room_id)
@@ -193,6 +194,8 @@ class MemoryStore:
             return
         dev.sockets.discard(caller.socket_id)
         dev.last_disconnect_ms = now_ms
+        if reason == "refused":  # refused before its welcome: not one of the device's connections
+            dev.connections -= 1
         for room_id in sorted(dev.rooms):
             room = self.rooms.get(room_id)
             if room is None or room.status == "closed":
@@ -387,6 +390,7 @@ class MemoryStore:
         room = self._open_room(room_id)
         self._host(room, caller)
         seq = self._emit(room, event_tail("room_closed", None, None, caller.sender(), now_ms), now_ms)
+        room.status_at_close = room.status
         self._set_status(room, "closed")
         room.closed_at = now_ms
         for p in room.participants.values():
@@ -395,12 +399,16 @@ class MemoryStore:
         return seq
 
     async def close_abandoned(self, idle_before_ms: int, now_ms: int) -> list[str]:
-        """Close rooms with no event since `idle_before_ms` (`room_closed`, reason `abandoned`)."""
+        """Close rooms with no event since `idle_before_ms` and no connected member
+        (`room_closed`, reason `abandoned`)."""
         closed = []
         for room in list(self.rooms.values()):
             if room.status == "closed" or room.updated_at >= idle_before_ms:
                 continue
+            if any(p.status == ACTIVE for p in room.participants.values()):
+                continue  # members online: a quiet lobby, not an abandoned room
             self._emit(room, event_tail("room_closed", None, {"reason": "abandoned"}, None, now_ms), now_ms)
+            room.status_at_close = room.status
             self._set_status(room, "closed")
             room.closed_at = now_ms
             for p in room.participants.values():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -160,11 +161,12 @@ class RedisStore:
         b.call(lambda p: p.set(keys.socket(caller.socket_id), dev))
         b.call(lambda p: p.zadd(keys.PRESENCE, {caller.socket_id: now_ms}))
         rooms_f = b.call(lambda p: p.smembers(keys.device_rooms(dev)))
+        earlier = int(await count) - 1
+        # After the count: the row's reconnect_count is the welcome's (one meaning).
         self._lifecycle({"kind": "connect", "socket_id": caller.socket_id, "device_id": dev,
                          "user_id": caller.user_id or "", "ts": now_ms, "ip": info.ip or "",
                          "user_agent": info.user_agent or "", "fingerprint": info.fingerprint or "",
-                         "metadata": orjson.dumps(info.metadata or {})})
-        earlier = int(await count) - 1
+                         "metadata": orjson.dumps(info.metadata or {}), "reconnect_count": earlier})
         room_ids = sorted(_s(r) for r in await rooms_f)
         return ConnectResult(earlier, await self._device_rooms(dev, room_ids), int(await open_sockets))
 
@@ -214,6 +216,8 @@ class RedisStore:
             return
         self._lifecycle({"kind": "disconnect", "status": status, "socket_id": caller.socket_id,
                          "device_id": dev, "ts": now_ms, "reason": reason})
+        if reason == "refused":  # refused before its welcome: not one of the device's connections
+            b.call(lambda p: p.hincrby(conn, "connections", -1))
         if int(await b.call(lambda p: p.hincrby(conn, "sockets", -1))) <= 0:
             b.call(lambda p: p.hset(conn, mapping={"sockets": 0, "status": status, "disconnected_at": now_ms}))
             await b.call(lambda p: p.pexpire(conn, self.connection_ttl_ms))
@@ -291,8 +295,13 @@ class RedisStore:
         stored = await self._lookup(room_id)
         if stored is None:
             return False
-        if stored.status == "closed":
+        if stored.closed:
             raise fail(ErrorCode.ROOM_CLOSED, f"room {room_id!r} is closed")
+        if stored.password_hash is None:
+            # History does not say whether the room had a password: rebuilding it without
+            # one would open a private room (and its history) to anyone.
+            log.warning("room %s not restored from history: its password hash is not known", room_id)
+            raise fail(ErrorCode.ROOM_CLOSED, f"room {room_id!r} was lost and cannot be restored; create a new room")
         members: list[Any] = []
         players = 0
         for device, user, role, joined in stored.members:
@@ -303,7 +312,8 @@ class RedisStore:
         creator_user = "" if anonymous else stored.created_by
         reply = _check(await self.b.eval(self.s_restore, self.room_keys(room_id), [
             room_id, stored.game_type, stored.status, stored.max_players, stored.game_data, stored.created_ms,
-            stored.host_device, creator_user, stored.last_seq, new_epoch(), now_ms, players, *members]))
+            stored.host_device, creator_user, stored.last_seq, new_epoch(), now_ms, players, stored.password_hash,
+            *members]))
         if int(reply[1]):
             log.warning("room %s restored from history at seq %d (%s)", room_id, stored.last_seq, stored.status)
             await self.b.call(cmd("zadd", keys.ROOM_INDEX, {room_id: stored.created_ms}, nx=True))
@@ -326,7 +336,11 @@ class RedisStore:
         return bool(int(await conn)) or bool(int(await rooms))
 
     async def password_hash(self, room_id: str) -> str | None:
-        value = await self.b.call(lambda p: p.hget(keys.room(room_id), "password_hash"))
+        status, value = await self.b.call(cmd("hmget", keys.room(room_id), "status", "password_hash"))
+        if status is None and self.stored_room is not None and await self._restore(room_id, int(time.time() * 1000)):
+            # A room Redis lost comes back from history with its password hash before the
+            # join that found it missing is checked against it.
+            value = await self.b.call(cmd("hget", keys.room(room_id), "password_hash"))
         return _s(value) if value else None
 
     async def join(
@@ -439,8 +453,8 @@ class RedisStore:
         return int(reply[1])
 
     async def close_abandoned(self, idle_before_ms: int, now_ms: int, limit: int = 1000) -> list[str]:
-        """Close rooms with no event since `idle_before_ms` (`room_closed`, reason
-        `abandoned`). Returns the rooms closed."""
+        """Close rooms with no event since `idle_before_ms` and no connected member
+        (`room_closed`, reason `abandoned`). Returns the rooms closed."""
         closed = []
         ids = [_s(r) for r in await self.b.call(cmd("zrange", keys.ROOM_INDEX, 0, limit - 1))]
         tail = event_tail("room_closed", None, {"reason": "abandoned"}, None, now_ms)

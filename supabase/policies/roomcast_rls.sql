@@ -10,8 +10,10 @@
 --   service_role   everything (Supabase gives it BYPASSRLS; the policies say so explicitly)
 --   authenticated  SELECT only, of its own rows (user_id = auth.uid()); game_rooms: the rooms
 --                  it takes part in or created. game_rooms has no "private" flag to test:
---                  a room's password is never stored in Postgres, and listing open rooms is
---                  the gateway's `list_rooms`.
+--                  listing open rooms is the gateway's `list_rooms`. A room's password is
+--                  never stored; its salted hash is, in roomcast_room_access (so a room Redis
+--                  lost comes back with it), which, like websocket_connections_archive, only
+--                  service_role may read.
 --   anon           nothing: no privileges at all
 --
 -- The coordinator writes as the tables' owner (Supabase's `postgres` connection string),
@@ -30,7 +32,8 @@ DECLARE
     t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['websocket_connections', 'game_rooms', 'room_participants', 'game_events',
-                             'device_sessions', 'roomcast_flush_state', 'roomcast_migrations'] LOOP
+                             'device_sessions', 'roomcast_flush_state', 'roomcast_migrations',
+                             'websocket_connections_archive', 'roomcast_room_access'] LOOP
         IF to_regclass(t) IS NOT NULL THEN
             EXECUTE format('REVOKE ALL ON TABLE %I FROM PUBLIC, anon, authenticated', t);
             EXECUTE format('GRANT ALL ON TABLE %I TO service_role', t);

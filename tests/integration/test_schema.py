@@ -27,7 +27,7 @@ import pytest
 
 from roomcast.migrate import LOCK_KEY, MigrationError, migrate, migrations
 from roomcast.settings import SPECS
-from tests.harness import ROOT, UNIT, PostgresServer, free_port, wait_for
+from tests.harness import ROOT, UNIT, PostgresServer, free_port, redis_server, wait_for
 
 # Every migration shipped, in order (0001 and 0002 create the schema; later ones amend it).
 VERSIONS = [m.version for m in migrations()]
@@ -317,6 +317,62 @@ async def test_migrated_schema_matches_the_requirements(db: Database, conn: asyn
         await conn.fetch(sql, *args)
 
 
+async def test_0004_gives_completed_games_closed_before_it_their_status_back(
+        db: Database, conn: asyncpg.Connection) -> None:
+    links = supabase_migrations()
+    v4 = next(i for i, link in enumerate(links) if link.name.endswith("_history_audit.sql"))
+    for path in links[:v4]:
+        psql_file(db, path)
+    now = "(now() AT TIME ZONE 'utc')"
+    # (room, status changes in order); every room was closed by the earlier code.
+    games = {"won": ["in_progress", "completed"], "replayed": ["completed", "in_progress"], "never": [],
+             "patched": ["completed"]}
+    for room_id, changes in games.items():
+        await conn.execute(f"""INSERT INTO game_rooms (room_id, created_at, updated_at, closed_at, game_type,
+                                   max_players, status) VALUES ($1, {now}, {now}, {now}, 'quiz', 4, 'closed')""",
+                           room_id)
+        for seq, status in enumerate(changes, start=1):
+            await conn.execute(f"""INSERT INTO game_events (room_id, event_type, "timestamp", payload, sequence_number)
+                                   VALUES ($1, 'state_change', {now}, $2::jsonb, $3)""",
+                               room_id, json.dumps({"status": status}), seq)
+    # A later state_change without a status (a game_data patch) does not hide the completion.
+    await conn.execute(f"""INSERT INTO game_events (room_id, event_type, "timestamp", payload, sequence_number)
+                           VALUES ('patched', 'state_change', {now}, '{{"patch": {{"x": 1}}}}', 2)""")
+    psql_file(db, links[v4])
+    rows = {r["room_id"]: r["status"] for r in await conn.fetch("SELECT room_id, status::text AS status FROM game_rooms")}
+    assert rows == {"won": "completed", "replayed": "closed", "never": "closed", "patched": "completed"}
+
+
+async def test_apply_connection_drops_refused_sockets_and_keeps_device_metadata(
+        db: Database, conn: asyncpg.Connection) -> None:
+    await migrate(db.dsn)
+    meta = json.dumps({"app": "quiz"})
+
+    async def apply(kind: str, socket: str, meta_json: str | None, reconnects: int | None,
+                    reason_status: str = "active") -> None:
+        await conn.execute("SELECT roomcast_apply_connection($1, $2, 'dev-1', NULL, now()::timestamp, $3, NULL, "
+                           "NULL, NULL, $4::jsonb, $5::int)", kind, socket, reason_status, meta_json, reconnects)
+
+    await apply("connect", "s1", meta, 0)
+    await apply("disconnect", "s1", None, None, "disconnected")
+    await apply("connect", "s2", "{}", 1)  # a hello without metadata
+    await apply("connect", "s3", None, 2)
+    await apply("refused", "s3", None, None, "disconnected")  # refused after its connect was written
+    await apply("refused", "s3", None, None, "disconnected")  # redelivered: nothing more
+    rows = {r["socket_id"]: r["reconnect_count"] for r in await conn.fetch(
+        "SELECT socket_id, reconnect_count FROM websocket_connections")}
+    assert rows == {"s1": 0, "s2": 1}
+    session = await conn.fetchrow("SELECT total_connections, total_reconnections, metadata::text AS metadata "
+                                  "FROM device_sessions WHERE device_id = 'dev-1'")
+    assert (session["total_connections"], session["total_reconnections"]) == (2, 1)
+    assert json.loads(session["metadata"]) == {"app": "quiz"}
+    # The 10-argument form (a coordinator not yet upgraded) follows the same rules.
+    await conn.execute("SELECT roomcast_apply_connection('connect', 's4', 'dev-1', NULL, now()::timestamp, "
+                       "'active', NULL, NULL, NULL, '{}'::jsonb)")
+    assert await conn.fetchval("SELECT reconnect_count FROM websocket_connections WHERE socket_id = 's4'") == 2
+    assert json.loads(await conn.fetchval("SELECT metadata::text FROM device_sessions")) == {"app": "quiz"}
+
+
 async def test_migrating_twice_applies_nothing_the_second_time(db: Database, conn: asyncpg.Connection) -> None:
     assert await migrate(db.dsn) == VERSIONS
     before = await schema_snapshot(conn)
@@ -430,7 +486,31 @@ async def test_supabase_migrations_apply_with_psql_and_match_coordinator_migrate
     # The optional policies also apply to a pushed schema (which has no roomcast_migrations table).
     await conn.execute(STUB_SUPABASE)
     psql_file(db, SUPABASE / "policies" / "roomcast_rls.sql", single_transaction=False)
-    assert await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND rowsecurity") == 6
+    assert await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND rowsecurity") >= 8
+    # Every table the migrations make is covered (the archive and the room password hashes too).
+    assert await conn.fetchval(
+        "SELECT array_agg(tablename::text) FROM pg_tables WHERE schemaname = 'public' AND NOT rowsecurity") is None
+
+
+def test_supabase_readme_repair_command_lists_every_migration() -> None:
+    """The `migration repair` command of supabase/README.md marks every file as applied."""
+    readme = (SUPABASE / "README.md").read_text()
+    commands = re.findall(r"supabase migration repair --status applied((?: \d{14})+)", readme)
+    assert len(commands) == 1, commands
+    assert commands[0].split() == [link.name[:14] for link in supabase_migrations()]
+
+
+async def test_coordinator_auto_migrate_on_a_pushed_schema_exits_1(db: Database) -> None:
+    """What supabase/README.md says: AUTO_MIGRATE on a `supabase db push` schema stops the
+    coordinator with status 1 (no retry loop)."""
+    for path in supabase_migrations():
+        psql_file(db, path)
+    with redis_server() as redis:
+        env = cli_env(db.dsn) | {"REDIS_URL": redis.url, "COORDINATOR_PORT": str(free_port()), "LOG_LEVEL": "INFO"}
+        out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "coordinator"], env=env, cwd=ROOT,
+                                      capture_output=True, text=True, timeout=60 * UNIT)
+    assert out.returncode == 1, (out.returncode, out.stderr[-2000:])
+    assert "migrations failed" in out.stderr
 
 
 # ---------------------------------------------------------------- row level security
@@ -545,6 +625,8 @@ async def test_rls_policies_restrict_supabase_roles(db: Database, conn: asyncpg.
         await denied(role, "UPDATE websocket_connections SET status = 'timeout'")
         await denied(role, "DELETE FROM game_events")
         await denied(role, "SELECT * FROM roomcast_flush_state")
+        await denied(role, "SELECT * FROM roomcast_room_access")  # password hashes: service_role only
+        await denied(role, "SELECT * FROM websocket_connections_archive")
         await denied(role, CALL_APPLY)
     await conn.execute("SET ROLE service_role")
     try:

@@ -355,8 +355,9 @@ async def check_game(db: Db, g: Game) -> None:
               FROM game_rooms WHERE room_id = $1""", g.room_id)
     assert len(rooms) == 1, rooms
     room = rooms[0]
+    # The game completed before the room closed: it stays `completed` (closed_at says it closed).
     assert (room["status"], room["game_type"], room["max_players"], room["current_players"]) == (
-        "closed", "quiz", 4, 0), room
+        "completed", "quiz", 4, 0), room
     assert orjson.loads(room["game_data"]) == g.game_data
     assert room["created_by"] == device_uuid(g.host)
     assert room["created_at"] == g.created["created_at"]
@@ -848,44 +849,61 @@ async def ticking(client: Client, room_id: str, every: float = 0.4) -> AsyncIter
 
 
 async def test_cleanup_closes_abandoned_rooms_only(cleanup: tuple[Cluster, Db]) -> None:
+    """Abandoned = no connected member and no event for ABANDONED_ROOM_AFTER: a quiet room
+    whose members are online stays open; once they are gone it closes."""
     c, db = cleanup
     gw, coord = c.gateways[0], c.coordinators[0]
     await history_ready(db, coord)
     idle, busy = unique("idle"), unique("busy")
     host_dev, member_dev = unique("ab-host"), unique("ab-member")
     before = cleanup_count(await scrape(coord.http), "abandoned_rooms")
-    async with Client.open(gw.url) as host, Client.open(gw.url) as member, Client.open(gw.url) as keeper:
-        await host.hello(host_dev)
-        assert (await host.request({"type": "create_room", "room_id": idle, "game_type": "g"}))["type"] == "room_created"
-        await member.hello(member_dev)
-        assert (await member.request({"type": "join", "room_id": idle}))["type"] == "joined"
+    async with Client.open(gw.url) as keeper:
         await keeper.hello(unique("ab-keeper"))
         assert (await keeper.request({"type": "create_room", "room_id": busy, "game_type": "g"}))["type"] == "room_created"
-        host.start_pinging(0.3)  # pings keep sockets alive, not rooms
-        member.start_pinging(0.3)
-        hw, mw = Watch(host, idle), Watch(member, idle)
         async with ticking(keeper, busy):
-            closed = await hw.until(lambda e: e["event_type"] == "room_closed", ABANDONED_MS / 1000 + 5 * UNIT)
-            assert (await mw.until(lambda e: e["event_type"] == "room_closed")) == closed
-            assert closed["payload"] == {"reason": "abandoned"} and closed["from"] is None
-            last_activity = hw.events[-2]["ts"]
-            assert closed["ts"] - last_activity >= ABANDONED_MS
+            async with Client.open(gw.url) as host, Client.open(gw.url) as member:
+                await host.hello(host_dev)
+                assert (await host.request({"type": "create_room", "room_id": idle, "game_type": "g"}))[
+                    "type"] == "room_created"
+                await member.hello(member_dev)
+                assert (await member.request({"type": "join", "room_id": idle}))["type"] == "joined"
+                host.start_pinging(0.3)  # online and pinging, but nobody sends an event
+                member.start_pinging(0.3)
+                hw = Watch(host, idle)
+                with pytest.raises(TimeoutError):
+                    await hw.until(lambda e: e["event_type"] == "room_closed", 2 * ABANDONED_MS / 1000)
+            # Both gone (disconnected, then pruned): the room closes ABANDONED_MS after its last event.
+
+            async def closed_idle() -> dict[str, Any]:
+                listed = await keeper.request({"type": "list_rooms", "game_type": "g", "status": "closed"})
+                return {x["room_id"]: x for x in listed["rooms"]}
+
+            deadline = time.monotonic() + ABANDONED_MS / 1000 + 10 * UNIT
+            while idle not in await closed_idle():
+                assert time.monotonic() < deadline, "the deserted room was not closed"
+                await asyncio.sleep(0.2)
             # The busy room, idle for no interval, is still open.
             listed = await keeper.request({"type": "list_rooms", "game_type": "g"})
             assert busy in [x["room_id"] for x in listed["rooms"]]
             assert idle not in [x["room_id"] for x in listed["rooms"]]
 
     async def check() -> None:
+        events = await db.fetch(f"SELECT event_type, payload, {ms('timestamp')} FROM game_events WHERE room_id = $1"
+                                " ORDER BY sequence_number", idle)
+        closed = events[-1]
+        assert closed["event_type"] == "room_closed" and orjson.loads(closed["payload"]) == {"reason": "abandoned"}
+        assert closed["timestamp"] - events[-2]["timestamp"] >= ABANDONED_MS, events
         rooms = {x["room_id"]: x for x in await db.fetch(
             f"SELECT room_id, status::text AS status, current_players, {ms('closed_at')} FROM game_rooms"
             " WHERE room_id = ANY($1::varchar[])", [idle, busy])}
         assert (rooms[idle]["status"], rooms[idle]["closed_at"], rooms[idle]["current_players"]) == (
-            "closed", closed["ts"], 0), rooms
+            "closed", closed["timestamp"], 0), rooms
         assert rooms[busy]["status"] == "waiting" and rooms[busy]["closed_at"] is None, rooms
         parts = await db.fetch(f"SELECT device_id, status::text AS status, {ms('left_at')} FROM room_participants"
                                " WHERE room_id = $1", idle)
-        assert sorted((p["device_id"], p["status"], p["left_at"]) for p in parts) == sorted(
-            [(host_dev, "left", closed["ts"]), (member_dev, "left", closed["ts"])]), parts
+        assert sorted((p["device_id"], p["status"]) for p in parts) == sorted(
+            [(host_dev, "left"), (member_dev, "left")]), parts
+        assert all(p["left_at"] <= closed["timestamp"] for p in parts), parts
 
     await eventually(check, what="the abandoned room closed in Postgres")
     after = cleanup_count(await scrape(coord.http), "abandoned_rooms")
@@ -925,32 +943,42 @@ async def test_cleanup_prunes_long_disconnected_participants(cleanup: tuple[Clus
         await host.drain()  # read what the ticker's acks left queued, so the close is quick
 
 
-async def test_cleanup_deletes_only_old_connection_rows(cleanup: tuple[Cluster, Db]) -> None:
+async def test_cleanup_archives_only_old_connection_rows(cleanup: tuple[Cluster, Db]) -> None:
+    """"Archive old connections (> 30 days)": rows older than CONNECTION_RETENTION_DAYS move,
+    unchanged, to websocket_connections_archive; recent ones stay where they are."""
     c, db = cleanup
     coord = c.coordinators[0]
     await history_ready(db, coord)
     tag = unique("ret")
-    insert = """INSERT INTO websocket_connections (socket_id, device_id, connected_at, disconnected_at, status)
-                VALUES ($1, $2, (now() AT TIME ZONE 'utc') - make_interval(days => $3),
+    insert = """INSERT INTO websocket_connections (socket_id, device_id, connected_at, disconnected_at, status,
+                                                   ip_address, metadata, reconnect_count)
+                VALUES ($1::varchar, $2, (now() AT TIME ZONE 'utc') - make_interval(days => $3),
                         (now() AT TIME ZONE 'utc') - make_interval(days => $3) + interval '1 hour',
-                        $4::connection_status)"""
+                        $4::connection_status, 'ip-' || $1::varchar, jsonb_build_object('s', $1::varchar), $3)"""
     rows = {f"{tag}-old-40": (40, "disconnected"), f"{tag}-old-31": (31, "timeout"),
             f"{tag}-new-29": (29, "disconnected"), f"{tag}-new-0": (0, "disconnected")}
     before = cleanup_count(await scrape(coord.http), "old_connections")
-    for socket_id, (days, status) in rows.items():
-        await db.execute(insert, socket_id, f"{tag}-dev", days, status)
+    originals: dict[str, dict[str, Any]] = {}
+    for socket_id, (days, status) in rows.items():  # the job may run at any moment: RETURNING
+        originals[socket_id] = (await db.fetch(insert + " RETURNING *", socket_id, f"{tag}-dev", days, status))[0]
 
-    async def sockets() -> list[str]:
-        return sorted(r["socket_id"] for r in await db.fetch(
-            "SELECT socket_id FROM websocket_connections WHERE device_id = $1", f"{tag}-dev"))
+    async def table(name: str) -> dict[str, dict[str, Any]]:
+        return {r["socket_id"]: r for r in await db.fetch(f"SELECT * FROM {name} WHERE device_id = $1",
+                                                          f"{tag}-dev")}
 
-    async def old_gone() -> None:
-        assert await sockets() == sorted([f"{tag}-new-29", f"{tag}-new-0"])
+    async def archived(old: list[str]) -> None:
+        assert sorted(await table("websocket_connections")) == sorted([f"{tag}-new-29", f"{tag}-new-0"])
+        moved = await table("websocket_connections_archive")
+        assert sorted(moved) == sorted(old)
+        for socket_id in old:  # every column as it was, id included
+            assert moved[socket_id] == originals[socket_id], (moved[socket_id], originals[socket_id])
 
-    await eventually(old_gone, 10 * UNIT, "old connection rows deleted")
-    # One more old row: once it is gone too, a later pass has run and still kept the recent ones.
-    await db.execute(insert, f"{tag}-old-35", f"{tag}-dev", 35, "disconnected")
-    await eventually(old_gone, 10 * UNIT, "a second retention pass")
+    await eventually(lambda: archived([f"{tag}-old-40", f"{tag}-old-31"]), 10 * UNIT, "old connection rows archived")
+    # One more old row: once it is archived too, a later pass has run and kept the recent ones.
+    originals[f"{tag}-old-35"] = (await db.fetch(insert + " RETURNING *", f"{tag}-old-35", f"{tag}-dev", 35,
+                                                 "disconnected"))[0]
+    await eventually(lambda: archived([f"{tag}-old-40", f"{tag}-old-31", f"{tag}-old-35"]), 10 * UNIT,
+                     "a second retention pass")
     after = cleanup_count(await scrape(coord.http), "old_connections")
     assert after >= before + 3
 

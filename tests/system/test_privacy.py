@@ -139,6 +139,11 @@ async def test_nothing_sensitive_in_clear_and_forget_device_leaves_no_trace(pg: 
         pg.psql(db, "UPDATE device_sessions SET last_seen = last_seen - interval '400 days'")
         await wait_rows(pg, db, "SELECT count(*) FROM websocket_connections WHERE ip_address IS NOT NULL "
                         "OR user_agent IS NOT NULL OR metadata IS NOT NULL", 0)
+        # Rows that old are archived (> CONNECTION_RETENTION_DAYS), and stripped there too.
+        await wait_rows(pg, db, "SELECT count(*) FROM websocket_connections", 0)
+        assert int(pg.psql(db, "SELECT count(*) FROM websocket_connections_archive")) >= 1
+        await wait_rows(pg, db, "SELECT count(*) FROM websocket_connections_archive WHERE ip_address IS NOT NULL "
+                        "OR user_agent IS NOT NULL OR metadata IS NOT NULL", 0)
         await wait_rows(pg, db, "SELECT count(*) FROM device_sessions WHERE browser_fingerprint IS NOT NULL", 0)
 
 

@@ -1,0 +1,1 @@
+../../roomcast/migrations/0004_history_audit.sql
