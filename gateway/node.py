@@ -20,7 +20,7 @@ from typing import Any
 from roomcast import protocol as p
 from roomcast.errors import CloseCode, ErrorCode, GatewayError, ProtocolError
 from roomcast.limiter import Limiter, MemoryLimiter
-from roomcast.privacy import Privacy
+from roomcast.privacy import MetadataTooLarge, Privacy
 from roomcast.room import new_join_code
 from roomcast.settings import Settings
 from roomcast.store import Bus, Caller, ConnectionInfo, NewRoom, Presence, RoomStore
@@ -256,7 +256,11 @@ class Node:
             return
         caller = Caller(session.socket_id, device_id, user_id)
         # Reduce what we keep about the connection before it leaves this process.
-        info = self.privacy.apply(ConnectionInfo(session.ip, session.user_agent, msg.fingerprint, msg.metadata))
+        try:
+            info = self.privacy.apply(ConnectionInfo(session.ip, session.user_agent, msg.fingerprint, msg.metadata),
+                                      s.max_metadata_entries, s.max_metadata_bytes)
+        except MetadataTooLarge as exc:
+            raise GatewayError(ErrorCode.BAD_REQUEST, str(exc)) from None
         # Take the device's slot before awaiting the store, so two hellos racing on this
         # replica cannot both pass the per-device limit.
         self.device_sockets[device_id] = self.device_sockets.get(device_id, 0) + 1

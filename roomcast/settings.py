@@ -192,6 +192,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("max_rooms_per_device", "MAX_ROOMS_PER_DEVICE", _int(1, 100_000), 50, "Rooms one device may be a participant of at once.", None),
     Spec("max_participants_per_room", "MAX_PARTICIPANTS_PER_ROOM", _int(1, 1_000_000), 1000, "Participants (players, host and spectators) one room may hold.", None),
     Spec("max_payload_depth", "MAX_PAYLOAD_DEPTH", _int(1, 256), 16, "Deepest nesting of objects/arrays accepted in payload, game_data, patch and metadata.", None),
+    Spec("max_metadata_entries", "MAX_METADATA_ENTRIES", _int(1, 10_000), 64, "Most entries in hello.metadata (every key, value and array element counts one); beyond: `bad_request`.", None),
+    Spec("max_metadata_bytes", "MAX_METADATA_BYTES", _int(64, 1_048_576), 4096, "Largest hello.metadata as stored (JSON after each value became its 51-character keyed hash); beyond: `bad_request`.", None),
     Spec("privacy_hash_key", "PRIVACY_HASH_KEY", _opt_str, None, "Key for keyed hashes of fingerprints, device info and (IP_STORAGE=hash) addresses. Unset: a random key per process.", None),
     Spec("privacy_encryption_keys", "PRIVACY_ENCRYPTION_KEYS", _csv, (), "AES-256-GCM keys for user agents at rest: 'kid:base64key,...', first encrypts, all decrypt (rotation).", None),
     Spec("ip_storage", "IP_STORAGE", _choice("truncate", "hash", "full", "none"), "truncate", "How client addresses are stored: truncate (/24, /48), hash, full or none.", None),
@@ -261,6 +263,8 @@ class Settings:
     max_rooms_per_device: int = 50
     max_participants_per_room: int = 1000
     max_payload_depth: int = 16
+    max_metadata_entries: int = 64
+    max_metadata_bytes: int = 4096
     privacy_hash_key: str | None = None
     privacy_encryption_keys: tuple[str, ...] = ()
     ip_storage: str = "truncate"

@@ -133,6 +133,10 @@ class RedisStore:
             self.b.call(cmd("sadd", keys.FLUSH_DIRTY, room_id))
 
     def _lifecycle(self, fields: dict[str, Any]) -> None:
+        # Only the history flusher reads the lifecycle stream: without Postgres nothing
+        # would ever consume (or trim) it, so nothing is written.
+        if not self.history_mode:
+            return
         self.b.call(cmd("xadd", LIFECYCLE, fields, maxlen=self.lifecycle_maxlen, approximate=True))
 
     # ------------------------------------------------------------ connections

@@ -149,6 +149,8 @@ PARSED: list[tuple[str, str, str, Any]] = [
     ("MAX_ROOMS_PER_DEVICE", "3", "max_rooms_per_device", 3),
     ("MAX_PARTICIPANTS_PER_ROOM", "10", "max_participants_per_room", 10),
     ("MAX_PAYLOAD_DEPTH", "4", "max_payload_depth", 4),
+    ("MAX_METADATA_ENTRIES", "10", "max_metadata_entries", 10),
+    ("MAX_METADATA_BYTES", "1000", "max_metadata_bytes", 1000),
     ("PRIVACY_HASH_KEY", "pepper", "privacy_hash_key", "pepper"),
     ("PRIVACY_ENCRYPTION_KEYS", "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "privacy_encryption_keys",
      ("k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",)),
