@@ -16,6 +16,7 @@ import asyncpg
 from roomcast import keys
 from roomcast.bus_memory import MemoryBus
 from roomcast.bus_redis import RedisBus
+from roomcast.device_tokens import PostgresTokenHistory
 from roomcast.erasure import strip_old_personal_data
 from roomcast.errors import GatewayError
 from roomcast.flusher import Flusher, FlusherMetrics
@@ -75,6 +76,8 @@ class EmbeddedHistory:
         assert s.database_url is not None
         self.pool = await asyncpg.create_pool(s.database_url, min_size=0, max_size=4)
         self.node.history = HistoryReader(self.pool).events
+        if self.node.device_tokens is not None:
+            self.node.device_tokens.history = PostgresTokenHistory(self.pool)
         self.source = MemoryHistorySource(self.store)
         self.flusher = Flusher(self.source, PostgresWriter(self.pool), self.flush_metrics,
                                batch_rows=s.history_batch_rows, interval=s.history_flush_ms / 1000)
@@ -266,6 +269,8 @@ class RedisLink:
             # Only for replaying old ranges; the coordinator writes history.
             pool = self.pool = await asyncpg.create_pool(self.settings.database_url, min_size=0, max_size=4)
             self.node.history = HistoryReader(pool).events
+            if self.node.device_tokens is not None:
+                self.node.device_tokens.history = PostgresTokenHistory(pool)
 
             async def lookup(room_id: str) -> StoredRoom | None:
                 return await stored_room(pool, room_id)

@@ -8,16 +8,15 @@ write frames, the server shell feeds it messages.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from roomcast import protocol as p
+from roomcast.device_tokens import DeviceTokens
 from roomcast.errors import CloseCode, ErrorCode, GatewayError, ProtocolError
 from roomcast.limiter import Limiter, MemoryLimiter
 from roomcast.privacy import MetadataTooLarge, Privacy
@@ -51,6 +50,9 @@ class Node:
         # hello.token checks; key files are read here, once (None: every token is refused).
         self.verifier = auth.Verifier.from_settings(settings)
         self.limiter: Limiter = limiter or MemoryLimiter()
+        # Device tokens (DEVICE_TOKEN_SECRET): the backend sets `history` when Postgres is on.
+        self.device_tokens = None if settings.device_token_secret is None else DeviceTokens(
+            store, settings.device_token_secret, settings.require_device_token, settings.device_token_ttl_ms)
         self.privacy = Privacy(settings.privacy_hash_key, settings.privacy_encryption_keys, settings.ip_storage,
                                settings.user_agent_storage)
         self.store = store
@@ -169,13 +171,6 @@ class Node:
         rate = s.connect_rate_per_address
         return not await self.limited("connect_address", session.ip, rate, max(1, int(rate * 5)))
 
-    def device_token(self, device_id: str) -> str | None:
-        secret = self.settings.device_token_secret
-        if secret is None:
-            return None
-        mac = hmac.new(secret.encode(), b"roomcast-device:" + device_id.encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(mac[:24]).decode()
-
     def _release_device(self, device_id: str) -> None:
         left = self.device_sockets.get(device_id, 1) - 1
         if left > 0:
@@ -239,14 +234,11 @@ class Node:
         elif s.require_auth:
             raise GatewayError(ErrorCode.UNAUTHORIZED, "a token is required")
         device_id = msg.device_id
-        expected = self.device_token(device_id)
-        if s.require_device_token and expected is not None:
-            presented = msg.device_token
-            if presented is None:
-                if await self.store.device_known(device_id):
-                    raise GatewayError(ErrorCode.UNAUTHORIZED, "this device id is known: present its device_token")
-            elif not hmac.compare_digest(presented, expected):
-                raise GatewayError(ErrorCode.UNAUTHORIZED, "device_token does not match this device id")
+        issued = None  # a new device token for welcome (first issue or rotation)
+        if self.device_tokens is not None:
+            issued = await self.device_tokens.check(device_id, msg.device_token, msg.rotate_token)
+        elif msg.rotate_token:
+            raise GatewayError(ErrorCode.BAD_REQUEST, "this gateway issues no device tokens")
         if self.device_sockets.get(device_id, 0) >= s.max_connections_per_device:
             self.metrics.rate_limited.labels("connections_per_device").inc()
             session.close(CloseCode.RATE_LIMITED, "too many connections for this device")
@@ -291,7 +283,7 @@ class Node:
             "heartbeat_timeout_ms": s.heartbeat_timeout_ms,
             "node": s.node_id,
             "rooms": [r.wire() for r in result.rooms],
-            **({"device_token": expected} if expected is not None else {}),
+            **({"device_token": issued} if issued is not None else {}),
         })
 
     async def _ping(self, session: Session, msg: p.Ping) -> None:

@@ -65,6 +65,11 @@ def device_rooms(device_id: str) -> str:
     return f"ws:connections:{{{device_id}}}:rooms"
 
 
+def device_token(device_id: str) -> str:
+    """String with a TTL (DEVICE_TOKEN_TTL): the hash of the device's token (never the token)."""
+    return f"ws:connections:{{{device_id}}}:token"
+
+
 def socket(socket_id: str) -> str:
     """String: the socket's device_id."""
     return f"ws:socket:{socket_id}"

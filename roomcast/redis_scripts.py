@@ -269,3 +269,13 @@ redis.call('HSET', KEYS[1], 'room_id', ARGV[1], 'game_type', ARGV[2], 'status', 
 for i = 13, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 return {'ok', 1}
 """
+
+# A device token's hash (keys.device_token), set (new '' = deleted) only if the key holds
+# `old` ('' = absent), so of two hellos racing for a new device id (or two rotations)
+# exactly one wins. KEYS[1] token key; ARGV: new_hash('') old_hash('') ttl_ms
+DEVICE_TOKEN_SET = r"""
+local cur = redis.call('GET', KEYS[1])
+if (ARGV[2] == '' and cur) or (ARGV[2] ~= '' and cur ~= ARGV[2]) then return 0 end
+if ARGV[1] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) end
+return 1
+"""

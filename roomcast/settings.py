@@ -180,8 +180,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("lease_ttl_ms", "COORDINATOR_LEASE_TTL", _int(500, 600_000, MS), 5000, "Coordinator leader lease; a standby takes over within about this long.", None),
     Spec("reaper_interval_ms", "REAPER_INTERVAL", _int(50, 600_000, MS), 1000, "How often the coordinator looks for timed-out sockets and participants to prune.", None),
     # -- security and abuse resistance (docs/security.md)
-    Spec("device_token_secret", "DEVICE_TOKEN_SECRET", _opt_str, None, "HMAC key for device tokens: welcome.device_token proves a device id belongs to its holder.", None),
+    Spec("device_token_secret", "DEVICE_TOKEN_SECRET", _opt_str, None, "Turns device tokens on: welcome.device_token (random, given once to a new device id) proves the id belongs to its holder; the key of the stored token hashes.", None),
     Spec("require_device_token", "REQUIRE_DEVICE_TOKEN", _bool, False, "A known device must present its device_token in hello (stops device-id takeover). Needs DEVICE_TOKEN_SECRET.", None),
+    Spec("device_token_ttl_ms", "DEVICE_TOKEN_TTL", _int(60_000, 3650 * 86_400_000, MS), 2_592_000_000, "How long a device token's hash is kept in Redis (or memory) after its last use (30 days); with Postgres it is also kept there, for good.", None),
     Spec("trusted_proxies", "TRUSTED_PROXIES", _csv, (), "Comma-separated proxy addresses/CIDRs whose X-Forwarded-For is believed for the client address.", None),
     Spec("connect_rate_per_address", "CONNECT_RATE_PER_ADDRESS", _float(0.01, 1_000_000), 20.0, "New sockets per second per client address, cluster-wide (burst 5x); beyond: close 4008.", None),
     Spec("connect_rate_per_device", "CONNECT_RATE_PER_DEVICE", _float(0.01, 1_000_000), 2.0, "Hellos per second per device, cluster-wide (burst 10); beyond: close 4008.", None),
@@ -253,6 +254,7 @@ class Settings:
     reaper_interval_ms: int = 1000
     device_token_secret: str | None = None
     require_device_token: bool = False
+    device_token_ttl_ms: int = 2_592_000_000
     trusted_proxies: tuple[str, ...] = ()
     connect_rate_per_address: float = 20.0
     connect_rate_per_device: float = 2.0

@@ -124,6 +124,20 @@ class RoomStore(Protocol):
         """Whether the device has a connection record or rooms (for device-token checks)."""
         ...
 
+    async def device_token_hash(self, device_id: str) -> str | None:
+        """The hash of the device's token (DEVICE_TOKEN_TTL after its last use), if any."""
+        ...
+
+    async def set_device_token_hash(self, device_id: str, new: str | None, old: str | None, ttl_ms: int) -> bool:
+        """Store `new` as the device's token hash (None: remove it) if the current one is
+        `old` (None: there is none); False, changing nothing, otherwise. Atomic across
+        the cluster."""
+        ...
+
+    async def touch_device_token(self, device_id: str, ttl_ms: int) -> None:
+        """The token was used: keep its hash `ttl_ms` longer."""
+        ...
+
     async def password_hash(self, room_id: str) -> str | None:
         """The stored password hash of a room, or None if it has none (or does not exist)."""
         ...

@@ -6,6 +6,7 @@ which is the same contract the Redis scripts give a cluster.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,10 @@ from .room import (
     participant_tail,
 )
 from .store import Caller, ConnectionInfo, ConnectResult, DeviceRoom, JoinResult, NewRoom, fail
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 @dataclass(slots=True)
@@ -84,6 +89,7 @@ class MemoryStore:
         self.devices: dict[str, DeviceRecord] = {}
         self.sockets: dict[str, SocketRecord] = {}
         self.disconnected_since: dict[tuple[str, str], int] = {}  # (room, device) -> ms
+        self.device_tokens: dict[str, tuple[str, int]] = {}  # device -> (token hash, expires at ms)
 
     # ------------------------------------------------------------ events
 
@@ -320,6 +326,32 @@ class MemoryStore:
     async def device_known(self, device_id: str) -> bool:
         return device_id in self.devices
 
+    def _token(self, device_id: str) -> tuple[str, int] | None:
+        entry = self.device_tokens.get(device_id)
+        if entry is not None and entry[1] <= _now_ms():
+            del self.device_tokens[device_id]
+            return None
+        return entry
+
+    async def device_token_hash(self, device_id: str) -> str | None:
+        entry = self._token(device_id)
+        return None if entry is None else entry[0]
+
+    async def set_device_token_hash(self, device_id: str, new: str | None, old: str | None, ttl_ms: int) -> bool:
+        entry = self._token(device_id)
+        if (entry is None) != (old is None) or (entry is not None and entry[0] != old):
+            return False
+        if new is None:
+            self.device_tokens.pop(device_id, None)
+        else:
+            self.device_tokens[device_id] = (new, _now_ms() + ttl_ms)
+        return True
+
+    async def touch_device_token(self, device_id: str, ttl_ms: int) -> None:
+        entry = self._token(device_id)
+        if entry is not None:
+            self.device_tokens[device_id] = (entry[0], _now_ms() + ttl_ms)
+
     async def update_room(
         self, caller: Caller, room_id: str, status: str | None, patch: dict[str, Any] | None, now_ms: int
     ) -> int:
@@ -404,6 +436,9 @@ class MemoryStore:
         for sid, sock in list(self.sockets.items()):
             if sock.ended_at is not None and now_ms - sock.ended_at >= self.connection_ttl_ms:
                 del self.sockets[sid]
+        for device_id, (_, expires) in list(self.device_tokens.items()):
+            if expires <= now_ms:
+                del self.device_tokens[device_id]
         for device_id, dev in list(self.devices.items()):
             if not dev.sockets and not dev.rooms and now_ms - dev.last_disconnect_ms >= self.connection_ttl_ms:
                 del self.devices[device_id]

@@ -120,6 +120,7 @@ class RedisStore:
         self.s_disconnect = batcher.register(lua.DISCONNECT)
         self.s_close_idle = batcher.register(lua.CLOSE_IDLE)
         self.s_restore = batcher.register(lua.RESTORE)
+        self.s_device_token = batcher.register(lua.DEVICE_TOKEN_SET)
         # Looks a room up in Postgres (history mode): restore on join, conflict on create.
         self.stored_room: Callable[[str], Awaitable[StoredRoom | None]] | None = None
 
@@ -308,6 +309,17 @@ class RedisStore:
         conn = self.b.call(cmd("exists", keys.connection(device_id)))
         rooms = self.b.call(cmd("scard", keys.device_rooms(device_id)))
         return bool(int(await conn)) or bool(int(await rooms))
+
+    async def device_token_hash(self, device_id: str) -> str | None:
+        value = await self.b.call(cmd("get", keys.device_token(device_id)))
+        return None if value is None else _s(value)
+
+    async def set_device_token_hash(self, device_id: str, new: str | None, old: str | None, ttl_ms: int) -> bool:
+        return bool(int(await self.b.eval(self.s_device_token, [keys.device_token(device_id)],
+                                          [new or "", old or "", ttl_ms])))
+
+    async def touch_device_token(self, device_id: str, ttl_ms: int) -> None:
+        await self.b.call(cmd("pexpire", keys.device_token(device_id), ttl_ms))
 
     async def password_hash(self, room_id: str) -> str | None:
         value = await self.b.call(lambda p: p.hget(keys.room(room_id), "password_hash"))

@@ -30,7 +30,8 @@ DECLARE
     t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['websocket_connections', 'game_rooms', 'room_participants', 'game_events',
-                             'device_sessions', 'roomcast_flush_state', 'roomcast_migrations'] LOOP
+                             'device_sessions', 'roomcast_flush_state', 'roomcast_migrations',
+                             'roomcast_device_tokens'] LOOP
         IF to_regclass(t) IS NOT NULL THEN
             EXECUTE format('REVOKE ALL ON TABLE %I FROM PUBLIC, anon, authenticated', t);
             EXECUTE format('GRANT ALL ON TABLE %I TO service_role', t);

@@ -139,6 +139,7 @@ PARSED: list[tuple[str, str, str, Any]] = [
     ("CLEANUP_INTERVAL", "5000", "cleanup_interval_ms", 5000),
     ("DEVICE_TOKEN_SECRET", "k", "device_token_secret", "k"),
     ("REQUIRE_DEVICE_TOKEN", "false", "require_device_token", False),
+    ("DEVICE_TOKEN_TTL", "86400000", "device_token_ttl_ms", 86_400_000),
     ("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1", "trusted_proxies", ("10.0.0.0/8", "127.0.0.1")),
     ("CONNECT_RATE_PER_ADDRESS", "5", "connect_rate_per_address", 5.0),
     ("CONNECT_RATE_PER_DEVICE", "1.5", "connect_rate_per_device", 1.5),
