@@ -134,6 +134,9 @@ def memory_node(settings: Settings, metrics: Metrics) -> Node:
         max_game_data_bytes=settings.max_game_data_bytes,
         history_mode=settings.database_url is not None,
         max_participants=settings.max_participants_per_room,
+        history_bytes=settings.room_history_bytes,
+        history_bytes_total=settings.history_bytes_total,
+        max_rooms=settings.max_rooms,
     )
 
     def room_counts() -> None:
@@ -177,6 +180,8 @@ class RedisLink:
             max_game_data_bytes=settings.max_game_data_bytes,
             history_mode=settings.database_url is not None,
             max_participants=settings.max_participants_per_room,
+            history_bytes=settings.room_history_bytes,
+            max_rooms=settings.max_rooms,
         )
         self.presence = RedisPresence(self.batcher)
         self.bus = RedisBus(

@@ -22,7 +22,7 @@ from roomcast.limiter import Limiter, MemoryLimiter
 from roomcast.privacy import MetadataTooLarge, Privacy
 from roomcast.room import new_join_code
 from roomcast.settings import Settings
-from roomcast.store import Bus, Caller, ConnectionInfo, NewRoom, Presence, RoomStore
+from roomcast.store import Bus, Caller, ConnectionInfo, NewRoom, Presence, RoomOwner, RoomStore
 
 from . import auth, passwords
 from .hub import Hub
@@ -308,6 +308,11 @@ class Node:
         if wait:
             raise GatewayError(ErrorCode.RATE_LIMITED, "creating rooms too fast", retry_after_ms=wait)
         await self._check_device_rooms(caller.device_id)
+        # Rooms that still exist, per client address and per user (anonymous: per device).
+        owners: tuple[RoomOwner, ...] = (RoomOwner(self._bucket("rooms_user", caller.user_id or "device:" + caller.device_id),
+                            s.max_rooms_per_user, "user" if caller.user_id else "device"),)
+        if session.ip is not None:
+            owners += (RoomOwner(self._bucket("rooms_address", session.ip), s.max_rooms_per_address, "address"),)
         pw_hash = None
         if msg.password is not None:
             pw_hash = await passwords.hash_async(msg.password)
@@ -315,7 +320,8 @@ class Node:
         for attempt in range(attempts):
             room_id = msg.room_id or new_join_code()
             new = NewRoom(room_id, msg.game_type, msg.max_players or self.settings.default_max_players,
-                          msg.game_data or {}, pw_hash, msg.spectators_can_send, generated=msg.room_id is None)
+                          msg.game_data or {}, pw_hash, msg.spectators_can_send, generated=msg.room_id is None,
+                          owners=owners)
             # Join the hub first so the host receives its own participant_joined (seq 1).
             await self.hub.begin_join(room_id, session)
             try:

@@ -18,6 +18,12 @@ FLUSH_DIRTY = "ws:flush:dirty"  # set: rooms with events not yet persisted
 FLUSH_CURSOR = "ws:flush:cursor"  # hash: room_id -> last seq persisted to Postgres
 DEADLETTER = "ws:deadletter"  # stream: history units that could not be written
 FLUSH_GROUP = "flusher"
+ROOMS_ALIVE = "ws:rooms:alive"  # zset: room_id -> when its state expires (ms; +inf while open), for MAX_ROOMS
+
+
+def owned(owner_key: str) -> str:
+    """Zset: room ids created by one owner (RoomOwner.key: an address or user hash) -> created at."""
+    return f"ws:owned:{owner_key}"
 
 
 def room(room_id: str) -> str:

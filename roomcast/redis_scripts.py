@@ -1,7 +1,7 @@
 """Lua scripts: each room operation is one atomic step on the room's keys (one hash slot).
 
 `emit` gives the next seq, appends the frame to the room's stream (entry id `<seq>-0`,
-approximate MAXLEN) and publishes it to the room's channel in the same step, so replay
+trimmed exactly to ROOM_HISTORY_MAXLEN events and ROOM_HISTORY_MAX_BYTES bytes) and publishes it to the room's channel in the same step, so replay
 and live delivery always agree (design invariant 2). Frames are built by concatenation:
 `{"type":"event","room_id":R,"seq":N,` + tail, where the tail is either made by the
 gateway (`protocol.event_tail`) or, for participant events, by `ptail` below, which must
@@ -26,10 +26,21 @@ local function emit(room_id, tail, now, maxlen)
   local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   redis.call('HSET', KEYS[1], 'updated_at', now)
   local frame = '{"type":"event","room_id":"' .. room_id .. '","seq":' .. seq .. ',' .. tail
-  if maxlen == '0' then  -- history mode: the flusher trims what Postgres holds
-    redis.call('XADD', KEYS[4], seq .. '-0', 'f', frame)
-  else
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, seq .. '-0', 'f', frame)
+  redis.call('XADD', KEYS[4], seq .. '-0', 'f', frame)
+  if maxlen ~= '0' then  -- '0': history mode, the flusher trims what Postgres holds
+    -- maxlen is "<events>:<bytes>" (or "<events>"): drop the oldest entries, exactly, until
+    -- both hold; the newest is always kept. `hbytes` is the frames' total in the stream.
+    local most, most_bytes = string.match(maxlen, '^(%d+):(%d+)$')
+    most, most_bytes = tonumber(most or maxlen), tonumber(most_bytes or '0')
+    local kept = redis.call('HINCRBY', KEYS[1], 'hbytes', #frame)
+    local n = redis.call('XLEN', KEYS[4])
+    while n > 1 and (n > most or (most_bytes > 0 and kept > most_bytes)) do
+      local old = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)[1]
+      redis.call('XDEL', KEYS[4], old[1])
+      kept = redis.call('HINCRBY', KEYS[1], 'hbytes', -#old[2][2])
+      n = n - 1
+    end
+    if n == 1 then redis.call('HSET', KEYS[1], 'hbytes', #frame) end  -- resync after any drift
   end
   redis.call('PUBLISH', 'ws:room:{' .. room_id .. '}:events', frame)
   return seq

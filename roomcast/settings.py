@@ -152,6 +152,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("max_connections_per_device", "MAX_CONNECTIONS_PER_DEVICE", _int(1, 10_000), 8, "Open sockets per device_id; beyond it the new socket is closed with 4008.", None),
     Spec("max_rooms_per_connection", "MAX_ROOMS_PER_CONNECTION", _int(1, 10_000), 100, "Rooms one socket may be in at once.", None),
     Spec("room_history", "ROOM_HISTORY_MAXLEN", _int(10, 10_000_000), 1000, "Events kept per room for `join` with `since` (Redis Stream MAXLEN in cluster mode).", None),
+    Spec("room_history_bytes", "ROOM_HISTORY_MAX_BYTES", _int(65_536, 1 << 30), 131_072, "Bytes of event frames kept per room for `join` with `since` (the oldest go first; the newest event is always kept). Without Postgres; with it the flusher trims what Postgres holds.", None),
+    Spec("history_bytes_total", "HISTORY_MAX_BYTES_TOTAL", _int(1_048_576, 1 << 40), 134_217_728, "Embedded gateway: bytes of kept history over all rooms (frames + 128 per event); beyond, the oldest events of any room go first. (Cluster: ROOM_HISTORY_MAX_BYTES x MAX_ROOMS.)", None),
+    Spec("max_rooms", "MAX_ROOMS", _int(1, 10_000_000), 10_000, "Rooms that may exist at once (open, or closed and kept for WEBSOCKET_ROOM_TTL): per embedded gateway, per Redis in cluster mode. Beyond: `unavailable`.", None),
     Spec("max_game_data_bytes", "MAX_GAME_DATA_BYTES", _int(2, 1_048_576), 32_768, "Largest encoded game_data a room may hold (after a patch too).", None),
     Spec("default_max_players", "DEFAULT_MAX_PLAYERS", _int(1, 10_000), 16, "max_players of a room created without one.", None),
     Spec("participant_prune_ms", "PARTICIPANT_PRUNE_AFTER", _int(1000, 30 * 86_400_000, MS), 300_000, "A disconnected participant is removed (`participant_left`, reason `pruned`) after this.", None),
@@ -191,6 +194,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("password_fail_rate", "PASSWORD_FAIL_RATE", _float(0.001, 1000), 0.1, "Wrong room passwords allowed per second per device (burst 5); then `rate_limited`.", None),
     Spec("room_password_fail_rate", "ROOM_PASSWORD_FAIL_RATE", _float(0.001, 1000), 0.5, "Wrong passwords per second per room from all devices (burst 20); then `rate_limited`.", None),
     Spec("max_rooms_per_device", "MAX_ROOMS_PER_DEVICE", _int(1, 100_000), 50, "Rooms one device may be a participant of at once.", None),
+    Spec("max_rooms_per_address", "MAX_ROOMS_PER_ADDRESS", _int(1, 1_000_000), 100, "Rooms created from one client address that still exist (open, or closed and kept), cluster-wide. Beyond: `forbidden`.", None),
+    Spec("max_rooms_per_user", "MAX_ROOMS_PER_USER", _int(1, 1_000_000), 100, "Rooms created by one user (token `sub`; anonymous: its device) that still exist, cluster-wide. Beyond: `forbidden`.", None),
     Spec("max_participants_per_room", "MAX_PARTICIPANTS_PER_ROOM", _int(1, 1_000_000), 1000, "Participants (players, host and spectators) one room may hold.", None),
     Spec("max_payload_depth", "MAX_PAYLOAD_DEPTH", _int(1, 256), 16, "Deepest nesting of objects/arrays accepted in payload, game_data, patch and metadata.", None),
     Spec("max_metadata_entries", "MAX_METADATA_ENTRIES", _int(1, 10_000), 64, "Most entries in hello.metadata (every key, value and array element counts one); beyond: `bad_request`.", None),
@@ -225,6 +230,9 @@ class Settings:
     max_connections_per_device: int = 8
     max_rooms_per_connection: int = 100
     room_history: int = 1000
+    room_history_bytes: int = 131_072
+    history_bytes_total: int = 134_217_728
+    max_rooms: int = 10_000
     max_game_data_bytes: int = 32_768
     default_max_players: int = 16
     participant_prune_ms: int = 300_000
@@ -263,6 +271,8 @@ class Settings:
     password_fail_rate: float = 0.1
     room_password_fail_rate: float = 0.5
     max_rooms_per_device: int = 50
+    max_rooms_per_address: int = 100
+    max_rooms_per_user: int = 100
     max_participants_per_room: int = 1000
     max_payload_depth: int = 16
     max_metadata_entries: int = 64

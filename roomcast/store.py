@@ -72,6 +72,16 @@ class JoinResult:
 
 
 @dataclass(frozen=True, slots=True)
+class RoomOwner:
+    """Who a new room counts against (MAX_ROOMS_PER_ADDRESS, MAX_ROOMS_PER_USER): `key` names
+    the owner (a hash, never a raw address), `what` says which limit for the message."""
+
+    key: str
+    limit: int
+    what: str
+
+
+@dataclass(frozen=True, slots=True)
 class NewRoom:
     room_id: str
     game_type: str
@@ -80,6 +90,7 @@ class NewRoom:
     password_hash: str | None
     spectators_can_send: bool = False
     generated: bool = False  # the server drew this id (a join code), the client did not choose it
+    owners: tuple[RoomOwner, ...] = ()  # each may hold at most `limit` rooms that still exist
 
 
 def fail(code: ErrorCode, message: str) -> GatewayError:
@@ -112,7 +123,9 @@ class RoomStore(Protocol):
         ...
 
     async def create_room(self, caller: Caller, room: NewRoom, now_ms: int) -> JoinResult:
-        """Create a room with the caller as `host`; `conflict` if the id exists."""
+        """Create a room with the caller as `host`; `conflict` if the id exists, `forbidden`
+        if an owner already has its limit of rooms that still exist, `unavailable` when
+        MAX_ROOMS rooms exist."""
         ...
 
     async def device_room_count(self, device_id: str, other_than: str | None = None) -> int:

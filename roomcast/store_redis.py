@@ -29,6 +29,9 @@ from .store import Caller, ConnectionInfo, ConnectResult, DeviceRoom, JoinResult
 LIFECYCLE = keys.LIFECYCLE
 log = logging.getLogger("roomcast.store")
 _ERRORS = {c.value: c for c in ErrorCode}
+# A room owner's index (keys.owned) outlives its last room creation by this much; rooms it
+# lists that no longer exist are dropped from it when the owner reaches its limit.
+OWNED_TTL_MS = 7 * 86_400_000
 
 
 def _s(value: Any) -> str:
@@ -100,14 +103,22 @@ class RedisStore:
         lifecycle_maxlen: int = 1_000_000,
         history_mode: bool = False,
         max_participants: int = 1000,
+        history_bytes: int = 131_072,
+        max_rooms: int = 10_000,
+        closed_room_ttl_ms: int | None = None,
     ) -> None:
         self.b = batcher
         self.max_participants = max_participants
         # In history mode (Postgres configured) streams are not trimmed and closed rooms
         # not expired here: the flusher does both once the rows are in Postgres.
         self.history_mode = history_mode
-        self.history = 0 if history_mode else history
+        # emit's trim bound, "<events>:<bytes>" ('0': do not trim, history mode).
+        self.history = "0" if history_mode else f"{history}:{history_bytes}"
         self.room_ttl_ms = 0 if history_mode else room_ttl_ms
+        self.max_rooms = max_rooms
+        # How long a closed room still counts against MAX_ROOMS (its state is kept that long;
+        # in history mode the flusher expires it once persisted, WEBSOCKET_ROOM_TTL later).
+        self.closed_room_ttl_ms = room_ttl_ms if closed_room_ttl_ms is None else closed_room_ttl_ms
         self.connection_ttl_ms = connection_ttl_ms
         self.max_game_data_bytes = max_game_data_bytes
         self.lifecycle_maxlen = lifecycle_maxlen
@@ -249,6 +260,50 @@ class RedisStore:
                 raise fail(ErrorCode.CONFLICT, f"room {room.room_id!r} already exists (in history)")
         data = orjson.dumps(room.game_data)
         self._check_game_data(data)
+        reserved = await self._reserve(room, now_ms)
+        try:
+            reply = await self._create(caller, room, data, now_ms)
+        except BaseException:
+            if reserved:
+                await self.b.call(cmd("zrem", keys.ROOMS_ALIVE, room.room_id))
+            raise
+        b = self.b
+        for owner in room.owners:
+            b.call(cmd("zadd", keys.owned(owner.key), {room.room_id: now_ms}))
+            b.call(cmd("pexpire", keys.owned(owner.key), OWNED_TTL_MS))
+        b.call(lambda p: p.sadd(keys.device_rooms(caller.device_id), room.room_id))
+        await b.call(lambda p: p.zadd(keys.ROOM_INDEX, {room.room_id: now_ms}))
+        return self._join_result(reply)
+
+    async def _reserve(self, room: NewRoom, now_ms: int) -> bool:
+        """Check the owners' room counts and take a place among MAX_ROOMS (True if this
+        call added the room id to ws:rooms:alive). Rooms that no longer exist do not count."""
+        b = self.b
+        for owner in room.owners:
+            mine = [_s(r) for r in await b.call(cmd("zrange", keys.owned(owner.key), 0, -1))]
+            if len(mine) < owner.limit:
+                continue
+            exists = [b.call(cmd("exists", keys.room(r))) for r in mine]
+            gone = [r for r, f in zip(mine, exists, strict=True) if not int(await f)]
+            if gone:
+                b.call(cmd("zrem", keys.owned(owner.key), *gone))
+            if len(mine) - len(gone) >= owner.limit:
+                raise fail(ErrorCode.FORBIDDEN, f"this {owner.what} already has {len(mine) - len(gone)} rooms "
+                                                "(the limit); close some, or wait for closed ones to expire")
+        b.call(cmd("zremrangebyscore", keys.ROOMS_ALIVE, "-inf", f"({now_ms}"))
+        added = b.call(cmd("zadd", keys.ROOMS_ALIVE, {room.room_id: "+inf"}, nx=True))
+        count = b.call(cmd("zcard", keys.ROOMS_ALIVE))
+        added_now, total = int(await added), int(await count)
+        if added_now and total > self.max_rooms:
+            await b.call(cmd("zrem", keys.ROOMS_ALIVE, room.room_id))
+            raise fail(ErrorCode.UNAVAILABLE, f"the cluster holds {self.max_rooms} rooms (MAX_ROOMS); retry later")
+        return bool(added_now)
+
+    def _closed(self, room_id: str, now_ms: int) -> None:
+        """A room closed: it counts against MAX_ROOMS until its state expires."""
+        self.b.call(cmd("zadd", keys.ROOMS_ALIVE, {room_id: now_ms + self.closed_room_ttl_ms}, xx=True))
+
+    async def _create(self, caller: Caller, room: NewRoom, data: bytes, now_ms: int) -> list[Any]:
         sender = orjson.dumps(caller.sender())
         fut = self.b.eval(self.s_create, self.room_keys(room.room_id), [
             room.room_id, room.game_type, room.max_players, data, now_ms, caller.device_id,
@@ -256,11 +311,7 @@ class RedisStore:
             "1" if room.spectators_can_send else "0"])
         # Index writes go in the same batch; the room index is only read by list_rooms.
         self._dirty(room.room_id)
-        reply = _check(await fut)
-        b = self.b
-        b.call(lambda p: p.sadd(keys.device_rooms(caller.device_id), room.room_id))
-        await b.call(lambda p: p.zadd(keys.ROOM_INDEX, {room.room_id: now_ms}))
-        return self._join_result(reply)
+        return _check(await fut)
 
     async def _lookup(self, room_id: str) -> StoredRoom | None:
         assert self.stored_room is not None
@@ -293,6 +344,7 @@ class RedisStore:
         if int(reply[1]):
             log.warning("room %s restored from history at seq %d (%s)", room_id, stored.last_seq, stored.status)
             await self.b.call(cmd("zadd", keys.ROOM_INDEX, {room_id: stored.created_ms}, nx=True))
+            self.b.call(cmd("zadd", keys.ROOMS_ALIVE, {room_id: "+inf"}, nx=True))
             for device, *_ in stored.members:
                 self.b.call(cmd("sadd", keys.device_rooms(device), room_id))
                 self.b.call(cmd("zadd", keys.DISCONNECTED, {f"{room_id}|{device}": now_ms}, nx=True))
@@ -420,6 +472,7 @@ class RedisStore:
             room_id, caller.device_id, tail, now_ms, self.history, self.room_ttl_ms])
         self._dirty(room_id)
         reply = _check(await fut)
+        self._closed(room_id, now_ms)
         index_writes = []
         for dev in reply[2]:
             d = _s(dev)
@@ -447,6 +500,7 @@ class RedisStore:
             self._dirty(room_id)
             reply = _check(await fut)
             if int(reply[1]):
+                self._closed(room_id, now_ms)
                 for dev in reply[2]:
                     self.b.call(cmd("srem", keys.device_rooms(_s(dev)), room_id))
                     self.b.call(cmd("zrem", keys.DISCONNECTED, f"{room_id}|{_s(dev)}"))
