@@ -12,7 +12,10 @@ and a real Postgres for the history cases.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -188,3 +191,12 @@ async def test_history_keeps_devices_known_when_the_fast_state_is_lost(pg: Postg
             pg.psql(db, "INSERT INTO device_sessions (device_id, first_seen, last_seen) VALUES "
                         f"('{legacy}', now(), now())")
             assert refused(await hello(g, legacy))
+            # Such a device may upgrade once with the HMAC token of earlier versions; it gets
+            # a random token, and the HMAC is dead from then on.
+            mac = hmac.new(ENV["DEVICE_TOKEN_SECRET"].encode(), b"roomcast-device:" + legacy.encode(),
+                           hashlib.sha256).digest()
+            old_token = base64.urlsafe_b64encode(mac[:24]).decode()
+            upgraded = await hello(g, legacy, device_token=old_token)
+            assert upgraded["type"] == "welcome" and upgraded["device_token"] != old_token, upgraded
+            assert refused(await hello(g, legacy, device_token=old_token))
+            assert (await hello(g, legacy, device_token=upgraded["device_token"]))["type"] == "welcome"
