@@ -234,9 +234,9 @@ class Node:
         elif s.require_auth:
             raise GatewayError(ErrorCode.UNAUTHORIZED, "a token is required")
         device_id = msg.device_id
-        issued = None  # a new device token for welcome (first issue or rotation)
-        if self.device_tokens is not None:
-            issued = await self.device_tokens.check(device_id, msg.device_token, msg.rotate_token)
+        tokens, grant = self.device_tokens, None  # grant: a new device token is due, issued last
+        if tokens is not None:
+            grant = await tokens.check(device_id, msg.device_token, msg.rotate_token)
         elif msg.rotate_token:
             raise GatewayError(ErrorCode.BAD_REQUEST, "this gateway issues no device tokens")
         if self.device_sockets.get(device_id, 0) >= s.max_connections_per_device:
@@ -256,10 +256,15 @@ class Node:
         # Take the device's slot before awaiting the store, so two hellos racing on this
         # replica cannot both pass the per-device limit.
         self.device_sockets[device_id] = self.device_sockets.get(device_id, 0) + 1
+        issued = None
         try:
+            if tokens is not None and grant is not None:
+                issued = await tokens.issue(device_id, grant)
             result = await self.store.connect(caller, info, now_ms())
         except BaseException:
             self._release_device(device_id)
+            if tokens is not None and issued is not None:
+                await tokens.revoke(device_id, issued)
             raise
         if result.open_sockets > s.max_connections_per_device:
             # The cluster-wide count (other replicas included) is over the limit.
@@ -267,6 +272,8 @@ class Node:
             session.close(CloseCode.RATE_LIMITED, "too many connections for this device")
         if session.closing:
             self._release_device(device_id)
+            if tokens is not None and issued is not None:
+                await tokens.revoke(device_id, issued)  # it was never delivered
             await self.store.disconnect(caller, "disconnected", "close", now_ms())
             return
         session.caller = caller
@@ -283,7 +290,7 @@ class Node:
             "heartbeat_timeout_ms": s.heartbeat_timeout_ms,
             "node": s.node_id,
             "rooms": [r.wire() for r in result.rooms],
-            **({"device_token": issued} if issued is not None else {}),
+            **({"device_token": issued.token} if issued is not None else {}),
         })
 
     async def _ping(self, session: Session, msg: p.Ping) -> None:

@@ -19,12 +19,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .errors import ErrorCode, GatewayError
+
+log = logging.getLogger("roomcast.device_tokens")
 
 
 class TokenHistory(Protocol):
@@ -34,8 +37,8 @@ class TokenHistory(Protocol):
         """(stored token hash or None, whether history knows the device at all)."""
         ...
 
-    async def save(self, device_id: str, new: str, old: str | None) -> bool:
-        """Store `new` if the stored hash is `old` (None: no row); False otherwise."""
+    async def save(self, device_id: str, new: str | None, old: str | None) -> bool:
+        """Store `new` (None: delete) if the stored hash is `old` (None: no row); False otherwise."""
         ...
 
 
@@ -92,54 +95,80 @@ class DeviceTokens:
                 return None, True
         return None, await self.store.device_known(device_id)
 
-    async def _issue(self, device_id: str, old: str | None) -> str | None:
-        token = self.new_token()
-        digest = self.hash(token)
-        if not await self.store.set_device_token_hash(device_id, digest, old, self.ttl_ms):
-            return None  # another hello (first issue or rotation) won the race
-        if self.history is not None:
-            saved: bool | Exception
-            try:
-                saved = await self.history.save(device_id, digest, old)
-            except Exception as exc:
-                saved = exc
-            if saved is not True:
-                # Not durable (or Postgres holds another token): undo in the store, if it
-                # is still ours, so that no hash is kept whose token nobody was given.
-                await self.store.set_device_token_hash(device_id, old, digest, self.ttl_ms)
-                if isinstance(saved, Exception):
-                    raise GatewayError(ErrorCode.UNAVAILABLE, "device history unavailable; retry") from saved
-                return None
-        return token
-
-    async def check(self, device_id: str, presented: str | None, rotate: bool) -> str | None:
+    async def check(self, device_id: str, presented: str | None, rotate: bool) -> Grant | None:
+        """Decide, changing nothing yet but the TTL of a token used: a Grant when a new token
+        is to be issued (by `issue`, once every other check of the hello has passed, so no
+        token is stored that nobody received), None when none is, or `unauthorized`."""
         stored, known = await self._stored(device_id)
         if presented is not None and stored is not None:
             if hmac.compare_digest(self.hash(presented), stored):
                 if rotate:
-                    token = await self._issue(device_id, stored)
-                    if token is None:
-                        raise _unauthorized("device_token was just rotated by another hello")
-                    return token
+                    return Grant(stored, "device_token was just rotated by another hello")
                 await self.store.touch_device_token(device_id, self.ttl_ms)
                 return None
             if self.required:
                 raise _unauthorized("device_token does not match this device id")
         elif presented is not None and known and hmac.compare_digest(presented, self.legacy(device_id)):
-            token = await self._issue(device_id, None)  # upgrade: the old token becomes useless
-            if token is None and self.required:
-                raise _unauthorized("this device id is known: present its device_token")
-            return token
+            return Grant(None, "this device id is known: present its device_token")  # the HMAC dies
         if rotate:
             raise _unauthorized("rotate_token needs the device's valid device_token")
         if stored is not None or known:
             if self.required:
                 raise _unauthorized("this device id is known: present its device_token")
             return None
-        token = await self._issue(device_id, None)
-        if token is None and self.required:
-            raise _unauthorized("this device id is known: present its device_token")
-        return token
+        return Grant(None, "this device id is known: present its device_token")
+
+    async def issue(self, device_id: str, grant: Grant) -> Issued | None:
+        """Store a new token's hash in place of `grant.old` (store, then Postgres) and return
+        it; None (or `unauthorized` when tokens are required) if another hello won."""
+        token = self.new_token()
+        issued = Issued(token, self.hash(token), grant.old)
+        if not await self.store.set_device_token_hash(device_id, issued.digest, grant.old, self.ttl_ms):
+            self._lost(grant)
+            return None
+        if self.history is not None:
+            saved: bool | Exception
+            try:
+                saved = await self.history.save(device_id, issued.digest, grant.old)
+            except Exception as exc:
+                saved = exc
+            if saved is not True:
+                # Not durable (or Postgres holds another token): undo in the store, if it
+                # is still ours, so that no hash is kept whose token nobody was given.
+                await self.store.set_device_token_hash(device_id, grant.old, issued.digest, self.ttl_ms)
+                if isinstance(saved, Exception):
+                    raise GatewayError(ErrorCode.UNAVAILABLE, "device history unavailable; retry") from saved
+                self._lost(grant)
+                return None
+        return issued
+
+    def _lost(self, grant: Grant) -> None:
+        if self.required or grant.old is not None:
+            raise _unauthorized(grant.lost)
+
+    async def revoke(self, device_id: str, issued: Issued) -> None:
+        """The hello that was issued a token failed before its welcome: put back what was."""
+        try:
+            if self.history is not None:
+                await self.history.save(device_id, issued.old, issued.digest)
+            await self.store.set_device_token_hash(device_id, issued.old, issued.digest, self.ttl_ms)
+        except Exception:
+            log.warning("could not take back an undelivered device token of %s", device_id, exc_info=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A new token may be issued in place of the hash `old` (None: there is none)."""
+
+    old: str | None
+    lost: str  # the refusal if another hello gets there first
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    token: str
+    digest: str
+    old: str | None
 
 
 class PostgresTokenHistory:
@@ -154,8 +183,11 @@ class PostgresTokenHistory:
             "EXISTS (SELECT 1 FROM device_sessions WHERE device_id = $1) AS seen", device_id)
         return row["token_hash"], bool(row["seen"])
 
-    async def save(self, device_id: str, new: str, old: str | None) -> bool:
-        if old is None:
+    async def save(self, device_id: str, new: str | None, old: str | None) -> bool:
+        if new is None:
+            status = await self.pool.execute(
+                "DELETE FROM roomcast_device_tokens WHERE device_id = $1 AND token_hash = $2", device_id, old)
+        elif old is None:
             status = await self.pool.execute(
                 "INSERT INTO roomcast_device_tokens (device_id, token_hash) VALUES ($1, $2) "
                 "ON CONFLICT (device_id) DO NOTHING", device_id, new)

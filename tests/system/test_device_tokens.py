@@ -127,6 +127,16 @@ async def test_rotation_replaces_the_token(gw: GatewayProcess) -> None:
     assert refused(await hello(gw, unique("dev-none"), rotate_token=True))
 
 
+async def test_a_refused_first_hello_keeps_no_token(gw: GatewayProcess) -> None:
+    # The first hello of a new id is refused after the token check (metadata too large):
+    # no token may be stored for it, or the id would be taken by nobody.
+    device = unique("dev-refused")
+    bad = await hello(gw, device, metadata={"a": list(range(500))})
+    assert bad["type"] == "error" and bad["code"] == "bad_request", bad
+    good = await hello(gw, device)
+    assert good["type"] == "welcome" and isinstance(good.get("device_token"), str), good
+
+
 async def test_two_first_hellos_racing_get_one_token(gw: GatewayProcess) -> None:
     device = unique("dev-race")
     replies = await asyncio.gather(*[hello(gw, device) for _ in range(6)])
