@@ -27,17 +27,22 @@ local function emit(room_id, tail, now, maxlen)
   redis.call('HSET', KEYS[1], 'updated_at', now)
   local frame = '{"type":"event","room_id":"' .. room_id .. '","seq":' .. seq .. ',' .. tail
   redis.call('XADD', KEYS[4], seq .. '-0', 'f', frame)
-  if maxlen ~= '0' then  -- '0': history mode, the flusher trims what Postgres holds
+  if maxlen ~= '0' then  -- '0': no trimming here at all
     -- maxlen is "<events>:<bytes>" (or "<events>"): drop the oldest entries, exactly, until
     -- both hold; the newest is always kept. `hbytes` is the frames' total in the stream.
     local most, most_bytes = string.match(maxlen, '^(%d+):(%d+)$')
     most, most_bytes = tonumber(most or maxlen), tonumber(most_bytes or '0')
     local kept = redis.call('HINCRBY', KEYS[1], 'hbytes', #frame)
     local n = redis.call('XLEN', KEYS[4])
-    while n > 1 and (n > most or (most_bytes > 0 and kept > most_bytes)) do
+    -- History mode ("0:<bytes>"): only events Postgres holds (seq <= `flushed`, which the
+    -- flusher sets) may go, and none by count (the flusher keeps its own count).
+    local flushed = math.huge
+    if most == 0 then flushed = tonumber(redis.call('HGET', KEYS[1], 'flushed') or '0') end
+    while n > 1 and ((most > 0 and n > most) or (most_bytes > 0 and kept > most_bytes)) do
       local old = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)[1]
+      if tonumber(string.match(old[1], '^(%d+)')) > flushed then break end
       redis.call('XDEL', KEYS[4], old[1])
-      kept = redis.call('HINCRBY', KEYS[1], 'hbytes', -#old[2][2])
+      kept = redis.call('HINCRBY', KEYS[1], 'hbytes', -#(old[2][2] or ''))
       n = n - 1
     end
     if n == 1 then redis.call('HSET', KEYS[1], 'hbytes', #frame) end  -- resync after any drift
@@ -289,4 +294,36 @@ local cur = redis.call('GET', KEYS[1])
 if (ARGV[2] == '' and cur) or (ARGV[2] ~= '' and cur ~= ARGV[2]) then return 0 end
 if ARGV[1] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) end
 return 1
+"""
+
+# The flusher's trim (history mode) once Postgres holds a room's events up to `persisted`:
+# note it in the room hash (`flushed`, read by emit's byte trim) and delete the entries
+# before `min_seq`, keeping the room's `hbytes` right. KEYS[1] room hash, KEYS[2] stream;
+# ARGV: min_seq persisted
+TRIM_PERSISTED = r"""
+local min_seq, persisted = tonumber(ARGV[1]), tonumber(ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 0 then  -- the room's state is gone: no hash to keep right
+  redis.call('XTRIM', KEYS[2], 'MINID', min_seq .. '-0')
+  return 0
+end
+if persisted > tonumber(redis.call('HGET', KEYS[1], 'flushed') or '0') then
+  redis.call('HSET', KEYS[1], 'flushed', persisted)
+end
+local freed = 0
+if min_seq > 1 then
+  while true do
+    local old = redis.call('XRANGE', KEYS[2], '-', (min_seq - 1) .. '-0', 'COUNT', 100)
+    if #old == 0 then break end
+    local ids = {}
+    for i, e in ipairs(old) do
+      ids[i] = e[1]
+      freed = freed + #(e[2][2] or '')
+    end
+    redis.call('XDEL', KEYS[2], unpack(ids))
+  end
+end
+if freed > 0 and redis.call('HEXISTS', KEYS[1], 'hbytes') == 1 then
+  redis.call('HINCRBY', KEYS[1], 'hbytes', -freed)
+end
+return freed
 """

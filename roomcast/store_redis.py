@@ -112,8 +112,9 @@ class RedisStore:
         # In history mode (Postgres configured) streams are not trimmed and closed rooms
         # not expired here: the flusher does both once the rows are in Postgres.
         self.history_mode = history_mode
-        # emit's trim bound, "<events>:<bytes>" ('0': do not trim, history mode).
-        self.history = "0" if history_mode else f"{history}:{history_bytes}"
+        # emit's trim bound, "<events>:<bytes>"; history mode "0:<bytes>": by bytes, and only
+        # events the flusher has put in Postgres (it trims by count itself).
+        self.history = f"0:{history_bytes}" if history_mode else f"{history}:{history_bytes}"
         self.room_ttl_ms = 0 if history_mode else room_ttl_ms
         self.max_rooms = max_rooms
         # How long a closed room still counts against MAX_ROOMS (its state is kept that long;

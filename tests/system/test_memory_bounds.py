@@ -21,7 +21,18 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.harness import UNIT, Client, GatewayProcess, RedisServer, gateway, redis_server, unique
+from roomcast import keys
+from tests.harness import (
+    UNIT,
+    Client,
+    GatewayProcess,
+    PostgresServer,
+    RedisServer,
+    cluster,
+    gateway,
+    redis_server,
+    unique,
+)
 
 pytestmark = pytest.mark.system
 
@@ -199,3 +210,52 @@ async def test_room_caps_have_clear_errors(redis: RedisServer, mode: str) -> Non
                 assert reply["code"] == "unavailable", reply
                 await asyncio.sleep(0.5)  # within c's create budget (burst 10, 0.5/s)
             assert reply["type"] == "room_created", reply
+
+
+# ---------------------------------------------------------------- history mode (Postgres)
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PostgresServer]:
+    server = PostgresServer().init()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+def stream_bytes(redis: RedisServer, room_id: str) -> tuple[int, int]:
+    """(entries, bytes of their frames) of the room's Redis stream."""
+    size = redis.cli("EVAL", "local t = 0 for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do "
+                             "t = t + #e[2][2] end return t", "1", keys.stream(room_id))
+    return int(redis.cli("XLEN", keys.stream(room_id))), int(size)
+
+
+async def test_history_mode_trims_by_bytes_only_what_postgres_holds(pg: PostgresServer) -> None:
+    db = unique("membound").replace("-", "_")
+    env = {"DATABASE_URL": pg.create_database(db), "HISTORY_FLUSH_INTERVAL": "50"}
+    with cluster(1, 1, env) as c:
+        g = c.gateways[0]
+        async with device(g) as host:
+            room = (await create(host))["room"]["room_id"]
+            sent = 60  # 60 x 60 KB: 27 times ROOM_HISTORY_MAX_BYTES
+            for i in range(sent):
+                reply = await host.request({"type": "event", "room_id": room, "event_type": "blob",
+                                            "payload": {"b": "x" * PAYLOAD, "i": i}})
+                assert reply["type"] == "ack", reply
+            head = reply["seq"]
+            # Everything reaches Postgres (nothing unflushed was dropped) ...
+            deadline = time.monotonic() + 20 * UNIT
+            while pg.psql(db, f"SELECT count(*) FROM game_events WHERE room_id = '{room}'") != str(head):
+                assert time.monotonic() < deadline, "history did not reach Postgres"
+                await asyncio.sleep(0.1)
+            # ... and once it is there, the next event trims Redis to the byte bound.
+            await host.request({"type": "event", "room_id": room, "event_type": "tick"})
+            entries, size = stream_bytes(c.redis, room)
+            assert size <= ROOM_BYTES + PAYLOAD + 1000 and entries < 10, (entries, size)
+            # A client that missed everything still gets all of it (the old part from Postgres).
+            async with device(g) as late:
+                joined = await late.request({"type": "join", "room_id": room, "since": 0})
+                assert joined["type"] == "joined" and joined["recovered"] is True, joined
+                events = await late.events(room, joined["seq"], timeout=20 * UNIT)
+                assert [e["seq"] for e in events] == list(range(1, joined["seq"] + 1))
