@@ -152,7 +152,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("max_connections_per_device", "MAX_CONNECTIONS_PER_DEVICE", _int(1, 10_000), 8, "Open sockets per device_id; beyond it the new socket is closed with 4008.", None),
     Spec("max_rooms_per_connection", "MAX_ROOMS_PER_CONNECTION", _int(1, 10_000), 100, "Rooms one socket may be in at once.", None),
     Spec("room_history", "ROOM_HISTORY_MAXLEN", _int(10, 10_000_000), 1000, "Events kept per room for `join` with `since` (Redis Stream MAXLEN in cluster mode).", None),
-    Spec("room_history_bytes", "ROOM_HISTORY_MAX_BYTES", _int(65_536, 1 << 30), 131_072, "Bytes of event frames kept per room for `join` with `since` (the oldest go first; the newest event is always kept). Without Postgres; with it the flusher trims what Postgres holds.", None),
+    Spec("room_history_bytes", "ROOM_HISTORY_MAX_BYTES", _int(65_536, 1 << 30), 131_072, "Bytes of event frames kept per room for `join` with `since` (the oldest go first; the newest event is always kept). With Postgres only events already persisted go (replays then read them from Postgres).", None),
     Spec("history_bytes_total", "HISTORY_MAX_BYTES_TOTAL", _int(1_048_576, 1 << 40), 134_217_728, "Embedded gateway: bytes of kept history over all rooms (frames + 128 per event); beyond, the oldest events of any room go first. (Cluster: ROOM_HISTORY_MAX_BYTES x MAX_ROOMS.)", None),
     Spec("max_rooms", "MAX_ROOMS", _int(1, 10_000_000), 10_000, "Rooms that may exist at once (open, or closed and kept for WEBSOCKET_ROOM_TTL): per embedded gateway, per Redis in cluster mode. Beyond: `unavailable`.", None),
     Spec("max_game_data_bytes", "MAX_GAME_DATA_BYTES", _int(2, 1_048_576), 32_768, "Largest encoded game_data a room may hold (after a patch too).", None),
