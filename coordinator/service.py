@@ -64,7 +64,8 @@ class Coordinator:
         self.batcher = Batcher(self.client)
         history_mode = settings.database_url is not None
         self.store = RedisStore(self.batcher, history=settings.room_history, room_ttl_ms=settings.room_ttl_ms,
-                                connection_ttl_ms=settings.connection_ttl_ms, history_mode=history_mode)
+                                connection_ttl_ms=settings.connection_ttl_ms, history_mode=history_mode,
+                                history_bytes=settings.room_history_bytes, max_rooms=settings.max_rooms)
         self.reaper = Reaper(self.batcher, self.store, heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
                              prune_after_ms=settings.participant_prune_ms, node_ttl_ms=settings.node_ttl_ms)
         self.lease = Lease(self.batcher, keys.REAPER_LEASE, settings.node_id, settings.lease_ttl_ms)

@@ -16,6 +16,7 @@ import asyncpg
 from roomcast import keys
 from roomcast.bus_memory import MemoryBus
 from roomcast.bus_redis import RedisBus
+from roomcast.device_tokens import PostgresTokenHistory
 from roomcast.erasure import strip_old_personal_data
 from roomcast.errors import GatewayError
 from roomcast.flusher import Flusher, FlusherMetrics
@@ -75,6 +76,8 @@ class EmbeddedHistory:
         assert s.database_url is not None
         self.pool = await asyncpg.create_pool(s.database_url, min_size=0, max_size=4)
         self.node.history = HistoryReader(self.pool)
+        if self.node.device_tokens is not None:
+            self.node.device_tokens.history = PostgresTokenHistory(self.pool)
         self.source = MemoryHistorySource(self.store)
         self.flusher = Flusher(self.source, PostgresWriter(self.pool), self.flush_metrics,
                                batch_rows=s.history_batch_rows, interval=s.history_flush_ms / 1000)
@@ -131,6 +134,9 @@ def memory_node(settings: Settings, metrics: Metrics) -> Node:
         max_game_data_bytes=settings.max_game_data_bytes,
         history_mode=settings.database_url is not None,
         max_participants=settings.max_participants_per_room,
+        history_bytes=settings.room_history_bytes,
+        history_bytes_total=settings.history_bytes_total,
+        max_rooms=settings.max_rooms,
     )
 
     def room_counts() -> None:
@@ -174,6 +180,8 @@ class RedisLink:
             max_game_data_bytes=settings.max_game_data_bytes,
             history_mode=settings.database_url is not None,
             max_participants=settings.max_participants_per_room,
+            history_bytes=settings.room_history_bytes,
+            max_rooms=settings.max_rooms,
         )
         self.presence = RedisPresence(self.batcher)
         self.bus = RedisBus(
@@ -266,6 +274,8 @@ class RedisLink:
             # Only for replaying old ranges; the coordinator writes history.
             pool = self.pool = await asyncpg.create_pool(self.settings.database_url, min_size=0, max_size=4)
             self.node.history = HistoryReader(pool)
+            if self.node.device_tokens is not None:
+                self.node.device_tokens.history = PostgresTokenHistory(pool)
 
             async def lookup(room_id: str) -> StoredRoom | None:
                 return await stored_room(pool, room_id)

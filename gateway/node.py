@@ -8,22 +8,31 @@ write frames, the server shell feeds it messages.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from roomcast import protocol as p
+from roomcast.device_tokens import DeviceTokens
 from roomcast.errors import CloseCode, ErrorCode, GatewayError, ProtocolError
 from roomcast.limiter import Limiter, MemoryLimiter
-from roomcast.privacy import Privacy
+from roomcast.privacy import MetadataTooLarge, Privacy
 from roomcast.room import new_join_code
 from roomcast.settings import Settings
-from roomcast.store import REPLAY_CHUNK, Bus, Caller, ConnectionInfo, JoinResult, NewRoom, Presence, RoomStore
+from roomcast.store import (
+    REPLAY_CHUNK,
+    Bus,
+    Caller,
+    ConnectionInfo,
+    JoinResult,
+    NewRoom,
+    Presence,
+    RoomOwner,
+    RoomStore,
+)
 
 from . import auth, passwords
 from .hub import Hub
@@ -59,6 +68,9 @@ class Node:
         # hello.token checks; key files are read here, once (None: every token is refused).
         self.verifier = auth.Verifier.from_settings(settings)
         self.limiter: Limiter = limiter or MemoryLimiter()
+        # Device tokens (DEVICE_TOKEN_SECRET): the backend sets `history` when Postgres is on.
+        self.device_tokens = None if settings.device_token_secret is None else DeviceTokens(
+            store, settings.device_token_secret, settings.require_device_token, settings.device_token_ttl_ms)
         self.privacy = Privacy(settings.privacy_hash_key, settings.privacy_encryption_keys, settings.ip_storage,
                                settings.user_agent_storage, persistent=settings.database_url is not None)
         self.store = store
@@ -177,13 +189,6 @@ class Node:
         rate = s.connect_rate_per_address
         return not await self.limited("connect_address", session.ip, rate, max(1, int(rate * 5)))
 
-    def device_token(self, device_id: str) -> str | None:
-        secret = self.settings.device_token_secret
-        if secret is None:
-            return None
-        mac = hmac.new(secret.encode(), b"roomcast-device:" + device_id.encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(mac[:24]).decode()
-
     def _release_device(self, device_id: str) -> None:
         left = self.device_sockets.get(device_id, 1) - 1
         if left > 0:
@@ -247,14 +252,11 @@ class Node:
         elif s.require_auth:
             raise GatewayError(ErrorCode.UNAUTHORIZED, "a token is required")
         device_id = msg.device_id
-        expected = self.device_token(device_id)
-        if s.require_device_token and expected is not None:
-            presented = msg.device_token
-            if presented is None:
-                if await self.store.device_known(device_id):
-                    raise GatewayError(ErrorCode.UNAUTHORIZED, "this device id is known: present its device_token")
-            elif not hmac.compare_digest(presented, expected):
-                raise GatewayError(ErrorCode.UNAUTHORIZED, "device_token does not match this device id")
+        tokens, grant = self.device_tokens, None  # grant: a new device token is due, issued last
+        if tokens is not None:
+            grant = await tokens.check(device_id, msg.device_token, msg.rotate_token)
+        elif msg.rotate_token:
+            raise GatewayError(ErrorCode.BAD_REQUEST, "this gateway issues no device tokens")
         if self.device_sockets.get(device_id, 0) >= s.max_connections_per_device:
             self.metrics.rate_limited.labels("connections_per_device").inc()
             session.close(CloseCode.RATE_LIMITED, "too many connections for this device")
@@ -264,14 +266,23 @@ class Node:
             return
         caller = Caller(session.socket_id, device_id, user_id)
         # Reduce what we keep about the connection before it leaves this process.
-        info = self.privacy.apply(ConnectionInfo(session.ip, session.user_agent, msg.fingerprint, msg.metadata))
+        try:
+            info = self.privacy.apply(ConnectionInfo(session.ip, session.user_agent, msg.fingerprint, msg.metadata),
+                                      s.max_metadata_entries, s.max_metadata_bytes)
+        except MetadataTooLarge as exc:
+            raise GatewayError(ErrorCode.BAD_REQUEST, str(exc)) from None
         # Take the device's slot before awaiting the store, so two hellos racing on this
         # replica cannot both pass the per-device limit.
         self.device_sockets[device_id] = self.device_sockets.get(device_id, 0) + 1
+        issued = None
         try:
+            if tokens is not None and grant is not None:
+                issued = await tokens.issue(device_id, grant)
             result = await self.store.connect(caller, info, now_ms())
         except BaseException:
             self._release_device(device_id)
+            if tokens is not None and issued is not None:
+                await tokens.revoke(device_id, issued)
             raise
         refused = result.open_sockets > s.max_connections_per_device
         if refused:
@@ -280,6 +291,8 @@ class Node:
             session.close(CloseCode.RATE_LIMITED, "too many connections for this device")
         if session.closing:
             self._release_device(device_id)
+            if tokens is not None and issued is not None:
+                await tokens.revoke(device_id, issued)  # it was never delivered
             # A refused socket was never a connection: history drops its row, and it is not
             # counted as one of the device's connections (reconnect_count).
             await self.store.disconnect(caller, "disconnected", "refused" if refused else "close", now_ms())
@@ -298,7 +311,7 @@ class Node:
             "heartbeat_timeout_ms": s.heartbeat_timeout_ms,
             "node": s.node_id,
             "rooms": [r.wire() for r in result.rooms],
-            **({"device_token": expected} if expected is not None else {}),
+            **({"device_token": issued.token} if issued is not None else {}),
         })
 
     async def _ping(self, session: Session, msg: p.Ping) -> None:
@@ -323,6 +336,11 @@ class Node:
         if wait:
             raise GatewayError(ErrorCode.RATE_LIMITED, "creating rooms too fast", retry_after_ms=wait)
         await self._check_device_rooms(caller.device_id)
+        # Rooms that still exist, per client address and per user (anonymous: per device).
+        owners: tuple[RoomOwner, ...] = (RoomOwner(self._bucket("rooms_user", caller.user_id or "device:" + caller.device_id),
+                            s.max_rooms_per_user, "user" if caller.user_id else "device"),)
+        if session.ip is not None:
+            owners += (RoomOwner(self._bucket("rooms_address", session.ip), s.max_rooms_per_address, "address"),)
         pw_hash = None
         if msg.password is not None:
             pw_hash = await passwords.hash_async(msg.password)
@@ -330,7 +348,8 @@ class Node:
         for attempt in range(attempts):
             room_id = msg.room_id or new_join_code()
             new = NewRoom(room_id, msg.game_type, msg.max_players or self.settings.default_max_players,
-                          msg.game_data or {}, pw_hash, msg.spectators_can_send, generated=msg.room_id is None)
+                          msg.game_data or {}, pw_hash, msg.spectators_can_send, generated=msg.room_id is None,
+                          owners=owners)
             # Join the hub first so the host receives its own participant_joined (seq 1).
             await self.hub.begin_join(room_id, session)
             try:

@@ -75,7 +75,8 @@ async def forget_device(device_id: str, *, pool: asyncpg.Pool | None, batcher: B
 async def _forget_in_redis(b: Batcher, device_id: str, rooms: set[str], sockets: set[str],
                            report: EraseReport) -> None:
     needle = device_id.encode()
-    doomed = [keys.connection(device_id), keys.device_rooms(device_id), *(keys.socket(s) for s in sockets)]
+    doomed = [keys.connection(device_id), keys.device_rooms(device_id), keys.device_token(device_id),
+              *(keys.socket(s) for s in sockets)]
     report.redis_keys += int(await b.call(cmd("delete", *doomed)))
     if sockets:
         await b.call(cmd("zrem", keys.PRESENCE, *sockets))
@@ -130,6 +131,7 @@ async def _forget_in_postgres(pool: asyncpg.Pool, device_id: str, report: EraseR
         await run("websocket_connections_archive", "DELETE FROM websocket_connections_archive WHERE device_id = $1",
                   device_id)
         await run("device_sessions", "DELETE FROM device_sessions WHERE device_id = $1", device_id)
+        await run("roomcast_device_tokens", "DELETE FROM roomcast_device_tokens WHERE device_id = $1", device_id)
         await run("room_participants", "DELETE FROM room_participants WHERE device_id = $1", device_id)
         # Other people's history keeps its events and their order, but not this device.
         await run("game_events", """UPDATE game_events SET device_id = NULL, socket_id = NULL, user_id = NULL

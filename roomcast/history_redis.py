@@ -14,7 +14,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from . import keys
+from . import keys, redis_scripts
 from .history import Batch, DeadLetter, LifecycleRecord, RoomChunk, WriteResult
 from .redis_batch import Batcher, cmd
 
@@ -35,6 +35,7 @@ class RedisHistorySource:
         self.rooms_per_take = rooms_per_take
         self.events_per_room = events_per_room
         self.claim_idle_ms = claim_idle_ms
+        self.s_trim = batcher.register(redis_scripts.TRIM_PERSISTED)
         self._ready = False
 
     async def _setup(self) -> None:
@@ -106,7 +107,8 @@ class RedisHistorySource:
             head = int(chunk.snapshot["seq"]) if chunk.snapshot else persisted
             # Drop only what Postgres holds, and keep the newest `keep` for fast replay.
             min_id = min(persisted + 1, max(1, head - self.keep + 1))
-            b.call(cmd("xtrim", keys.stream(chunk.room_id), minid=f"{min_id}-0", approximate=False))
+            # (a script: it also tells emit's byte trim what Postgres holds, see TRIM_PERSISTED)
+            b.eval(self.s_trim, [keys.room(chunk.room_id), keys.stream(chunk.room_id)], [min_id, persisted])
             if len(chunk.events) >= self.events_per_room:
                 b.call(cmd("sadd", keys.FLUSH_DIRTY, chunk.room_id))  # more to read
             elif chunk.snapshot and chunk.snapshot.get("status") == "closed" and persisted >= head:

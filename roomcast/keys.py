@@ -19,6 +19,12 @@ FLUSH_DIRTY = "ws:flush:dirty"  # set: rooms with events not yet persisted
 FLUSH_CURSOR = "ws:flush:cursor"  # hash: room_id -> last seq persisted to Postgres
 DEADLETTER = "ws:deadletter"  # stream: history units that could not be written
 FLUSH_GROUP = "flusher"
+ROOMS_ALIVE = "ws:rooms:alive"  # zset: room_id -> when its state expires (ms; +inf while open), for MAX_ROOMS
+
+
+def owned(owner_key: str) -> str:
+    """Zset: room ids created by one owner (RoomOwner.key: an address or user hash) -> created at."""
+    return f"ws:owned:{owner_key}"
 
 
 def rooms_by_status(status: str) -> str:
@@ -74,6 +80,11 @@ def connection(device_id: str) -> str:
 def device_rooms(device_id: str) -> str:
     """Set: rooms where the device is a participant (active or disconnected)."""
     return f"ws:connections:{{{device_id}}}:rooms"
+
+
+def device_token(device_id: str) -> str:
+    """String with a TTL (DEVICE_TOKEN_TTL): the hash of the device's token (never the token)."""
+    return f"ws:connections:{{{device_id}}}:token"
 
 
 def socket(socket_id: str) -> str:

@@ -18,6 +18,8 @@ import os
 from dataclasses import replace
 from typing import Any
 
+import orjson
+
 from .store import ConnectionInfo
 
 log = logging.getLogger("roomcast.privacy")
@@ -87,10 +89,20 @@ class Privacy:
             return ua
         return self.encrypt(ua) if self._keys else None
 
-    def device_info(self, metadata: dict[str, Any] | None) -> dict[str, Any] | None:
-        """Keep the keys (so analytics can group), replace every value by its keyed hash."""
+    def device_info(self, metadata: dict[str, Any] | None, max_entries: int | None = None,
+                    max_bytes: int | None = None) -> dict[str, Any] | None:
+        """Keep the keys (so analytics can group), replace every value by its keyed hash.
+
+        Each scalar grows to a 51-character hash, so what is stored is bounded here: more
+        than `max_entries` entries (every key, value and array element counts one; checked
+        before any hashing, so a refused hello costs no HMAC) or a stored size over
+        `max_bytes` raise MetadataTooLarge."""
         if metadata is None:
             return None
+        if max_entries is not None:
+            entries = metadata_entries(metadata, max_entries)
+            if entries > max_entries:
+                raise MetadataTooLarge(f"metadata has more than {max_entries} entries (keys, values, array elements)")
 
         def walk(value: Any) -> Any:
             if isinstance(value, dict):
@@ -102,16 +114,43 @@ class Privacy:
             return self.hash(str(value))
 
         result: dict[str, Any] = walk(metadata)
+        if max_bytes is not None:
+            size = len(orjson.dumps(result))
+            if size > max_bytes:
+                raise MetadataTooLarge(f"metadata would take {size} bytes once hashed (the limit is {max_bytes})")
         return result
 
-    def apply(self, info: ConnectionInfo) -> ConnectionInfo:
+    def apply(self, info: ConnectionInfo, max_entries: int | None = None,
+              max_bytes: int | None = None) -> ConnectionInfo:
+        # The metadata first: a refused one costs no address, hash or encryption work.
+        metadata = self.device_info(info.metadata, max_entries, max_bytes)
         return replace(
             info,
             ip=self.address(info.ip),
             user_agent=self.user_agent(info.user_agent),
             fingerprint=None if info.fingerprint is None else self.hash(info.fingerprint),
-            metadata=self.device_info(info.metadata),
+            metadata=metadata,
         )
+
+
+class MetadataTooLarge(ValueError):
+    """hello.metadata is over MAX_METADATA_ENTRIES or MAX_METADATA_BYTES (a `bad_request`)."""
+
+
+def metadata_entries(value: Any, stop_after: int) -> int:
+    """Keys, values and array elements in `value` (its root not counted), counting stops
+    once past `stop_after` (an iterative walk: the cost is bounded by the limit)."""
+    count = 0
+    stack = [value]
+    while stack and count <= stop_after:
+        item = stack.pop()
+        if isinstance(item, dict):
+            count += 2 * len(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            count += len(item)
+            stack.extend(item)
+    return count
 
 
 def client_address(peer: str | None, forwarded_for: str | None, trusted: tuple[str, ...]) -> str | None:

@@ -64,6 +64,7 @@ class Hello:
     fingerprint: str | None
     metadata: dict[str, Any] | None
     device_token: str | None = None  # extension: proves the device id (welcome.device_token)
+    rotate_token: bool = False  # extension: with a valid device_token, get a new one in welcome
 
 
 @dataclass(slots=True)
@@ -282,6 +283,7 @@ def _hello(f: _Fields) -> Hello:
         f.string("fingerprint", required=False, max_len=MAX_FINGERPRINT),
         f.json_object("metadata"),
         f.string("device_token", required=False, max_len=128, min_len=1),
+        f.boolean("rotate_token"),
     )
 
 

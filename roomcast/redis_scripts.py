@@ -1,7 +1,7 @@
 """Lua scripts: each room operation is one atomic step on the room's keys (one hash slot).
 
 `emit` gives the next seq, appends the frame to the room's stream (entry id `<seq>-0`,
-approximate MAXLEN) and publishes it to the room's channel in the same step, so replay
+trimmed exactly to ROOM_HISTORY_MAXLEN events and ROOM_HISTORY_MAX_BYTES bytes) and publishes it to the room's channel in the same step, so replay
 and live delivery always agree (design invariant 2). Frames are built by concatenation:
 `{"type":"event","room_id":R,"seq":N,` + tail, where the tail is either made by the
 gateway (`protocol.event_tail`) or, for participant events, by `ptail` below, which must
@@ -30,10 +30,26 @@ local function emit(room_id, tail, now, maxlen)
   local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   redis.call('HSET', KEYS[1], 'updated_at', now)
   local frame = '{"type":"event","room_id":"' .. room_id .. '","seq":' .. seq .. ',' .. tail
-  if maxlen == '0' then  -- history mode: the flusher trims what Postgres holds
-    redis.call('XADD', KEYS[4], seq .. '-0', 'f', frame)
-  else
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, seq .. '-0', 'f', frame)
+  redis.call('XADD', KEYS[4], seq .. '-0', 'f', frame)
+  if maxlen ~= '0' then  -- '0': no trimming here at all
+    -- maxlen is "<events>:<bytes>" (or "<events>"): drop the oldest entries, exactly, until
+    -- both hold; the newest is always kept. `hbytes` is the frames' total in the stream.
+    local most, most_bytes = string.match(maxlen, '^(%d+):(%d+)$')
+    most, most_bytes = tonumber(most or maxlen), tonumber(most_bytes or '0')
+    local kept = redis.call('HINCRBY', KEYS[1], 'hbytes', #frame)
+    local n = redis.call('XLEN', KEYS[4])
+    -- History mode ("0:<bytes>"): only events Postgres holds (seq <= `flushed`, which the
+    -- flusher sets) may go, and none by count (the flusher keeps its own count).
+    local flushed = math.huge
+    if most == 0 then flushed = tonumber(redis.call('HGET', KEYS[1], 'flushed') or '0') end
+    while n > 1 and ((most > 0 and n > most) or (most_bytes > 0 and kept > most_bytes)) do
+      local old = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)[1]
+      if tonumber(string.match(old[1], '^(%d+)')) > flushed then break end
+      redis.call('XDEL', KEYS[4], old[1])
+      kept = redis.call('HINCRBY', KEYS[1], 'hbytes', -#(old[2][2] or ''))
+      n = n - 1
+    end
+    if n == 1 then redis.call('HSET', KEYS[1], 'hbytes', #frame) end  -- resync after any drift
   end
   redis.call('PUBLISH', 'ws:room:{' .. room_id .. '}:events', frame)
   return seq
@@ -330,4 +346,46 @@ redis.call('HSET', KEYS[1], 'room_id', ARGV[1], 'game_type', ARGV[2], 'status', 
   'gd_ver', 0, 'updated_at', ARGV[11], 'restored_at', ARGV[11], 'occupants', (#ARGV - 13) / 2)
 for i = 14, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 return {'ok', 1}
+"""
+
+# A device token's hash (keys.device_token), set (new '' = deleted) only if the key holds
+# `old` ('' = absent), so of two hellos racing for a new device id (or two rotations)
+# exactly one wins. KEYS[1] token key; ARGV: new_hash('') old_hash('') ttl_ms
+DEVICE_TOKEN_SET = r"""
+local cur = redis.call('GET', KEYS[1])
+if (ARGV[2] == '' and cur) or (ARGV[2] ~= '' and cur ~= ARGV[2]) then return 0 end
+if ARGV[1] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) end
+return 1
+"""
+
+# The flusher's trim (history mode) once Postgres holds a room's events up to `persisted`:
+# note it in the room hash (`flushed`, read by emit's byte trim) and delete the entries
+# before `min_seq`, keeping the room's `hbytes` right. KEYS[1] room hash, KEYS[2] stream;
+# ARGV: min_seq persisted
+TRIM_PERSISTED = r"""
+local min_seq, persisted = tonumber(ARGV[1]), tonumber(ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 0 then  -- the room's state is gone: no hash to keep right
+  redis.call('XTRIM', KEYS[2], 'MINID', min_seq .. '-0')
+  return 0
+end
+if persisted > tonumber(redis.call('HGET', KEYS[1], 'flushed') or '0') then
+  redis.call('HSET', KEYS[1], 'flushed', persisted)
+end
+local freed = 0
+if min_seq > 1 then
+  while true do
+    local old = redis.call('XRANGE', KEYS[2], '-', (min_seq - 1) .. '-0', 'COUNT', 100)
+    if #old == 0 then break end
+    local ids = {}
+    for i, e in ipairs(old) do
+      ids[i] = e[1]
+      freed = freed + #(e[2][2] or '')
+    end
+    redis.call('XDEL', KEYS[2], unpack(ids))
+  end
+end
+if freed > 0 and redis.call('HEXISTS', KEYS[1], 'hbytes') == 1 then
+  redis.call('HINCRBY', KEYS[1], 'hbytes', -freed)
+end
+return freed
 """

@@ -152,6 +152,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("max_connections_per_device", "MAX_CONNECTIONS_PER_DEVICE", _int(1, 10_000), 8, "Open sockets per device_id; beyond it the new socket is closed with 4008.", None),
     Spec("max_rooms_per_connection", "MAX_ROOMS_PER_CONNECTION", _int(1, 10_000), 100, "Rooms one socket may be in at once.", None),
     Spec("room_history", "ROOM_HISTORY_MAXLEN", _int(10, 10_000_000), 1000, "Events kept per room for `join` with `since` (Redis Stream MAXLEN in cluster mode).", None),
+    Spec("room_history_bytes", "ROOM_HISTORY_MAX_BYTES", _int(65_536, 1 << 30), 131_072, "Bytes of event frames kept per room for `join` with `since` (the oldest go first; the newest event is always kept). With Postgres only events already persisted go (replays then read them from Postgres).", None),
+    Spec("history_bytes_total", "HISTORY_MAX_BYTES_TOTAL", _int(1_048_576, 1 << 40), 134_217_728, "Embedded gateway: bytes of kept history over all rooms (frames + 128 per event); beyond, the oldest events of any room go first. (Cluster: ROOM_HISTORY_MAX_BYTES x MAX_ROOMS.)", None),
+    Spec("max_rooms", "MAX_ROOMS", _int(1, 10_000_000), 10_000, "Rooms that may exist at once (open, or closed and kept for WEBSOCKET_ROOM_TTL): per embedded gateway, per Redis in cluster mode. Beyond: `unavailable`.", None),
     Spec("max_game_data_bytes", "MAX_GAME_DATA_BYTES", _int(2, 1_048_576), 32_768, "Largest encoded game_data a room may hold (after a patch too).", None),
     Spec("default_max_players", "DEFAULT_MAX_PLAYERS", _int(1, 10_000), 16, "max_players of a room created without one.", None),
     Spec("participant_prune_ms", "PARTICIPANT_PRUNE_AFTER", _int(1000, 30 * 86_400_000, MS), 300_000, "A disconnected participant is removed (`participant_left`, reason `pruned`) after this.", None),
@@ -181,8 +184,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("lease_ttl_ms", "COORDINATOR_LEASE_TTL", _int(500, 600_000, MS), 5000, "Coordinator leader lease; a standby takes over within about this long.", None),
     Spec("reaper_interval_ms", "REAPER_INTERVAL", _int(50, 600_000, MS), 1000, "How often the coordinator looks for timed-out sockets and participants to prune.", None),
     # -- security and abuse resistance (docs/security.md)
-    Spec("device_token_secret", "DEVICE_TOKEN_SECRET", _opt_str, None, "HMAC key for device tokens: welcome.device_token proves a device id belongs to its holder.", None),
+    Spec("device_token_secret", "DEVICE_TOKEN_SECRET", _opt_str, None, "Turns device tokens on: welcome.device_token (random, given once to a new device id) proves the id belongs to its holder; the key of the stored token hashes.", None),
     Spec("require_device_token", "REQUIRE_DEVICE_TOKEN", _bool, False, "A known device must present its device_token in hello (stops device-id takeover). Needs DEVICE_TOKEN_SECRET.", None),
+    Spec("device_token_ttl_ms", "DEVICE_TOKEN_TTL", _int(60_000, 3650 * 86_400_000, MS), 2_592_000_000, "How long a device token's hash is kept in Redis (or memory) after its last use (30 days); with Postgres it is also kept there, for good.", None),
     Spec("trusted_proxies", "TRUSTED_PROXIES", _csv, (), "Comma-separated proxy addresses/CIDRs whose X-Forwarded-For is believed for the client address.", None),
     Spec("connect_rate_per_address", "CONNECT_RATE_PER_ADDRESS", _float(0.01, 1_000_000), 20.0, "New sockets per second per client address, cluster-wide (burst 5x); beyond: close 4008.", None),
     Spec("connect_rate_per_device", "CONNECT_RATE_PER_DEVICE", _float(0.01, 1_000_000), 2.0, "Hellos per second per device, cluster-wide (burst 10); beyond: close 4008.", None),
@@ -193,8 +197,12 @@ SPECS: tuple[Spec, ...] = (
     Spec("password_fail_rate", "PASSWORD_FAIL_RATE", _float(0.001, 1000), 0.1, "Wrong room passwords allowed per second per device (burst 5); then `rate_limited`.", None),
     Spec("room_password_fail_rate", "ROOM_PASSWORD_FAIL_RATE", _float(0.001, 1000), 0.5, "Wrong passwords per second per room from all devices (burst 20); then `rate_limited`.", None),
     Spec("max_rooms_per_device", "MAX_ROOMS_PER_DEVICE", _int(1, 100_000), 50, "Rooms one device may be a participant of at once.", None),
+    Spec("max_rooms_per_address", "MAX_ROOMS_PER_ADDRESS", _int(1, 1_000_000), 100, "Rooms created from one client address that still exist (open, or closed and kept), cluster-wide. Beyond: `forbidden`.", None),
+    Spec("max_rooms_per_user", "MAX_ROOMS_PER_USER", _int(1, 1_000_000), 100, "Rooms created by one user (token `sub`; anonymous: its device) that still exist, cluster-wide. Beyond: `forbidden`.", None),
     Spec("max_participants_per_room", "MAX_PARTICIPANTS_PER_ROOM", _int(1, 1_000_000), 1000, "Participants (players, host and spectators) one room may hold.", None),
     Spec("max_payload_depth", "MAX_PAYLOAD_DEPTH", _int(1, 256), 16, "Deepest nesting of objects/arrays accepted in payload, game_data, patch and metadata.", None),
+    Spec("max_metadata_entries", "MAX_METADATA_ENTRIES", _int(1, 10_000), 64, "Most entries in hello.metadata (every key, value and array element counts one); beyond: `bad_request`.", None),
+    Spec("max_metadata_bytes", "MAX_METADATA_BYTES", _int(64, 1_048_576), 4096, "Largest hello.metadata as stored (JSON after each value became its 51-character keyed hash); beyond: `bad_request`.", None),
     Spec("privacy_hash_key", "PRIVACY_HASH_KEY", _opt_str, None, "Key for keyed hashes of fingerprints, device info and (IP_STORAGE=hash) addresses. Unset: a random key per process.", None),
     Spec("privacy_encryption_keys", "PRIVACY_ENCRYPTION_KEYS", _csv, (), "AES-256-GCM keys for user agents at rest: 'kid:base64key,...', first encrypts, all decrypt (rotation).", None),
     Spec("ip_storage", "IP_STORAGE", _choice("truncate", "hash", "full", "none"), "truncate", "How client addresses are stored: truncate (/24, /48), hash, full or none.", None),
@@ -225,6 +233,9 @@ class Settings:
     max_connections_per_device: int = 8
     max_rooms_per_connection: int = 100
     room_history: int = 1000
+    room_history_bytes: int = 131_072
+    history_bytes_total: int = 134_217_728
+    max_rooms: int = 10_000
     max_game_data_bytes: int = 32_768
     default_max_players: int = 16
     participant_prune_ms: int = 300_000
@@ -255,6 +266,7 @@ class Settings:
     reaper_interval_ms: int = 1000
     device_token_secret: str | None = None
     require_device_token: bool = False
+    device_token_ttl_ms: int = 2_592_000_000
     trusted_proxies: tuple[str, ...] = ()
     connect_rate_per_address: float = 20.0
     connect_rate_per_device: float = 2.0
@@ -265,8 +277,12 @@ class Settings:
     password_fail_rate: float = 0.1
     room_password_fail_rate: float = 0.5
     max_rooms_per_device: int = 50
+    max_rooms_per_address: int = 100
+    max_rooms_per_user: int = 100
     max_participants_per_room: int = 1000
     max_payload_depth: int = 16
+    max_metadata_entries: int = 64
+    max_metadata_bytes: int = 4096
     privacy_hash_key: str | None = None
     privacy_encryption_keys: tuple[str, ...] = ()
     ip_storage: str = "truncate"

@@ -89,6 +89,16 @@ class RoomPage:
 
 
 @dataclass(frozen=True, slots=True)
+class RoomOwner:
+    """Who a new room counts against (MAX_ROOMS_PER_ADDRESS, MAX_ROOMS_PER_USER): `key` names
+    the owner (a hash, never a raw address), `what` says which limit for the message."""
+
+    key: str
+    limit: int
+    what: str
+
+
+@dataclass(frozen=True, slots=True)
 class NewRoom:
     room_id: str
     game_type: str
@@ -97,6 +107,7 @@ class NewRoom:
     password_hash: str | None
     spectators_can_send: bool = False
     generated: bool = False  # the server drew this id (a join code), the client did not choose it
+    owners: tuple[RoomOwner, ...] = ()  # each may hold at most `limit` rooms that still exist
 
 
 def fail(code: ErrorCode, message: str) -> GatewayError:
@@ -129,7 +140,9 @@ class RoomStore(Protocol):
         ...
 
     async def create_room(self, caller: Caller, room: NewRoom, now_ms: int) -> JoinResult:
-        """Create a room with the caller as `host`; `conflict` if the id exists."""
+        """Create a room with the caller as `host`; `conflict` if the id exists, `forbidden`
+        if an owner already has its limit of rooms that still exist, `unavailable` when
+        MAX_ROOMS rooms exist."""
         ...
 
     async def device_room_count(self, device_id: str, other_than: str | None = None) -> int:
@@ -139,6 +152,20 @@ class RoomStore(Protocol):
 
     async def device_known(self, device_id: str) -> bool:
         """Whether the device has a connection record or rooms (for device-token checks)."""
+        ...
+
+    async def device_token_hash(self, device_id: str) -> str | None:
+        """The hash of the device's token (DEVICE_TOKEN_TTL after its last use), if any."""
+        ...
+
+    async def set_device_token_hash(self, device_id: str, new: str | None, old: str | None, ttl_ms: int) -> bool:
+        """Store `new` as the device's token hash (None: remove it) if the current one is
+        `old` (None: there is none); False, changing nothing, otherwise. Atomic across
+        the cluster."""
+        ...
+
+    async def touch_device_token(self, device_id: str, ttl_ms: int) -> None:
+        """The token was used: keep its hash `ttl_ms` longer."""
         ...
 
     async def password_hash(self, room_id: str) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,6 +34,13 @@ from .room import (
     participant_tail,
 )
 from .store import REPLAY_CHUNK, Caller, ConnectionInfo, ConnectResult, DeviceRoom, JoinResult, NewRoom, RoomPage, fail
+
+# What one kept event costs beyond its frame: the bytes object, its tuple and deque slot.
+EVENT_OVERHEAD = 128
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 @dataclass(slots=True)
@@ -69,6 +77,9 @@ class MemoryStore:
         max_game_data_bytes: int = 32_768,
         history_mode: bool = False,
         max_participants: int = 1000,
+        history_bytes: int = 131_072,
+        history_bytes_total: int = 134_217_728,
+        max_rooms: int = 10_000,
     ) -> None:
         self.bus = bus
         self.max_participants = max_participants
@@ -92,6 +103,17 @@ class MemoryStore:
         # per (status, game_type).
         self._by_status: dict[str, list[tuple[int, str]]] = {}
         self._by_status_game: dict[tuple[str, str], list[tuple[int, str]]] = {}
+        self.device_tokens: dict[str, tuple[str, int]] = {}  # device -> (token hash, expires at ms)
+        # Kept history is bounded per room (count and bytes) and in total: `kept_order` has
+        # every kept event in the order it was kept, so the oldest of all can go first.
+        self.history_bytes = history_bytes
+        self.history_bytes_total = history_bytes_total
+        self.kept_bytes: dict[str, int] = {}
+        self.kept_total = 0
+        self.kept_count = 0
+        self.kept_order: deque[tuple[str, int]] = deque()  # (room_id, seq); stale entries are skipped
+        self.max_rooms = max_rooms
+        self.owned: dict[str, set[str]] = {}  # RoomOwner.key -> rooms it created
 
     # ------------------------------------------------------------ events
 
@@ -99,11 +121,44 @@ class MemoryStore:
         room.seq += 1
         room.updated_at = now_ms
         frame = event_frame(room.room_id, room.seq, tail)
-        self.history[room.room_id].append((room.seq, frame))
+        self._keep(room.room_id, room.seq, frame)
         if self.history_mode:
             self.outbox_events.setdefault(room.room_id, []).append((room.seq, frame))
         self.bus.publish(room.room_id, room.seq, frame)
         return room.seq
+
+    def _keep(self, room_id: str, seq: int, frame: bytes) -> None:
+        """Keep an event for replay, then drop the oldest beyond the room's and the total bounds."""
+        kept = self.history[room_id]
+        kept.append((seq, frame))
+        cost = len(frame) + EVENT_OVERHEAD
+        self.kept_bytes[room_id] = self.kept_bytes.get(room_id, 0) + cost
+        self.kept_total += cost
+        self.kept_count += 1
+        self.kept_order.append((room_id, seq))
+        while len(kept) > 1 and (len(kept) > self.history_len or self.kept_bytes[room_id] > self.history_bytes):
+            self._drop_oldest(room_id, kept)
+        while self.kept_total > self.history_bytes_total and self.kept_order:
+            rid, s = self.kept_order.popleft()
+            other = self.history.get(rid)
+            if other and other[0][0] == s:
+                self._drop_oldest(rid, other)
+        if len(self.kept_order) > 2 * self.kept_count + 1024:  # mostly stale: rebuild, amortized O(1)
+            self.kept_order = deque((rid, s) for rid, s in self.kept_order
+                                    if (k := self.history.get(rid)) and k[0][0] <= s)
+
+    def _drop_oldest(self, room_id: str, kept: deque[tuple[int, bytes]]) -> None:
+        _, frame = kept.popleft()
+        cost = len(frame) + EVENT_OVERHEAD
+        self.kept_bytes[room_id] -= cost
+        self.kept_total -= cost
+        self.kept_count -= 1
+
+    def _forget(self, room_id: str) -> None:
+        """A room's state is deleted: its kept history no longer counts."""
+        kept = self.history.pop(room_id, None)
+        self.kept_total -= self.kept_bytes.pop(room_id, 0)
+        self.kept_count -= len(kept) if kept is not None else 0
 
     def _participant_event(
         self, room: Room, kind: str, p: Participant, reason: str | None,
@@ -217,6 +272,17 @@ class MemoryStore:
         room_id = room.room_id
         if room_id in self.rooms:
             raise fail(ErrorCode.CONFLICT, f"room {room_id!r} already exists")
+        if len(self.rooms) >= self.max_rooms:
+            raise fail(ErrorCode.UNAVAILABLE, f"this gateway holds {self.max_rooms} rooms (MAX_ROOMS); retry later")
+        for owner in room.owners:
+            mine = self.owned.get(owner.key)
+            if mine is not None:
+                mine.intersection_update(self.rooms)
+                if len(mine) >= owner.limit:
+                    raise fail(ErrorCode.FORBIDDEN, f"this {owner.what} already has {len(mine)} rooms (the limit); "
+                                                    "close some, or wait for closed ones to expire")
+        for owner in room.owners:
+            self.owned.setdefault(owner.key, set()).add(room_id)
         r = Room(
             room_id=room_id,
             game_type=room.game_type,
@@ -232,7 +298,7 @@ class MemoryStore:
             creator_user=caller.user_id,
         )
         self.rooms[room_id] = r
-        self.history[room_id] = deque(maxlen=self.history_len)
+        self.history[room_id] = deque()
         self._index(r)
         return self._admit(r, caller, HOST, None, None, now_ms)
 
@@ -363,6 +429,32 @@ class MemoryStore:
     async def device_known(self, device_id: str) -> bool:
         return device_id in self.devices
 
+    def _token(self, device_id: str) -> tuple[str, int] | None:
+        entry = self.device_tokens.get(device_id)
+        if entry is not None and entry[1] <= _now_ms():
+            del self.device_tokens[device_id]
+            return None
+        return entry
+
+    async def device_token_hash(self, device_id: str) -> str | None:
+        entry = self._token(device_id)
+        return None if entry is None else entry[0]
+
+    async def set_device_token_hash(self, device_id: str, new: str | None, old: str | None, ttl_ms: int) -> bool:
+        entry = self._token(device_id)
+        if (entry is None) != (old is None) or (entry is not None and entry[0] != old):
+            return False
+        if new is None:
+            self.device_tokens.pop(device_id, None)
+        else:
+            self.device_tokens[device_id] = (new, _now_ms() + ttl_ms)
+        return True
+
+    async def touch_device_token(self, device_id: str, ttl_ms: int) -> None:
+        entry = self._token(device_id)
+        if entry is not None:
+            self.device_tokens[device_id] = (entry[0], _now_ms() + ttl_ms)
+
     async def update_room(
         self, caller: Caller, room_id: str, status: str | None, patch: dict[str, Any] | None, now_ms: int
     ) -> int:
@@ -484,10 +576,17 @@ class MemoryStore:
             if room.closed_at is not None and now_ms - room.closed_at >= self.room_ttl_ms:
                 self._unindex(room)
                 del self.rooms[room_id]
-                del self.history[room_id]
+                self._forget(room_id)
         for sid, sock in list(self.sockets.items()):
             if sock.ended_at is not None and now_ms - sock.ended_at >= self.connection_ttl_ms:
                 del self.sockets[sid]
+        for key, mine in list(self.owned.items()):
+            mine.intersection_update(self.rooms)
+            if not mine:
+                del self.owned[key]
+        for device_id, (_, expires) in list(self.device_tokens.items()):
+            if expires <= now_ms:
+                del self.device_tokens[device_id]
         for device_id, dev in list(self.devices.items()):
             if not dev.sockets and not dev.rooms and now_ms - dev.last_disconnect_ms >= self.connection_ttl_ms:
                 del self.devices[device_id]

@@ -40,6 +40,9 @@ from .store import (
 LIFECYCLE = keys.LIFECYCLE
 log = logging.getLogger("roomcast.store")
 _ERRORS = {c.value: c for c in ErrorCode}
+# A room owner's index (keys.owned) outlives its last room creation by this much; rooms it
+# lists that no longer exist are dropped from it when the owner reaches its limit.
+OWNED_TTL_MS = 7 * 86_400_000
 
 
 def _s(value: Any) -> str:
@@ -111,14 +114,23 @@ class RedisStore:
         lifecycle_maxlen: int = 1_000_000,
         history_mode: bool = False,
         max_participants: int = 1000,
+        history_bytes: int = 131_072,
+        max_rooms: int = 10_000,
+        closed_room_ttl_ms: int | None = None,
     ) -> None:
         self.b = batcher
         self.max_participants = max_participants
         # In history mode (Postgres configured) streams are not trimmed and closed rooms
         # not expired here: the flusher does both once the rows are in Postgres.
         self.history_mode = history_mode
-        self.history = 0 if history_mode else history
+        # emit's trim bound, "<events>:<bytes>"; history mode "0:<bytes>": by bytes, and only
+        # events the flusher has put in Postgres (it trims by count itself).
+        self.history = f"0:{history_bytes}" if history_mode else f"{history}:{history_bytes}"
         self.room_ttl_ms = 0 if history_mode else room_ttl_ms
+        self.max_rooms = max_rooms
+        # How long a closed room still counts against MAX_ROOMS (its state is kept that long;
+        # in history mode the flusher expires it once persisted, WEBSOCKET_ROOM_TTL later).
+        self.closed_room_ttl_ms = room_ttl_ms if closed_room_ttl_ms is None else closed_room_ttl_ms
         self.connection_ttl_ms = connection_ttl_ms
         self.max_game_data_bytes = max_game_data_bytes
         self.lifecycle_maxlen = lifecycle_maxlen
@@ -132,6 +144,7 @@ class RedisStore:
         self.s_close_idle = batcher.register(lua.CLOSE_IDLE)
         self.s_restore = batcher.register(lua.RESTORE)
         self._indexes_built = False  # list_rooms: checked once per process (see _build_indexes)
+        self.s_device_token = batcher.register(lua.DEVICE_TOKEN_SET)
         # Looks a room up in Postgres (history mode): restore on join, conflict on create.
         self.stored_room: Callable[[str], Awaitable[StoredRoom | None]] | None = None
 
@@ -145,6 +158,10 @@ class RedisStore:
             self.b.call(cmd("sadd", keys.FLUSH_DIRTY, room_id))
 
     def _lifecycle(self, fields: dict[str, Any]) -> None:
+        # Only the history flusher reads the lifecycle stream: without Postgres nothing
+        # would ever consume (or trim) it, so nothing is written.
+        if not self.history_mode:
+            return
         self.b.call(cmd("xadd", LIFECYCLE, fields, maxlen=self.lifecycle_maxlen, approximate=True))
 
     # ------------------------------------------------------------ connections
@@ -263,15 +280,17 @@ class RedisStore:
                 raise fail(ErrorCode.CONFLICT, f"room {room.room_id!r} already exists (in history)")
         data = orjson.dumps(room.game_data)
         self._check_game_data(data)
-        sender = orjson.dumps(caller.sender())
-        fut = self.b.eval(self.s_create, self.room_keys(room.room_id), [
-            room.room_id, room.game_type, room.max_players, data, now_ms, caller.device_id,
-            caller.socket_id, caller.user_id or "", sender, room.password_hash or "", new_epoch(), self.history,
-            "1" if room.spectators_can_send else "0"])
-        # Index writes go in the same batch; the room index is only read by list_rooms.
-        self._dirty(room.room_id)
-        reply = _check(await fut)
+        reserved = await self._reserve(room, now_ms)
+        try:
+            reply = await self._create(caller, room, data, now_ms)
+        except BaseException:
+            if reserved:
+                await self.b.call(cmd("zrem", keys.ROOMS_ALIVE, room.room_id))
+            raise
         b = self.b
+        for owner in room.owners:
+            b.call(cmd("zadd", keys.owned(owner.key), {room.room_id: now_ms}))
+            b.call(cmd("pexpire", keys.owned(owner.key), OWNED_TTL_MS))
         b.call(lambda p: p.sadd(keys.device_rooms(caller.device_id), room.room_id))
         index = b.call(lambda p: p.zadd(keys.ROOM_INDEX, {room.room_id: now_ms}))
         if room.password_hash is None:  # list_rooms lists public rooms only
@@ -279,6 +298,44 @@ class RedisStore:
             index = b.call(cmd("zadd", keys.rooms_by_status("waiting"), {room.room_id: now_ms}))
         await index
         return self._join_result(reply)
+
+    async def _reserve(self, room: NewRoom, now_ms: int) -> bool:
+        """Check the owners' room counts and take a place among MAX_ROOMS (True if this
+        call added the room id to ws:rooms:alive). Rooms that no longer exist do not count."""
+        b = self.b
+        for owner in room.owners:
+            mine = [_s(r) for r in await b.call(cmd("zrange", keys.owned(owner.key), 0, -1))]
+            if len(mine) < owner.limit:
+                continue
+            exists = [b.call(cmd("exists", keys.room(r))) for r in mine]
+            gone = [r for r, f in zip(mine, exists, strict=True) if not int(await f)]
+            if gone:
+                b.call(cmd("zrem", keys.owned(owner.key), *gone))
+            if len(mine) - len(gone) >= owner.limit:
+                raise fail(ErrorCode.FORBIDDEN, f"this {owner.what} already has {len(mine) - len(gone)} rooms "
+                                                "(the limit); close some, or wait for closed ones to expire")
+        b.call(cmd("zremrangebyscore", keys.ROOMS_ALIVE, "-inf", f"({now_ms}"))
+        added = b.call(cmd("zadd", keys.ROOMS_ALIVE, {room.room_id: "+inf"}, nx=True))
+        count = b.call(cmd("zcard", keys.ROOMS_ALIVE))
+        added_now, total = int(await added), int(await count)
+        if added_now and total > self.max_rooms:
+            await b.call(cmd("zrem", keys.ROOMS_ALIVE, room.room_id))
+            raise fail(ErrorCode.UNAVAILABLE, f"the cluster holds {self.max_rooms} rooms (MAX_ROOMS); retry later")
+        return bool(added_now)
+
+    def _closed(self, room_id: str, now_ms: int) -> None:
+        """A room closed: it counts against MAX_ROOMS until its state expires."""
+        self.b.call(cmd("zadd", keys.ROOMS_ALIVE, {room_id: now_ms + self.closed_room_ttl_ms}, xx=True))
+
+    async def _create(self, caller: Caller, room: NewRoom, data: bytes, now_ms: int) -> list[Any]:
+        sender = orjson.dumps(caller.sender())
+        fut = self.b.eval(self.s_create, self.room_keys(room.room_id), [
+            room.room_id, room.game_type, room.max_players, data, now_ms, caller.device_id,
+            caller.socket_id, caller.user_id or "", sender, room.password_hash or "", new_epoch(), self.history,
+            "1" if room.spectators_can_send else "0"])
+        # Index writes go in the same batch; the room index is only read by list_rooms.
+        self._dirty(room.room_id)
+        return _check(await fut)
 
     async def _lookup(self, room_id: str) -> StoredRoom | None:
         assert self.stored_room is not None
@@ -317,6 +374,7 @@ class RedisStore:
         if int(reply[1]):
             log.warning("room %s restored from history at seq %d (%s)", room_id, stored.last_seq, stored.status)
             await self.b.call(cmd("zadd", keys.ROOM_INDEX, {room_id: stored.created_ms}, nx=True))
+            self.b.call(cmd("zadd", keys.ROOMS_ALIVE, {room_id: "+inf"}, nx=True))
             await self._reindex(room_id)
             for device, *_ in stored.members:
                 self.b.call(cmd("sadd", keys.device_rooms(device), room_id))
@@ -334,6 +392,17 @@ class RedisStore:
         conn = self.b.call(cmd("exists", keys.connection(device_id)))
         rooms = self.b.call(cmd("scard", keys.device_rooms(device_id)))
         return bool(int(await conn)) or bool(int(await rooms))
+
+    async def device_token_hash(self, device_id: str) -> str | None:
+        value = await self.b.call(cmd("get", keys.device_token(device_id)))
+        return None if value is None else _s(value)
+
+    async def set_device_token_hash(self, device_id: str, new: str | None, old: str | None, ttl_ms: int) -> bool:
+        return bool(int(await self.b.eval(self.s_device_token, [keys.device_token(device_id)],
+                                          [new or "", old or "", ttl_ms])))
+
+    async def touch_device_token(self, device_id: str, ttl_ms: int) -> None:
+        await self.b.call(cmd("pexpire", keys.device_token(device_id), ttl_ms))
 
     async def password_hash(self, room_id: str) -> str | None:
         status, value = await self.b.call(cmd("hmget", keys.room(room_id), "status", "password_hash"))
@@ -443,6 +512,7 @@ class RedisStore:
             room_id, caller.device_id, tail, now_ms, self.history, self.room_ttl_ms, caller.socket_id])
         self._dirty(room_id)
         reply = _check(await fut)
+        self._closed(room_id, now_ms)
         index_writes = []
         for dev in reply[2]:
             d = _s(dev)
@@ -470,6 +540,7 @@ class RedisStore:
             self._dirty(room_id)
             reply = _check(await fut)
             if int(reply[1]):
+                self._closed(room_id, now_ms)
                 for dev in reply[2]:
                     self.b.call(cmd("srem", keys.device_rooms(_s(dev)), room_id))
                     self.b.call(cmd("zrem", keys.DISCONNECTED, f"{room_id}|{_s(dev)}"))

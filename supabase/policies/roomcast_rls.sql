@@ -33,7 +33,8 @@ DECLARE
 BEGIN
     FOREACH t IN ARRAY ARRAY['websocket_connections', 'game_rooms', 'room_participants', 'game_events',
                              'device_sessions', 'roomcast_flush_state', 'roomcast_migrations',
-                             'websocket_connections_archive', 'roomcast_room_access'] LOOP
+                             'websocket_connections_archive', 'roomcast_room_access',
+                             'roomcast_device_tokens'] LOOP
         IF to_regclass(t) IS NOT NULL THEN
             EXECUTE format('REVOKE ALL ON TABLE %I FROM PUBLIC, anon, authenticated', t);
             EXECUTE format('GRANT ALL ON TABLE %I TO service_role', t);

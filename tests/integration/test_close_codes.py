@@ -189,7 +189,9 @@ def small_buffer_socket(port: int) -> socket.socket:
 
 
 async def test_slow_consumer_closes_4009_without_stalling_the_room() -> None:
-    env = {"MAX_SEND_BUFFER": "4096", "RATE_MESSAGES_PER_SEC": "100000", "RATE_MESSAGES_BURST": "100000"}
+    # History large enough to resume after the flood (16 KB events; the default keeps 128 KiB).
+    env = {"MAX_SEND_BUFFER": "4096", "RATE_MESSAGES_PER_SEC": "100000", "RATE_MESSAGES_BURST": "100000",
+           "ROOM_HISTORY_MAX_BYTES": str(64 * 1024 * 1024)}
     payload = {"blob": "z" * 16_000}
     with gateway(env) as g:
         async with Client.open(g.url) as flooder, Client.open(g.url) as reader, \

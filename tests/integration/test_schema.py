@@ -486,7 +486,7 @@ async def test_supabase_migrations_apply_with_psql_and_match_coordinator_migrate
     # The optional policies also apply to a pushed schema (which has no roomcast_migrations table).
     await conn.execute(STUB_SUPABASE)
     psql_file(db, SUPABASE / "policies" / "roomcast_rls.sql", single_transaction=False)
-    assert await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND rowsecurity") >= 8
+    assert await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND rowsecurity") >= 9
     # Every table the migrations make is covered (the archive and the room password hashes too).
     assert await conn.fetchval(
         "SELECT array_agg(tablename::text) FROM pg_tables WHERE schemaname = 'public' AND NOT rowsecurity") is None

@@ -80,7 +80,7 @@ async def test_nothing_sensitive_in_clear_and_forget_device_leaves_no_trace(pg: 
     dsn = pg.create_database(db)
     env = {"DATABASE_URL": dsn, "PRIVACY_HASH_KEY": "pepper-for-tests", "PRIVACY_ENCRYPTION_KEYS": f"k1:{KEY}",
            "IP_STORAGE": "truncate", "HISTORY_FLUSH_INTERVAL": "50", "CLEANUP_INTERVAL": "300",
-           "HEARTBEAT_FLUSH_INTERVAL": "300"}
+           "HEARTBEAT_FLUSH_INTERVAL": "300", "DEVICE_TOKEN_SECRET": "privacy-test-device-secret"}
     with cluster(2, 1, env) as c:
         gone, stays = unique("gone"), unique("stays")
         room = unique("priv")

@@ -41,6 +41,7 @@ from roomcast.store import (
     EventSink,
     JoinResult,
     NewRoom,
+    RoomOwner,
     RoomStore,
 )
 from roomcast.store_memory import MemoryStore
@@ -1253,3 +1254,51 @@ async def test_device_still_in_a_room_keeps_its_record(backend: Backend, store: 
     await backend.expire(T0 + CONNECTION_TTL_MS)  # CONNECTION_TTL_MS < PRUNE_MS
     result = await hello(store, person("p1", socket=2), now=T0 + CONNECTION_TTL_MS)
     assert [(r.room_id, r.role) for r in result.rooms] == [(ROOM, "player")]
+
+
+# ---------------------------------------------------------------- device tokens, memory bounds
+
+
+async def test_device_token_hash_is_set_once_then_only_compared_and_swapped(store: RoomStore, log: EventLog) -> None:
+    day = 86_400_000
+    assert await store.device_token_hash("dev-t") is None
+    assert await store.set_device_token_hash("dev-t", "h1", None, day)
+    assert not await store.set_device_token_hash("dev-t", "h2", None, day)  # a second first issue loses
+    assert not await store.set_device_token_hash("dev-t", "h2", "wrong", day)
+    assert await store.device_token_hash("dev-t") == "h1"
+    assert await store.set_device_token_hash("dev-t", "h2", "h1", day)  # rotation
+    assert await store.device_token_hash("dev-t") == "h2"
+    await store.touch_device_token("dev-t", day)
+    assert await store.set_device_token_hash("dev-t", None, "h2", day)  # taken back
+    assert await store.device_token_hash("dev-t") is None
+    assert await store.device_token_hash("dev-other") is None
+
+
+async def test_kept_history_is_bounded_in_bytes_and_keeps_the_newest(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    big = "x" * 40_000  # four of these pass the default ROOM_HISTORY_MAX_BYTES (128 KiB)
+    seqs = [await publish(store, HOST, "blob", {"b": big}) for _ in range(6)]
+    kept = await store.read_since(ROOM, 0)
+    assert [s for s, _ in kept] == seqs[-len(kept):] and 1 <= len(kept) <= 3
+    assert sum(len(f) for _, f in kept) <= 131_072
+    # A client that missed only the kept events is recovered; one further back is not.
+    await hello(store, P1)
+    assert (await join(store, P1, since=kept[0][0] - 1)).recovered
+    await store.leave(P1, ROOM, T0)
+    assert not (await join(store, P1, since=0)).recovered
+    # A frame alone over the bound is still kept: the newest event always is.
+    await store.publish(HOST, ROOM, protocol.event_tail("blob", None, {"b": "y" * 140_000}, HOST.sender(), T0), T0)
+    assert len(await store.read_since(ROOM, 0)) == 1
+
+
+async def test_rooms_count_against_their_owners_while_they_exist(store: RoomStore, log: EventLog) -> None:
+    owner, other = RoomOwner("address:a", 2, "address"), RoomOwner("address:b", 2, "address")
+    await hello(store, HOST, P1)
+    for room_id in ("r-a1", "r-a2"):
+        await store.create_room(HOST, NewRoom(room_id, "t", 4, {}, None, owners=(owner,)), T0)
+    with pytest.raises(GatewayError) as info:
+        await store.create_room(HOST, NewRoom("r-a3", "t", 4, {}, None, owners=(owner,)), T0)
+    assert info.value.code is ErrorCode.FORBIDDEN and "address" in info.value.message
+    await store.create_room(P1, NewRoom("r-b1", "t", 4, {}, None, owners=(other,)), T0)  # another owner
+    await store.close_room(HOST, "r-a1", T0)  # closed but kept: still counts
+    await refused(ErrorCode.FORBIDDEN, store.create_room(HOST, NewRoom("r-a3", "t", 4, {}, None, owners=(owner,)), T0))
