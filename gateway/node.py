@@ -190,15 +190,16 @@ class Node:
         if session.caller is not None:
             # Any frame is a heartbeat, valid or not: presence agrees with our own timer.
             self.presence.touch(session.socket_id, now_ms())
-        if isinstance(data, bytes):
-            self.metrics.in_invalid.inc()
-            self.error(session, GatewayError(ErrorCode.BAD_REQUEST, "binary frames are not supported; send text"))
-            return
+        # Every frame takes from the message rate, binary ones too (they get an error reply).
         wait_ms = session.bucket.take(now)
         if wait_ms:
             self.metrics.rate_limited.labels("messages").inc()
             self.error(session, GatewayError(ErrorCode.RATE_LIMITED, "too many messages", retry_after_ms=wait_ms),
-                       *p.peek_id(data))
+                       *(p.peek_id(data) if isinstance(data, str) else (None, False)))
+            return
+        if isinstance(data, bytes):
+            self.metrics.in_invalid.inc()
+            self.error(session, GatewayError(ErrorCode.BAD_REQUEST, "binary frames are not supported; send text"))
             return
         try:
             msg = p.parse(data, self.settings.max_payload_depth)
