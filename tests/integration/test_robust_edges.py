@@ -32,20 +32,20 @@ async def test_binary_frames_count_toward_the_message_rate() -> None:
 async def test_integer_id_up_to_64_digits_is_echoed_exactly(gw: GatewayProcess, raw_id: str) -> None:
     async with Client.open(gw.url) as c:
         await c.hello(unique("dev-bigid"))
-        await c.send('{"type":"ping","id":%s}' % raw_id)
+        await c.send('{"type":"ping","id":' + raw_id + "}")
         raw = await c.ws.recv()
         assert isinstance(raw, str)
-        assert raw.startswith('{"type":"pong","re":%s,' % raw_id), raw
+        assert raw.startswith('{"type":"pong","re":' + raw_id + ","), raw
         # An error reply echoes it too.
-        await c.send('{"type":"nonsense","id":%s}' % raw_id)
+        await c.send('{"type":"nonsense","id":' + raw_id + "}")
         raw = await c.ws.recv()
-        assert '"re":%s,' % raw_id in raw and '"unknown_type"' in raw, raw
+        assert f'"re":{raw_id},' in raw and '"unknown_type"' in raw, raw
 
 
 @pytest.mark.parametrize("raw_id", ["1" * 65, "1.5", "1e3", "-" + "9" * 64])
 async def test_unreadable_numeric_id_is_bad_request_without_re(gw: GatewayProcess, raw_id: str) -> None:
     async with Client.open(gw.url) as c:
         await c.hello(unique("dev-badid"))
-        await c.send('{"type":"ping","id":%s}' % raw_id)
+        await c.send('{"type":"ping","id":' + raw_id + "}")
         reply = await c.expect(type="error")
         assert reply["code"] == "bad_request" and "re" not in reply, reply
