@@ -1,0 +1,76 @@
+"""Outages against real processes (issue 10): Redis restarted empty, a gateway frozen
+with SIGSTOP, and what the logs say meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.harness import UNIT, Client, Cluster, ahttp_get, cluster, unique, wait_for
+
+pytestmark = pytest.mark.system
+
+
+@contextlib.asynccontextmanager
+async def opened(url: str) -> AsyncIterator[Client]:
+    async with Client.open(url) as c:
+        yield c
+
+
+async def wait_ready(c: Cluster, timeout: float = 20 * UNIT) -> None:
+    for g in c.gateways:
+        async def ready(url: str = g.http + "/readyz") -> bool:
+            return (await ahttp_get(url))[0] == 200
+        await wait_for(ready, timeout, 0.05 * UNIT, f"{g.http} ready again")
+
+
+async def hello_close_code(url: str, device: str) -> int | None:
+    """Open a socket and send hello for `device`: the close code, or None if it stays open."""
+    async with Client.open(url) as c:
+        await c.send({"type": "hello", "id": 1, "device_id": device})
+        try:
+            return await c.closed(3 * UNIT)
+        except TimeoutError:
+            return None
+
+
+def restart_redis_empty(c: Cluster) -> None:
+    c.redis.stop()
+    c.redis.start()  # same port, no persistence: every key is gone
+
+
+async def test_device_socket_cap_holds_after_redis_restarts_empty() -> None:
+    """A device's open sockets are counted again when Redis comes back empty, so the
+    cluster-wide cap (MAX_CONNECTIONS_PER_DEVICE) still refuses the next one with 4008."""
+    with cluster(2, 0, {"MAX_CONNECTIONS_PER_DEVICE": "3"}) as c:
+        gw0, gw1 = c.gateways
+        device = unique("capped")
+        async with contextlib.AsyncExitStack() as stack:
+            old = [await stack.enter_async_context(opened(gw0.url)) for _ in range(3)]
+            sockets = []
+            for client in old:
+                sockets.append((await client.hello(device))["socket_id"])
+                client.start_pinging(0.3)
+            # At the cap: a fourth socket, on the other replica, is refused.
+            assert await hello_close_code(gw1.url, device) == 4008
+            restart_redis_empty(c)
+            await wait_ready(c)
+
+            def back() -> bool:  # every old socket is registered in Redis again
+                return all(c.redis.cli("ZSCORE", "ws:presence", s) != "" for s in sockets)
+
+            await wait_for(back, 20 * UNIT, 0.05 * UNIT, "sockets re-registered")
+            for gw in (gw1, gw0):
+                assert await hello_close_code(gw.url, device) == 4008, f"a 4th socket got in on {gw.http}"
+            # The count is exact, not inflated: with one old socket gone, one new one fits
+            # (once the gateway has recorded the close).
+            await old[0].ws.close()
+
+            async def fits() -> bool:
+                return await hello_close_code(gw1.url, device) is None
+
+            await wait_for(fits, 10 * UNIT, 0.1 * UNIT, "a new socket once one old one closed")
