@@ -66,6 +66,9 @@ class Node:
         # Extra periodic work (each gets now_ms), run with the store sweep.
         self.upkeep_hooks: list[Callable[[int], Awaitable[object]]] = []
         self.ready = True  # false once draining
+        # Monotonic time since which the event loop could read every socket: moved on after
+        # a stall (process frozen, long pause), so data that waited unread counts as heard.
+        self.readable_since = 0.0
         self.backend_ok = True  # false while a required backend (Redis) is unreachable
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handlers: dict[type, Callable[[Session, Any], Awaitable[None]]] = {
@@ -482,23 +485,33 @@ class Node:
         """Close sockets that sent no hello in time (4001) or went silent (4002)."""
         hello_s = self.settings.hello_timeout_ms / 1000
         silent_s = self.settings.heartbeat_timeout_ms / 1000
+        readable = self.readable_since
         for session in list(self.sessions.values()):
             if session.closing:
                 continue
             if session.caller is None:
-                if now - session.opened > hello_s:
+                if now - max(session.opened, readable) > hello_s:
                     session.close(CloseCode.HELLO_TIMEOUT, "no hello in time")
-            elif now - session.last_seen > silent_s:
+            elif now - max(session.last_seen, readable) > silent_s:
                 self.metrics.heartbeat_timeouts.inc()
                 session.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout", status="timeout")
 
     async def run_upkeep(self) -> None:
         """Background loop; runs until cancelled."""
         last_sweep = 0.0
+        last_tick = time.monotonic()
         while True:
-            await asyncio.sleep(self.tick_interval())
+            interval = self.tick_interval()
+            await asyncio.sleep(interval)
             now = time.monotonic()
-            self.check_timeouts(now)
+            if now - last_tick > 2 * interval + 0.05:
+                # The loop stalled: what clients sent meanwhile may still sit unread in the
+                # socket buffers. Judge silence from now on, after the readers had their turn.
+                log.warning("event loop stalled for %.1fs; heartbeat timeouts count from now", now - last_tick - interval)
+                self.readable_since = now
+            else:
+                self.check_timeouts(now)
+            last_tick = now
             try:
                 await self.presence.flush()
                 if now - last_sweep >= 1.0:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.harness import UNIT, Client, Cluster, ahttp_get, cluster, unique, wait_for
+from tests.harness import UNIT, Client, Cluster, ahttp_get, cluster, gateway, unique, wait_for
 
 pytestmark = pytest.mark.system
 
@@ -74,3 +75,36 @@ async def test_device_socket_cap_holds_after_redis_restarts_empty() -> None:
                 return await hello_close_code(gw1.url, device) is None
 
             await wait_for(fits, 10 * UNIT, 0.1 * UNIT, "a new socket once one old one closed")
+
+
+async def test_gateway_frozen_past_the_heartbeat_timeout_keeps_clients_that_kept_pinging() -> None:
+    """SIGSTOP longer than the heartbeat timeout: on SIGCONT the pings that waited in the
+    socket buffers are read before anyone is judged silent; a really silent client still
+    gets 4002."""
+    timeout_ms = int(1000 * UNIT)
+    with gateway({"WEBSOCKET_HEARTBEAT_TIMEOUT": str(timeout_ms), "WEBSOCKET_HEARTBEAT_INTERVAL": str(timeout_ms // 5),
+                  "HELLO_TIMEOUT": str(timeout_ms)}) as g:
+        async with contextlib.AsyncExitStack() as stack:
+            pingers = [await stack.enter_async_context(opened(g.url)) for _ in range(5)]
+            for client in pingers:
+                await client.hello(unique("pinger"))
+                client.start_pinging(timeout_ms / 5000)
+            silent = await stack.enter_async_context(opened(g.url))
+            await silent.hello(unique("silent"))
+            assert g.proc is not None
+            g.signal(signal.SIGSTOP)
+            try:
+                await asyncio.sleep(2.5 * timeout_ms / 1000)  # the frozen process cannot read
+            finally:
+                g.signal(signal.SIGCONT)
+            resumed = time.monotonic()
+            # The really silent one is closed for its silence...
+            assert await silent.closed(3 * timeout_ms / 1000) == 4002
+            # ...while every client that kept pinging is still served, well past the timeout.
+            while time.monotonic() - resumed < 2 * timeout_ms / 1000:
+                for client in pingers:
+                    reply = await client.request({"type": "ping"})
+                    assert reply["type"] == "pong", reply
+                await asyncio.sleep(0.1 * UNIT)
+            for client in pingers:
+                assert client.ws.close_code is None, f"closed with {client.ws.close_code}"
