@@ -520,7 +520,8 @@ class Node:
                     for hook in self.upkeep_hooks:
                         await hook(now_ms())
             except GatewayError as exc:
-                log.warning("upkeep: %s", exc.message)
+                if self.backend_ok:  # an outage is logged once, by the backend
+                    log.warning("upkeep: %s", exc.message)
 
     @property
     def accepting(self) -> bool:
@@ -534,7 +535,7 @@ class Node:
         `participant_reconnected`; a socket whose room no longer exists (the backend
         lost its state) is closed with 1012 so its client reconnects and reloads.
         """
-        restored = 0
+        restored = lost = 0
         for session in list(self.sessions.values()):
             caller = session.caller
             if caller is None or session.closing:
@@ -547,23 +548,28 @@ class Node:
                     except GatewayError as exc:
                         if exc.code is ErrorCode.UNAVAILABLE:
                             raise
-                        log.info("room %s is gone after the outage (%s); closing %s with 1012",
-                                 room_id, exc.code.value, caller.socket_id)
+                        log.debug("room %s is gone after the outage (%s); closing %s with 1012",
+                                  room_id, exc.code.value, caller.socket_id)
                         session.close(CloseCode.SERVICE_RESTART, "room state lost; reconnect and resume")
+                        lost += 1
                         break
                     local = self.hub.rooms.get(room_id)
                     if local is not None and local.epoch is not None and result.epoch != local.epoch:
                         # Restored from history under a new epoch: seqs may repeat, so the
                         # client must rejoin and reload (it gets `recovered: false`).
-                        log.info("room %s came back under a new epoch; closing %s with 1012",
-                                 room_id, caller.socket_id)
+                        log.debug("room %s came back under a new epoch; closing %s with 1012",
+                                  room_id, caller.socket_id)
                         session.close(CloseCode.SERVICE_RESTART, "room restored under a new epoch; rejoin")
+                        lost += 1
                         break
                 restored += 1
             except GatewayError as exc:
                 log.warning("re-registering sockets stopped (%s); will try again", exc.message)
                 return False
-        log.info("re-registered %d sockets", restored)
+        log.debug("re-registered %d sockets", restored)
+        if lost:  # one line, however many sockets
+            log.info("after the outage: %d sockets closed with 1012 (their room was lost or came back "
+                     "under a new epoch); they reconnect and resume", lost)
         return True
 
     async def drain(self, window_s: float = 0.0) -> None:

@@ -102,6 +102,7 @@ class RedisBus:
         self.reconnects = 0
         self.on_resubscribed: Callable[[list[str]], None] | None = None
         self.on_state: Callable[[bool], None] | None = None
+        self.last_error: object = "connection lost"  # why the last session ended, for on_state(False)
 
     def set_sink(self, sink: EventSink) -> None:
         self.sink = sink
@@ -155,7 +156,9 @@ class RedisBus:
                 await self._session(first)
                 delay = 0.1
             except (OSError, TimeoutError, GatewayError, RespError) as exc:
-                log.warning("pub/sub connection failed: %s", exc)
+                # The gateway logs the outage once (on_state); each attempt only at debug.
+                self.last_error = exc
+                log.debug("pub/sub connection failed: %s", exc)
             finally:
                 self.connected.clear()
                 if self._proto is not None and self._proto.transport is not None:
@@ -197,7 +200,7 @@ class RedisBus:
             self._send(b"SUBSCRIBE", channel)
         await asyncio.wait_for(asyncio.gather(probe, *futs), self.subscribe_timeout + len(rooms) * 0.001)
         if not first:
-            log.info("pub/sub reconnected; resubscribed %d rooms", len(rooms))
+            log.debug("pub/sub reconnected; resubscribed %d rooms", len(rooms))
         if self.on_state is not None:
             self.on_state(True)
         if not first and self.on_resubscribed is not None:

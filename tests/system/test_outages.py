@@ -108,3 +108,43 @@ async def test_gateway_frozen_past_the_heartbeat_timeout_keeps_clients_that_kept
                 await asyncio.sleep(0.1 * UNIT)
             for client in pingers:
                 assert client.ws.close_code is None, f"closed with {client.ws.close_code}"
+
+
+def _lines(text: str) -> list[str]:
+    """Log records (a record starts with a date; traceback lines belong to the record before)."""
+    return [line for line in text.splitlines() if line[:2] == "20"]
+
+
+async def test_redis_outage_is_logged_once_down_and_once_back() -> None:
+    """Coordinator and gateway: one line when Redis goes, at most a periodic summary while it
+    stays away, no tracebacks, one line when it is back."""
+    with cluster(1, 1) as c:
+        gw, coord = c.gateways[0], c.coordinators[0]
+        async with Client.open(gw.url) as client:
+            await client.hello(unique("dev-log"))
+            client.start_pinging(0.3)
+            logs = {"gateway": gw.log, "coordinator": coord.log}
+            at_stop = {name: len(log()) for name, log in logs.items()}
+            c.redis.stop()
+            stopped = time.monotonic()
+            while time.monotonic() - stopped < 4 * UNIT:  # traffic meanwhile: refused, not logged
+                reply = await client.request({"type": "list_rooms"})
+                assert reply["type"] == "error" and reply["code"] == "unavailable", reply
+                await asyncio.sleep(0.1 * UNIT)
+            at_start = {name: len(log()) for name, log in logs.items()}
+            c.redis.start()
+            await wait_ready(c)
+
+            async def coordinator_back() -> bool:
+                return (await ahttp_get(coord.http + "/readyz"))[0] == 200
+
+            await wait_for(coordinator_back, 15 * UNIT, 0.05 * UNIT, "coordinator ready again")
+            await asyncio.sleep(2 * UNIT)  # time for any follow-up lines to show
+            for name, log in logs.items():
+                text = log()
+                during, after = text[at_stop[name]:at_start[name]], text[at_start[name]:]
+                assert "Traceback" not in during + after, f"{name}:\n{during}{after}"
+                down = [line for line in _lines(during) if "still unavailable" not in line]
+                assert len(down) == 1 and "unavailable" in down[0], f"{name} while Redis was down:\n{during}"
+                back = [line for line in _lines(after) if "roomcast.lease" not in line]  # who leads is news
+                assert len(back) == 1 and "is back after" in back[0], f"{name} once Redis was back:\n{after}"
