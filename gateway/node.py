@@ -221,6 +221,10 @@ class Node:
             else:
                 await self._handlers[type(msg)](session, msg)
         except GatewayError as exc:
+            if exc.code is ErrorCode.NOT_FOUND and getattr(msg, "room_id", None) in session.rooms:
+                # A room this socket is in can only be missing if the backend lost it (Redis
+                # restarted empty): until re-registration closes the socket with 1012, retry.
+                exc = GatewayError(ErrorCode.UNAVAILABLE, "room state is being recovered; retry shortly")
             self.error(session, exc, msg.id, msg.id is not None)
         except Exception:
             log.exception("internal error handling %s", type(msg).__name__)

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.harness import UNIT, Client, Cluster, ahttp_get, cluster, gateway, unique, wait_for
 
@@ -148,3 +149,27 @@ async def test_redis_outage_is_logged_once_down_and_once_back() -> None:
                 assert len(down) == 1 and "unavailable" in down[0], f"{name} while Redis was down:\n{during}"
                 back = [line for line in _lines(after) if "roomcast.lease" not in line]  # who leads is news
                 assert len(back) == 1 and "is back after" in back[0], f"{name} once Redis was back:\n{after}"
+
+
+async def test_event_while_a_lost_room_is_being_recovered_gets_unavailable_not_not_found() -> None:
+    """Redis restarted empty: until the gateway notices that the room is gone (and closes the
+    socket with 1012), an `event` for it gets `unavailable` (retry), never `not_found`, which
+    the docs do not list for `event`."""
+    with cluster(1, 0) as c:
+        gw = c.gateways[0]
+        room_id = unique("lost")
+        async with Client.open(gw.url) as host:
+            await host.hello(unique("host"))
+            host.start_pinging(0.3)
+            assert (await host.request({"type": "create_room", "room_id": room_id, "game_type": "g"}))["type"] == \
+                "room_created"
+            restart_redis_empty(c)
+            codes: list[str] = []
+            deadline = time.monotonic() + 20 * UNIT
+            with contextlib.suppress(ConnectionClosed):
+                while time.monotonic() < deadline:
+                    reply = await host.request({"type": "event", "room_id": room_id, "event_type": "x"})
+                    codes.append(reply.get("code", reply["type"]))
+                    await asyncio.sleep(0.01 * UNIT)
+            assert host.ws.close_code == 1012, codes[-5:]
+            assert codes and set(codes) <= {"unavailable"}, sorted(set(codes))
