@@ -152,6 +152,7 @@ class RedisBus:
         delay = 0.1
         first = True
         while True:
+            self.last_error = "connection lost"
             try:
                 await self._session(first)
                 delay = 0.1

@@ -121,13 +121,18 @@ async def test_redis_outage_is_logged_once_down_and_once_back() -> None:
     stays away, no tracebacks, one line when it is back."""
     with cluster(1, 1) as c:
         gw, coord = c.gateways[0], c.coordinators[0]
-        async with Client.open(gw.url) as client:
+        async with Client.open(gw.url) as client, contextlib.AsyncExitStack() as leaving:
             await client.hello(unique("dev-log"))
             client.start_pinging(0.3)
+            leavers = [await leaving.enter_async_context(opened(gw.url)) for _ in range(5)]
+            for leaver in leavers:
+                await leaver.hello(unique("dev-leaves"))
             logs = {"gateway": gw.log, "coordinator": coord.log}
             at_stop = {name: len(log()) for name, log in logs.items()}
             c.redis.stop()
             stopped = time.monotonic()
+            await asyncio.sleep(0.5 * UNIT)
+            await leaving.aclose()  # sockets that end during the outage: not a line each
             while time.monotonic() - stopped < 4 * UNIT:  # traffic meanwhile: refused, not logged
                 reply = await client.request({"type": "list_rooms"})
                 assert reply["type"] == "error" and reply["code"] == "unavailable", reply
