@@ -189,6 +189,7 @@ class RedisLink:
         self.node.hub.gap_source = self.store.read_since
         self.bus.on_resubscribed = self.node.hub.repair
         self.bus.on_state = self._bus_state
+        self.node.on_stall = self._stalled
         self.redis_ok = False
         self.bus_ok = False
         self.outage = OutageLog(log, "redis")
@@ -197,6 +198,12 @@ class RedisLink:
         self.closing = False
         self.up = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _stalled(self, seconds: float) -> None:
+        """This process was frozen: if for long enough that the coordinator may have timed
+        out our sockets (their presence went stale), put them back (participant_reconnected)."""
+        if seconds * 2 >= self.settings.heartbeat_timeout_ms / 1000:
+            self.reregister_due = True
 
     def _bus_state(self, up: bool) -> None:
         self.bus_ok = up

@@ -69,6 +69,8 @@ class Node:
         # Monotonic time since which the event loop could read every socket: moved on after
         # a stall (process frozen, long pause), so data that waited unread counts as heard.
         self.readable_since = 0.0
+        # Called with the stall's length (s) after one: the backend may re-register sockets.
+        self.on_stall: Callable[[float], None] | None = None
         self.backend_ok = True  # false while a required backend (Redis) is unreachable
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handlers: dict[type, Callable[[Session, Any], Awaitable[None]]] = {
@@ -513,8 +515,11 @@ class Node:
             if now - last_tick > 2 * interval + 0.05:
                 # The loop stalled: what clients sent meanwhile may still sit unread in the
                 # socket buffers. Judge silence from now on, after the readers had their turn.
-                log.warning("event loop stalled for %.1fs; heartbeat timeouts count from now", now - last_tick - interval)
+                stalled = now - last_tick - interval
+                log.warning("event loop stalled for %.1fs; heartbeat timeouts count from now", stalled)
                 self.readable_since = now
+                if self.on_stall is not None:
+                    self.on_stall(stalled)
             else:
                 self.check_timeouts(now)
             last_tick = now

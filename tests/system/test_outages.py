@@ -178,3 +178,35 @@ async def test_event_while_a_lost_room_is_being_recovered_gets_unavailable_not_n
                     await asyncio.sleep(0.01 * UNIT)
             assert host.ws.close_code == 1012, codes[-5:]
             assert codes and set(codes) <= {"unavailable"}, sorted(set(codes))
+
+
+async def test_gateway_frozen_past_the_timeout_puts_its_sockets_back_in_the_cluster() -> None:
+    """In cluster mode the reaper marks the sockets of a frozen gateway `timeout` (their
+    presence went stale). When the gateway resumes and its clients are still there, they
+    are registered again: the room sees them come back, and they are not pruned later."""
+    timeout_ms = int(1000 * UNIT)
+    env = {"WEBSOCKET_HEARTBEAT_TIMEOUT": str(timeout_ms), "WEBSOCKET_HEARTBEAT_INTERVAL": str(timeout_ms // 5),
+           "REAPER_INTERVAL": "100"}
+    with cluster(2, 1, env) as c:
+        frozen, other = c.gateways
+        room_id = unique("frozen")
+        player_device = unique("player")
+        async with Client.open(other.url) as host, Client.open(frozen.url) as player:
+            await host.hello(unique("host"))
+            host.start_pinging(timeout_ms / 5000)
+            await host.request({"type": "create_room", "room_id": room_id, "game_type": "g"})
+            await player.hello(player_device)
+            player.start_pinging(timeout_ms / 5000)
+            assert (await player.request({"type": "join", "room_id": room_id}))["type"] == "joined"
+            await host.expect(type="event", event_type="participant_joined")
+            frozen.signal(signal.SIGSTOP)
+            try:
+                gone = await host.expect(10 * UNIT, type="event", event_type="participant_disconnected")
+            finally:
+                frozen.signal(signal.SIGCONT)
+            assert gone["payload"]["device_id"] == player_device and gone["payload"]["reason"] == "timeout"
+            back = await host.expect(10 * UNIT, type="event", event_type="participant_reconnected")
+            assert back["payload"]["device_id"] == player_device
+            ack = await player.request({"type": "event", "room_id": room_id, "event_type": "still-here"})
+            assert ack["type"] == "ack", ack
+            assert player.ws.close_code is None
