@@ -504,6 +504,14 @@ class Node:
                 self.metrics.heartbeat_timeouts.inc()
                 session.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout", status="timeout")
 
+    def stall_threshold(self, interval: float) -> float:
+        """A late tick counts as a stall (timeouts restart) only beyond a quarter of the
+        shortest timeout: a shorter stall cannot make a client that pings at the advised
+        interval (5/12 of the timeout) look silent, and a merely busy loop must still close
+        silent sockets."""
+        s = self.settings
+        return max(interval + 0.05, min(s.hello_timeout_ms, s.heartbeat_timeout_ms) / 4000)
+
     async def run_upkeep(self) -> None:
         """Background loop; runs until cancelled."""
         last_sweep = 0.0
@@ -512,10 +520,10 @@ class Node:
             interval = self.tick_interval()
             await asyncio.sleep(interval)
             now = time.monotonic()
-            if now - last_tick > 2 * interval + 0.05:
+            stalled = now - last_tick - interval
+            if stalled > self.stall_threshold(interval):
                 # The loop stalled: what clients sent meanwhile may still sit unread in the
                 # socket buffers. Judge silence from now on, after the readers had their turn.
-                stalled = now - last_tick - interval
                 log.warning("event loop stalled for %.1fs; heartbeat timeouts count from now", stalled)
                 self.readable_since = now
                 if self.on_stall is not None:
