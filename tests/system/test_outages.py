@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.harness import UNIT, Client, Cluster, ahttp_get, cluster, gateway, unique, wait_for
 
@@ -136,6 +136,10 @@ async def test_redis_outage_is_logged_once_down_and_once_back() -> None:
             while time.monotonic() - stopped < 4 * UNIT:  # traffic meanwhile: refused, not logged
                 reply = await client.request({"type": "list_rooms"})
                 assert reply["type"] == "error" and reply["code"] == "unavailable", reply
+                with contextlib.suppress(ConnectionClosed, InvalidStatus):  # new sockets: refused (503)
+                    async with Client.open(gw.url) as newcomer:
+                        await newcomer.send({"type": "hello", "id": 1, "device_id": unique("dev-new")})
+                        await newcomer.recv(2 * UNIT)
                 await asyncio.sleep(0.1 * UNIT)
             at_start = {name: len(log()) for name, log in logs.items()}
             c.redis.start()
