@@ -213,7 +213,9 @@ class RedisBus:
             if unanswered_since is not None and self.probe_seen >= unanswered_since:
                 unanswered_since = None
             if unanswered_since is not None and now - unanswered_since > self.probe_timeout:
-                log.warning("pub/sub probe not seen for %.1fs: rebuilding the subscription", now - unanswered_since)
+                # Reported once by the gateway (on_state) as the reason of the outage.
+                self.last_error = f"probe not seen for {now - unanswered_since:.1f}s"
+                log.debug("pub/sub probe not seen for %.1fs: rebuilding the subscription", now - unanswered_since)
                 return
             if unanswered_since is None:
                 unanswered_since = now

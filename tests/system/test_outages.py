@@ -214,3 +214,27 @@ async def test_gateway_frozen_past_the_timeout_puts_its_sockets_back_in_the_clus
             ack = await player.request({"type": "event", "room_id": room_id, "event_type": "still-here"})
             assert ack["type"] == "ack", ack
             assert player.ws.close_code is None
+
+
+async def test_sockets_opened_while_a_frozen_redis_is_not_yet_noticed_log_no_tracebacks() -> None:
+    """Redis frozen (SIGSTOP: connections stay open, nothing answers): until the gateway
+    notices, new sockets still get in; their admission check cannot reach Redis. That is
+    one outage line in the log, not a traceback per socket, and the socket is not dropped."""
+    with cluster(1, 0) as c:
+        gw = c.gateways[0]
+        assert c.redis.proc is not None
+        start = len(gw.log())
+        c.redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                newcomers = [await stack.enter_async_context(opened(gw.url)) for _ in range(3)]
+                for n in newcomers:
+                    await n.send({"type": "hello", "id": 1, "device_id": unique("dev-frozen")})
+                for n in newcomers:
+                    reply = await n.expect(10 * UNIT, re=1)
+                    assert reply["type"] == "error" and reply["code"] == "unavailable", reply
+        finally:
+            c.redis.proc.send_signal(signal.SIGCONT)
+        await wait_ready(c)
+        text = gw.log()[start:]
+        assert "Traceback" not in text and "connection handler failed" not in text, text
