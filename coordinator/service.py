@@ -12,6 +12,8 @@ from typing import Any
 
 import asyncpg
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from roomcast import keys
 from roomcast.erasure import strip_old_personal_data
@@ -23,6 +25,7 @@ from roomcast.http_mini import serve_http
 from roomcast.jobs import archive_old_connections, update_heartbeats
 from roomcast.metrics_util import set_bounded
 from roomcast.migrate import migrate
+from roomcast.outage import OutageLog
 from roomcast.protocol import ROOM_STATUSES
 from roomcast.redis_batch import Batcher, cmd
 from roomcast.redis_client import make_client
@@ -70,6 +73,7 @@ class Coordinator:
                              prune_after_ms=settings.participant_prune_ms, node_ttl_ms=settings.node_ttl_ms)
         self.lease = Lease(self.batcher, keys.REAPER_LEASE, settings.node_id, settings.lease_ttl_ms)
         self.redis_ok = False
+        self.outage = OutageLog(log, "redis")
         self.pool: asyncpg.Pool | None = None
         self.flusher: Flusher | None = None
         self.schema_ready = asyncio.Event()
@@ -135,9 +139,10 @@ class Coordinator:
                     self.metrics.replicas.set(result.replicas)
                     self.metrics.runs.inc()
                 self.redis_ok = True
-            except (GatewayError, OSError, TimeoutError) as exc:
-                if self.redis_ok:
-                    log.warning("redis unavailable: %s", getattr(exc, "message", exc))
+                self.outage.recovered()
+            except (GatewayError, OSError, TimeoutError, RedisConnectionError, RedisTimeoutError) as exc:
+                # Once per outage (then a summary now and then), never a traceback per attempt.
+                self.outage.failed(exc, "reaper and cleanup paused")
                 self.redis_ok = False
                 self.lease.held = False
                 self.metrics.leader.set(0)
@@ -172,7 +177,7 @@ class Coordinator:
             try:
                 await self.flusher.run(active=lambda: self.lease.held and self.redis_ok)
             except (GatewayError, OSError) as exc:  # redis trouble: the lease loop notices too
-                log.warning("flusher paused: %s", getattr(exc, "message", exc))
+                self.outage.failed(exc, "reaper and cleanup paused")  # the flusher pauses with them
                 await asyncio.sleep(1.0)
 
     async def _room_stats(self) -> None:
@@ -226,5 +231,7 @@ class Coordinator:
                     beats = {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw}
                     n = await update_heartbeats(self.pool, beats)
                     self.metrics.cleanup.labels("heartbeats").inc(n)
-            except (GatewayError, OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            except (GatewayError, RedisConnectionError, RedisTimeoutError) as exc:
+                self.outage.failed(exc, "reaper and cleanup paused")  # logged once per outage
+            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
                 log.warning("cleanup jobs: %s", getattr(exc, "message", exc))

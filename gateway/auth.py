@@ -46,11 +46,21 @@ class KeyFileError(ValueError):
         self.var = var
 
 
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
 def _b64decode(part: str) -> bytes:
+    """Canonical base64url only (RFC 7515 section 2): the URL-safe alphabet, no padding, and
+    the last character's unused bits zero; anything a lenient decoder would skip is refused."""
+    if len(part) % 4 == 1 or _B64URL.fullmatch(part) is None:
+        raise TokenError("token is not base64url")
     try:
-        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
     except (ValueError, TypeError):
         raise TokenError("token is not base64url") from None
+    if _b64encode(raw) != part:  # unused bits set in the last character
+        raise TokenError("token is not canonical base64url")
+    return raw
 
 
 def _b64encode(data: bytes) -> str:

@@ -18,7 +18,6 @@ from roomcast.bus_memory import MemoryBus
 from roomcast.bus_redis import RedisBus
 from roomcast.device_tokens import PostgresTokenHistory
 from roomcast.erasure import strip_old_personal_data
-from roomcast.errors import GatewayError
 from roomcast.flusher import Flusher, FlusherMetrics
 from roomcast.history import TRANSIENT, PostgresWriter
 from roomcast.history_memory import MemoryHistorySource
@@ -27,6 +26,7 @@ from roomcast.jobs import archive_old_connections, update_heartbeats
 from roomcast.limiter import RedisLimiter
 from roomcast.metrics_util import set_bounded
 from roomcast.migrate import migrate
+from roomcast.outage import OutageLog
 from roomcast.presence_memory import MemoryPresence
 from roomcast.presence_redis import RedisPresence
 from roomcast.protocol import ROOM_STATUSES
@@ -40,6 +40,7 @@ from .metrics import Metrics
 from .node import Node, now_ms
 
 log = logging.getLogger("roomcast.backend")
+_CONSEQUENCE = "requests get `unavailable`, /readyz is false"
 
 
 async def ensure_schema(settings: Settings) -> None:
@@ -196,14 +197,21 @@ class RedisLink:
         self.node.hub.gap_source = self.store.read_since
         self.bus.on_resubscribed = self.node.hub.repair
         self.bus.on_state = self._bus_state
+        self.node.on_stall = self._stalled
         self.redis_ok = False
         self.bus_ok = False
-        self.lost_at: float | None = None
+        self.outage = OutageLog(log, "redis")
         self.was_up = False
         self.reregister_due = False  # set when Redis came back; cleared once sockets are back
         self.closing = False
         self.up = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _stalled(self, seconds: float) -> None:
+        """This process was frozen: if for long enough that the coordinator may have timed
+        out our sockets (their presence went stale), put them back (participant_reconnected)."""
+        if seconds * 2 >= self.settings.heartbeat_timeout_ms / 1000:
+            self.reregister_due = True
 
     def _bus_state(self, up: bool) -> None:
         self.bus_ok = up
@@ -211,6 +219,8 @@ class RedisLink:
             self.metrics.pubsub_reconnects.inc(0)
         else:
             self.metrics.pubsub_reconnects.inc()
+            if not self.closing:
+                self.outage.failed(f"pub/sub: {self.bus.last_error}", _CONSEQUENCE)
         self._update()
 
     def _update(self) -> None:
@@ -225,16 +235,10 @@ class RedisLink:
         if self.closing:
             return
         if ok and not was:
-            if self.lost_at is not None and self.was_up:
-                log.info("redis is back after %.1fs: re-registering local sockets", time.monotonic() - self.lost_at)
+            if self.was_up:
                 self.reregister_due = True
-            self.lost_at = None
+            self.outage.recovered("re-registering local sockets" if self.was_up else "")
             self.was_up = True
-        elif was and not ok:
-            self.lost_at = time.monotonic()
-            log.warning("redis unavailable: requests get `unavailable`, /readyz is false")
-        elif not ok and self.lost_at is None:
-            self.lost_at = time.monotonic()
 
     async def _heartbeat(self) -> None:
         """Every tick: ping Redis, register this replica (with a TTL), flush presence."""
@@ -253,13 +257,8 @@ class RedisLink:
                 if not self.redis_ok:
                     await self.batcher.load_scripts()
                 self.redis_ok = True
-            except (GatewayError, OSError, TimeoutError) as exc:
-                if self.redis_ok:
-                    log.warning("redis ping failed: %s", getattr(exc, "message", exc))
-                self.redis_ok = False
-            except Exception as exc:
-                if self.redis_ok:
-                    log.warning("redis ping failed: %s", exc)
+            except Exception as exc:  # any failure means not ready; logged once per outage
+                self.outage.failed(exc, _CONSEQUENCE)
                 self.redis_ok = False
             self._update()
             if self.reregister_due and self.node.backend_ok:

@@ -86,6 +86,11 @@ class Node:
         # Extra periodic work (each gets now_ms), run with the store sweep.
         self.upkeep_hooks: list[Callable[[int], Awaitable[object]]] = []
         self.ready = True  # false once draining
+        # Monotonic time since which the event loop could read every socket: moved on after
+        # a stall (process frozen, long pause), so data that waited unread counts as heard.
+        self.readable_since = 0.0
+        # Called with the stall's length (s) after one: the backend may re-register sockets.
+        self.on_stall: Callable[[float], None] | None = None
         self.backend_ok = True  # false while a required backend (Redis) is unreachable
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handlers: dict[type, Callable[[Session, Any], Awaitable[None]]] = {
@@ -163,7 +168,9 @@ class Node:
         try:
             await self.store.disconnect(caller, session.close_status, reason, now_ms())
         except GatewayError as exc:
-            log.warning("could not record disconnect of %s: %s", caller.socket_id, exc.message)
+            # During an outage (logged once by the backend) the reaper ends it later, if Redis kept it.
+            (log.warning if self.backend_ok else log.debug)(
+                "could not record disconnect of %s: %s", caller.socket_id, exc.message)
 
     def _bucket(self, what: str, key: str) -> str:
         """Bucket names hold a hash, never a raw address or device id. Every replica must
@@ -203,15 +210,16 @@ class Node:
         if session.caller is not None:
             # Any frame is a heartbeat, valid or not: presence agrees with our own timer.
             self.presence.touch(session.socket_id, now_ms(), session.device_id)
-        if isinstance(data, bytes):
-            self.metrics.in_invalid.inc()
-            self.error(session, GatewayError(ErrorCode.BAD_REQUEST, "binary frames are not supported; send text"))
-            return
+        # Every frame takes from the message rate, binary ones too (they get an error reply).
         wait_ms = session.bucket.take(now)
         if wait_ms:
             self.metrics.rate_limited.labels("messages").inc()
             self.error(session, GatewayError(ErrorCode.RATE_LIMITED, "too many messages", retry_after_ms=wait_ms),
-                       *p.peek_id(data))
+                       *(p.peek_id(data) if isinstance(data, str) else (None, False)))
+            return
+        if isinstance(data, bytes):
+            self.metrics.in_invalid.inc()
+            self.error(session, GatewayError(ErrorCode.BAD_REQUEST, "binary frames are not supported; send text"))
             return
         try:
             msg = p.parse(data, self.settings.max_payload_depth)
@@ -230,6 +238,10 @@ class Node:
             else:
                 await self._handlers[type(msg)](session, msg)
         except GatewayError as exc:
+            if exc.code is ErrorCode.NOT_FOUND and getattr(msg, "room_id", None) in session.rooms:
+                # A room this socket is in can only be missing if the backend lost it (Redis
+                # restarted empty): until re-registration closes the socket with 1012, retry.
+                exc = GatewayError(ErrorCode.UNAVAILABLE, "room state is being recovered; retry shortly")
             self.error(session, exc, msg.id, msg.id is not None)
         except Exception:
             log.exception("internal error handling %s", type(msg).__name__)
@@ -582,23 +594,44 @@ class Node:
         """Close sockets that sent no hello in time (4001) or went silent (4002)."""
         hello_s = self.settings.hello_timeout_ms / 1000
         silent_s = self.settings.heartbeat_timeout_ms / 1000
+        readable = self.readable_since
         for session in list(self.sessions.values()):
             if session.closing:
                 continue
             if session.caller is None:
-                if now - session.opened > hello_s:
+                if now - max(session.opened, readable) > hello_s:
                     session.close(CloseCode.HELLO_TIMEOUT, "no hello in time")
-            elif now - session.last_seen > silent_s:
+            elif now - max(session.last_seen, readable) > silent_s:
                 self.metrics.heartbeat_timeouts.inc()
                 session.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout", status="timeout")
+
+    def stall_threshold(self, interval: float) -> float:
+        """A late tick counts as a stall (timeouts restart) only beyond a quarter of the
+        shortest timeout: a shorter stall cannot make a client that pings at the advised
+        interval (5/12 of the timeout) look silent, and a merely busy loop must still close
+        silent sockets."""
+        s = self.settings
+        return max(interval + 0.05, min(s.hello_timeout_ms, s.heartbeat_timeout_ms) / 4000)
 
     async def run_upkeep(self) -> None:
         """Background loop; runs until cancelled."""
         last_sweep = 0.0
+        last_tick = time.monotonic()
         while True:
-            await asyncio.sleep(self.tick_interval())
+            interval = self.tick_interval()
+            await asyncio.sleep(interval)
             now = time.monotonic()
-            self.check_timeouts(now)
+            stalled = now - last_tick - interval
+            if stalled > self.stall_threshold(interval):
+                # The loop stalled: what clients sent meanwhile may still sit unread in the
+                # socket buffers. Judge silence from now on, after the readers had their turn.
+                log.warning("event loop stalled for %.1fs; heartbeat timeouts count from now", stalled)
+                self.readable_since = now
+                if self.on_stall is not None:
+                    self.on_stall(stalled)
+            else:
+                self.check_timeouts(now)
+            last_tick = now
             try:
                 await self.presence.flush()
                 if now - last_sweep >= 1.0:
@@ -607,7 +640,8 @@ class Node:
                     for hook in self.upkeep_hooks:
                         await hook(now_ms())
             except GatewayError as exc:
-                log.warning("upkeep: %s", exc.message)
+                if self.backend_ok:  # an outage is logged once, by the backend
+                    log.warning("upkeep: %s", exc.message)
 
     @property
     def accepting(self) -> bool:
@@ -621,7 +655,7 @@ class Node:
         `participant_reconnected`; a socket whose room no longer exists (the backend
         lost its state) is closed with 1012 so its client reconnects and reloads.
         """
-        restored = 0
+        restored = lost = 0
         for session in list(self.sessions.values()):
             caller = session.caller
             if caller is None or session.closing:
@@ -634,23 +668,28 @@ class Node:
                     except GatewayError as exc:
                         if exc.code is ErrorCode.UNAVAILABLE:
                             raise
-                        log.info("room %s is gone after the outage (%s); closing %s with 1012",
-                                 room_id, exc.code.value, caller.socket_id)
+                        log.debug("room %s is gone after the outage (%s); closing %s with 1012",
+                                  room_id, exc.code.value, caller.socket_id)
                         session.close(CloseCode.SERVICE_RESTART, "room state lost; reconnect and resume")
+                        lost += 1
                         break
                     local = self.hub.rooms.get(room_id)
                     if local is not None and local.epoch is not None and result.epoch != local.epoch:
                         # Restored from history under a new epoch: seqs may repeat, so the
                         # client must rejoin and reload (it gets `recovered: false`).
-                        log.info("room %s came back under a new epoch; closing %s with 1012",
-                                 room_id, caller.socket_id)
+                        log.debug("room %s came back under a new epoch; closing %s with 1012",
+                                  room_id, caller.socket_id)
                         session.close(CloseCode.SERVICE_RESTART, "room restored under a new epoch; rejoin")
+                        lost += 1
                         break
                 restored += 1
             except GatewayError as exc:
                 log.warning("re-registering sockets stopped (%s); will try again", exc.message)
                 return False
-        log.info("re-registered %d sockets", restored)
+        log.debug("re-registered %d sockets", restored)
+        if lost:  # one line, however many sockets
+            log.info("after the outage: %d sockets closed with 1012 (their room was lost or came back "
+                     "under a new epoch); they reconnect and resume", lost)
         return True
 
     async def drain(self, window_s: float = 0.0) -> None:

@@ -18,7 +18,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from roomcast import SUBPROTOCOL
-from roomcast.errors import CloseCode
+from roomcast.errors import CloseCode, GatewayError
 from roomcast.settings import Settings
 
 from .backend import open_node
@@ -118,7 +118,11 @@ class Gateway:
             await ws.close(refused, reasons.get(refused, "refused"))
             return
         code: int | None = None
-        if not await node.admit_address(session):
+        try:
+            admitted = await node.admit_address(session)
+        except GatewayError:  # the shared bucket is unreachable (Redis): admit; hello gets `unavailable`
+            admitted = True
+        if not admitted:
             session.closing = True
             await ws.close(CloseCode.RATE_LIMITED, "too many connections from this address")
             await node.close_session(session, int(CloseCode.RATE_LIMITED))

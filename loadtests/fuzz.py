@@ -342,11 +342,22 @@ def readable_id(data: str | bytes) -> tuple[bool, Any]:
     if not isinstance(obj, dict) or "id" not in obj:
         return False, None
     value = obj["id"]
+    if isinstance(value, float):  # orjson reads an integer beyond 64 bits as a float
+        value = parse_exact(data).get("id")
     if isinstance(value, str) and len(value) <= 64 and "\x00" not in value:
         return True, value
     if isinstance(value, int) and not isinstance(value, bool) and len(str(value)) <= 64:
         return True, value
     return False, None
+
+
+def parse_exact(data: str | bytes) -> dict[str, Any]:
+    """The JSON object with its integers exact (the stdlib parser); {} if it cannot say."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
 
 
 # ---------------------------------------------------------------- the run
@@ -377,6 +388,8 @@ async def _replies_until(ws: ClientConnection, sentinel: str, timeout: float) ->
     while True:
         raw = await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic()))
         msg = orjson.loads(raw)
+        if isinstance(msg.get("re"), float):  # an integer id beyond 64 bits, echoed exactly
+            msg = parse_exact(raw)
         if msg.get("type") == "event":
             continue  # room traffic; no order is promised against direct replies
         if msg.get("re") == sentinel:

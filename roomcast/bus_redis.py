@@ -110,6 +110,7 @@ class RedisBus:
         self.on_resubscribed: Callable[[list[str]], None] | None = None
         self.on_state: Callable[[bool], None] | None = None
         self._auth: asyncio.Future[None] | None = None
+        self.last_error: object = "connection lost"  # why the last session ended, for on_state(False)
 
     def set_sink(self, sink: EventSink) -> None:
         self.sink = sink
@@ -167,11 +168,14 @@ class RedisBus:
         delay = 0.1
         first = True
         while True:
+            self.last_error = "connection lost"
             try:
                 await self._session(first)
                 delay = 0.1
             except (OSError, TimeoutError, GatewayError, RespError) as exc:
-                log.warning("pub/sub connection failed: %s", exc)
+                # The gateway logs the outage once (on_state); each attempt only at debug.
+                self.last_error = exc
+                log.debug("pub/sub connection failed: %s", exc)
             finally:
                 self.connected.clear()
                 if self._proto is not None and self._proto.transport is not None:
@@ -222,7 +226,7 @@ class RedisBus:
             self._send(b"SUBSCRIBE", channel)
         await asyncio.wait_for(asyncio.gather(probe, *futs), self.subscribe_timeout + len(rooms) * 0.001)
         if not first:
-            log.info("pub/sub reconnected; resubscribed %d rooms", len(rooms))
+            log.debug("pub/sub reconnected; resubscribed %d rooms", len(rooms))
         if self.on_state is not None:
             self.on_state(True)
         if not first and self.on_resubscribed is not None:
@@ -234,7 +238,9 @@ class RedisBus:
             if unanswered_since is not None and self.probe_seen >= unanswered_since:
                 unanswered_since = None
             if unanswered_since is not None and now - unanswered_since > self.probe_timeout:
-                log.warning("pub/sub probe not seen for %.1fs: rebuilding the subscription", now - unanswered_since)
+                # Reported once by the gateway (on_state) as the reason of the outage.
+                self.last_error = f"probe not seen for {now - unanswered_since:.1f}s"
+                log.debug("pub/sub probe not seen for %.1fs: rebuilding the subscription", now - unanswered_since)
                 return
             if unanswered_since is None:
                 unanswered_since = now

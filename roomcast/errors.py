@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 
+from orjson import Fragment
+
 
 class ErrorCode(enum.StrEnum):
     BAD_REQUEST = "bad_request"
@@ -66,7 +68,7 @@ class ProtocolError(GatewayError):
         code: ErrorCode,
         message: str,
         *,
-        re: str | int | None = None,
+        re: str | int | Fragment | None = None,
         has_re: bool = False,
     ) -> None:
         super().__init__(code, message)

@@ -9,6 +9,7 @@ Postgres `text` and `jsonb` cannot store.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,7 +51,9 @@ DEFAULT_LIST_LIMIT: Final = 50
 MAX_LIST_LIMIT: Final = 500
 DEFAULT_MAX_DEPTH: Final = 16
 
-_Id = str | int | None
+# An integer id beyond 64 bits (orjson cannot encode it) is kept as its exact JSON text.
+_Id = str | int | orjson.Fragment | None
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson encodes as an integer
 
 
 # ---------------------------------------------------------------- typed client messages
@@ -222,7 +225,7 @@ class _Fields:
         return value
 
 
-def _read_id(obj: dict[str, Any]) -> tuple[_Id, bool]:
+def _read_id(obj: dict[str, Any], data: bytes | str | None = None) -> tuple[_Id, bool]:
     """Return (id, readable). An id that is present but invalid is unreadable."""
     if "id" not in obj:
         return None, False
@@ -233,9 +236,23 @@ def _read_id(obj: dict[str, Any]) -> tuple[_Id, bool]:
         if len(value) <= MAX_ID_CHARS and "\x00" not in value:
             return value, True
         return None, False
-    if isinstance(value, int) and len(str(value)) <= MAX_ID_CHARS:
-        return value, True
+    if isinstance(value, float) and data is not None:
+        # orjson reads an integer beyond 64 bits as a float: read the exact value (rare path).
+        value = _exact_id(data)
+    if isinstance(value, int) and not isinstance(value, bool) and len(str(value)) <= MAX_ID_CHARS:
+        if _INT_MIN <= value <= _INT_MAX:
+            return value, True
+        return orjson.Fragment(str(value).encode()), True  # echoed digit for digit
     return None, False
+
+
+def _exact_id(data: bytes | str) -> object:
+    """The `id` of a frame orjson already accepted, parsed by the stdlib (exact integers)."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):  # e.g. an integer of more than 4300 digits
+        return None
+    return obj.get("id") if isinstance(obj, dict) else None
 
 
 def _too_deep(value: Any, limit: int) -> bool:
@@ -395,7 +412,7 @@ def parse(data: bytes | str, max_depth: int = DEFAULT_MAX_DEPTH) -> Message:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "malformed JSON") from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "a message must be a JSON object")
-    re_, readable = _read_id(obj)
+    re_, readable = _read_id(obj, data)
     f = _Fields(obj, re_, max_depth)
     if "id" in obj and not readable:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "`id` must be a string or integer of at most 64 characters")
@@ -489,5 +506,5 @@ def peek_id(data: bytes | str) -> tuple[_Id, bool]:
     except orjson.JSONDecodeError:
         return None, False
     if isinstance(obj, dict):
-        return _read_id(obj)
+        return _read_id(obj, data)
     return None, False

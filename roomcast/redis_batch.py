@@ -103,7 +103,8 @@ class Batcher:
                 for i, r in zip(missing, again, strict=True):
                     results[i] = r
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            log.warning("redis batch of %d failed: %s", len(batch), exc)
+            # Not a warning: the owner of the connection (gateway, coordinator) logs the outage once.
+            log.debug("redis batch of %d failed: %s", len(batch), exc)
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(GatewayError(ErrorCode.UNAVAILABLE, UNAVAILABLE))

@@ -190,12 +190,17 @@ class RedisStore:
     async def restore(self, caller: Caller, now_ms: int) -> None:
         dev, conn = caller.device_id, keys.connection(caller.device_id)
         b = self.b
+        # A socket is counted in the device's `sockets` exactly while it is in the presence
+        # set (connect adds both, the first disconnect removes both). Not there any more
+        # (Redis restarted empty, or the reaper ended it meanwhile): count it again.
+        added = b.call(cmd("zadd", keys.PRESENCE, {caller.socket_id: now_ms}, nx=True))
+        b.call(cmd("zadd", keys.PRESENCE, {caller.socket_id: now_ms}))
         b.call(cmd("hset", conn, mapping={"socket_id": caller.socket_id, "last_heartbeat": now_ms,
                                           "user_id": caller.user_id or "", "status": ACTIVE}))
-        b.call(cmd("hsetnx", conn, "sockets", 1))
         b.call(cmd("persist", conn))
-        b.call(cmd("set", keys.socket(caller.socket_id), dev))
-        await b.call(cmd("zadd", keys.PRESENCE, {caller.socket_id: now_ms}))
+        await b.call(cmd("set", keys.socket(caller.socket_id), dev))
+        if int(await added):
+            await b.call(cmd("hincrby", conn, "sockets", 1))
 
     async def _device_rooms(self, device_id: str, room_ids: list[str]) -> list[DeviceRoom]:
         futs = [

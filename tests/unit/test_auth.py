@@ -492,3 +492,55 @@ def test_public_key_dataclass_is_frozen() -> None:
     key = PublicKey("RS256", RSA_KEY.public_key())
     with pytest.raises(AttributeError):
         key.alg = "HS256"  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------- canonical base64url only
+
+
+def _parts() -> list[str]:
+    return sign_hs256({"sub": USER}, SECRET).split(".")
+
+
+def _junk_inside(part: str, junk: str) -> str:
+    return part[:10] + junk + part[10:]
+
+
+def _last_char_with_unused_bits(part: str) -> str:
+    """The same bytes, but the last character's unused low bits set (non-canonical)."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    unused = {2: 4, 3: 2}[len(part) % 4]  # 2 chars -> 4 unused bits, 3 chars -> 2
+    i = alphabet.index(part[-1])
+    assert i % (1 << unused) == 0, "the canonical encoding has them zero"
+    return part[:-1] + alphabet[i + 1]
+
+
+NON_CANONICAL = [
+    # Four junk characters keep the length valid: a lenient decoder skips them.
+    ("junk '!!!!' inside the signature", lambda p: [p[0], p[1], _junk_inside(p[2], "!!!!")]),
+    ("junk '$@%~' inside the signature", lambda p: [p[0], p[1], _junk_inside(p[2], "$@%~")]),
+    ("junk '!' inside the signature", lambda p: [p[0], p[1], _junk_inside(p[2], "!")]),
+    ("spaces inside the signature", lambda p: [p[0], p[1], _junk_inside(p[2], "    ")]),
+    ("standard alphabet '+' in the signature", lambda p: [p[0], p[1], p[2].replace("-", "+").replace("_", "/")
+                                                          if ("-" in p[2] or "_" in p[2]) else p[2][:-1] + "+"]),
+    ("padding on the signature", lambda p: [p[0], p[1], p[2] + "="]),
+    ("padding inside the payload", lambda p: [p[0], _junk_inside(p[1], "="), p[2]]),
+    ("junk inside the header", lambda p: [_junk_inside(p[0], "****"), p[1], p[2]]),
+    ("junk inside the payload", lambda p: [p[0], _junk_inside(p[1], "\n\n\n\n"), p[2]]),
+    ("unused bits set in the signature's last character", lambda p: [p[0], p[1], _last_char_with_unused_bits(p[2])]),
+]
+
+
+@pytest.mark.parametrize("mangle", [m for _, m in NON_CANONICAL], ids=[n for n, _ in NON_CANONICAL])
+def test_non_canonical_base64url_is_refused(mangle: Any) -> None:
+    parts = _parts()
+    assert len(parts[2]) % 4 in (2, 3)  # 32-byte HMAC: 43 characters, 2 unused bits
+    assert verify(".".join(parts)) == USER
+    with pytest.raises(TokenError):
+        verify(".".join(mangle(parts)))
+
+
+def test_canonical_tokens_of_every_length_still_verify() -> None:
+    # Payload lengths covering each base64 remainder (0, 2 and 3 characters left over).
+    for extra in range(12):
+        claims = {"sub": USER, "pad": "x" * extra}
+        assert verify(sign_hs256(claims, SECRET)) == USER

@@ -421,11 +421,22 @@ def test_invalid_id_is_bad_request_without_re(kind: str, msg_id: Any) -> None:
     assert err.re is None
 
 
-@pytest.mark.parametrize("raw_id", [b"1e3", b"-0.0", b"18446744073709551616", b"1" * 70])
-def test_id_that_json_reads_as_float_is_unreadable(raw_id: bytes) -> None:
-    # orjson reads integers beyond 64 bits as floats, so they can never be carried as `re`.
+@pytest.mark.parametrize("raw_id", [b"1e3", b"-0.0", b"1.5", b"1" * 70, b"-" + b"9" * 64, b"1" * 5000])
+def test_id_that_is_a_float_or_too_long_is_unreadable(raw_id: bytes) -> None:
     err = refusal(b'{"type":"ping","id":' + raw_id + b"}")
     assert (err.code, err.has_re) == (ErrorCode.BAD_REQUEST, False)
+
+
+@pytest.mark.parametrize("raw_id", [b"18446744073709551615", b"18446744073709551616", b"-9223372036854775809",
+                                    b"1" * 64, b"-" + b"9" * 63])
+def test_integer_id_beyond_64_bits_is_echoed_digit_for_digit(raw_id: bytes) -> None:
+    # orjson reads such integers as floats; the id is re-read exactly and encoded verbatim.
+    msg = protocol.parse(b'{"type":"ping","id":' + raw_id + b"}")
+    assert protocol.encode({"type": "pong", "re": msg.id}) == b'{"type":"pong","re":' + raw_id + b"}"
+    assert protocol.peek_id(b'{"id":' + raw_id + b"}")[1] is True
+    err = refusal(b'{"type":"nonsense","id":' + raw_id + b"}")
+    assert err.has_re and protocol.error_message("unknown_type", "x", re=err.re, has_re=True).startswith(
+        b'{"type":"error","re":' + raw_id + b",")
 
 
 @pytest.mark.parametrize(
