@@ -384,7 +384,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--payload-bytes", type=int, default=100)
     ap.add_argument("--rate", type=float, default=1000.0, help="fan-out: events/s over all rooms")
     ap.add_argument("--duration", type=float, default=5.0, help="fan-out: seconds of publishing")
-    ap.add_argument("--search-rates", default="500,1000,2000,4000", help="search: the steps, events/s")
+    ap.add_argument("--search-rates", default="1000,1500,2000,3000,4000", help="search: the steps, events/s (stops at the first not held)")
     ap.add_argument("--search-duration", type=float, default=3.0)
     ap.add_argument("--search-p99-ms", type=float, default=250.0)
     ap.add_argument("--drain-timeout", type=float, default=15.0, help="seconds to wait for the last deliveries")
