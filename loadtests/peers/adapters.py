@@ -50,6 +50,7 @@ class BenchSocket(Conn):
         self.refused = 0
         self.acked = 0
         self.pad = b""
+        self.times: array[int] | None = None  # receive times too (the publishers: latency over time)
 
     def bench(self, payload: bytes, start: int) -> None:
         k = payload.find(_MARK, start)
@@ -58,6 +59,8 @@ class BenchSocket(Conn):
         k += 5
         j = payload.find(b",", k)
         self.latencies.append(self.now - int(payload[k:j]))
+        if self.times is not None:
+            self.times.append(self.now)
         i = payload.find(_N, j) + 4
         n = int(payload[i : payload.find(b",", i)])
         last = self.last_n
@@ -75,6 +78,7 @@ class BenchSocket(Conn):
         self.room = room
         # {"t":<19 digits>,"n":<up to 7>,"pad":"…"} is about `payload_bytes` long as JSON.
         self.pad = b"x" * max(0, payload_bytes - 44)
+        self.times = array("q")
 
     def publish(self) -> None:
         raise NotImplementedError

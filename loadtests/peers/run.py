@@ -11,7 +11,8 @@ Workloads (--only):
            for --duration s. Server CPU per delivery (both processes, /proc utime+stime), latency
            p50/p99 (sender's timestamp to receive), Redis CPU per event. Every delivery must arrive.
   search   the same, stepping up through --search-rates (--search-duration s each) until a step
-           loses a delivery, falls behind schedule or has p99 > --search-p99-ms: the highest held.
+           loses a delivery, falls behind schedule or has p99 > --search-p99-ms (a step missing
+           only the schedule or the p99 gets --search-tries runs): the highest rate held.
   connect  one server process + Redis: --conns sockets connect, hello and join one of
            --conn-rooms rooms (--concurrency in flight per client process): connects/s, server CPU
            per connect, and RSS per idle joined socket once they are all in.
@@ -183,6 +184,11 @@ def fanout_report(args: argparse.Namespace, target: str, rate: float, pubs: list
     for p in pubs:
         lat.extend(p.latencies)
     lat_ms = sorted(x / 1e6 for x in lat)
+    # The p99 of the publishers' own echoes per second of the run: where a tail comes from.
+    by_second: dict[int, list[float]] = {}
+    for p in pubs:
+        for t, ns in zip(p.times or (), p.latencies, strict=False):
+            by_second.setdefault(int((t - t0) // 1_000_000_000), []).append(ns / 1e6)
     last = max([r["last_at"] for r in results] + [p.last_at for p in pubs])
     wall = (last - t0) / 1e9 if last > t0 else float("nan")
     server_cpu = cpu["s0"] + cpu["s1"]
@@ -206,6 +212,7 @@ def fanout_report(args: argparse.Namespace, target: str, rate: float, pubs: list
         "client_cpu_us_per_delivery": sum(r["cpu_s"] for r in results) * 1e6 / max(1, received),
         "lat_p50_ms": percentile(lat_ms, 50), "lat_p99_ms": percentile(lat_ms, 99),
         "lat_max_ms": lat_ms[-1] if lat_ms else float("nan"),
+        "echo_p99_ms_by_second": [round(percentile(sorted(v), 99), 1) for _, v in sorted(by_second.items())],
         "server_rss_kib": rss, "loadavg_before": load0, "machine_busy_cores": busy,
     }
     out["ok"] = (out["missing"] == 0 and out["extra"] == 0 and out["gaps"] == 0 and out["disorder"] == 0
@@ -218,12 +225,17 @@ async def search_run(args: argparse.Namespace, target: str, tag: str, node: str 
     steps = []
     held = 0.0
     for i, rate in enumerate(args.search_rates):
-        r = await fanout_run(args, target, rate, args.search_duration, f"{tag}-{i}", node)
-        passed = r["ok"] and r["publish_rate"] >= 0.95 * rate and r["lat_p99_ms"] <= args.search_p99_ms
-        steps.append({k: r[k] for k in ("rate", "ok", "publish_rate", "lat_p50_ms", "lat_p99_ms", "missing",
-                                         "server_cpu_us_per_delivery", "machine_busy_cores")} | {"held": passed})
+        for attempt in range(max(1, args.search_tries)):  # a shared machine: a failed step may be retried
+            r = await fanout_run(args, target, rate, args.search_duration, f"{tag}-{i}{attempt}", node)
+            passed = r["ok"] and r["publish_rate"] >= 0.95 * rate and r["lat_p99_ms"] <= args.search_p99_ms
+            if passed or not r["ok"]:  # a lost delivery is not retried
+                break
+        steps.append({"tries": attempt + 1} | {k: r[k] for k in ("rate", "ok", "publish_rate", "lat_p50_ms", "lat_p99_ms", "missing",
+                                         "server_cpu_us_per_delivery", "machine_busy_cores", "echo_p99_ms_by_second",
+                                         "loadavg_before")} | {"held": passed})
         print(f"[peers]     {target} @ {rate:g}/s: ok={r['ok']} p99 {r['lat_p99_ms']:.1f} ms "
-              f"published {r['publish_rate']:,.0f}/s → {'held' if passed else 'not held'}", file=sys.stderr, flush=True)
+              f"published {r['publish_rate']:,.0f}/s → {'held' if passed else 'not held'} "
+              f"(echo p99 by second {r['echo_p99_ms_by_second']})", file=sys.stderr, flush=True)
         if not passed:
             break
         held = rate
@@ -387,6 +399,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--search-rates", default="1000,1500,2000,3000,4000", help="search: the steps, events/s (stops at the first not held)")
     ap.add_argument("--search-duration", type=float, default=3.0)
     ap.add_argument("--search-p99-ms", type=float, default=250.0)
+    ap.add_argument("--search-tries", type=int, default=2, help="search: runs of a step before it counts as not "
+                    "held (the p99 of a short run on a shared machine is noisy); a lost delivery ends it at once")
     ap.add_argument("--drain-timeout", type=float, default=15.0, help="seconds to wait for the last deliveries")
     ap.add_argument("--conns", type=int, default=5000, help="connect: sockets")
     ap.add_argument("--conn-rooms", type=int, default=100)
@@ -399,7 +413,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.quick:
         args.rooms, args.members, args.rate, args.duration = 2, 6, 100.0, 1.0
-        args.search_rates, args.search_duration = "100,200", 1.0
+        args.search_rates, args.search_duration, args.search_tries = "100,200", 1.0, 1
         args.conns, args.conn_rooms, args.repeat, args.drain_timeout = 100, 10, 1, 5.0
         args.max_seconds = min(args.max_seconds, 120.0)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
