@@ -44,11 +44,10 @@ from typing import Any
 
 import asyncpg
 
-from tests.harness import PostgresServer, RedisServer
-
 from . import procstat
-from .bench import BENCH_ID0, Publisher, finish_profiler, median_of, percentile, start_profiler
+from .common import BENCH_ID0, Publisher, finish_profiler, median_of, percentile, start_profiler
 from .procs import HOST, OUTPUT, GatewayProc, split, workers
+from .services import PostgresServer, RedisServer
 from .workers import members_main
 from .wsclient import client_frame, open_conn
 

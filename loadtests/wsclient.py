@@ -121,10 +121,7 @@ class Conn(asyncio.Protocol):
             if not b0 & 0x80 or b1 & 0x80:
                 self.protocol_errors += 1  # fragmented or masked: the gateway never sends these
             if opcode == 0x1:
-                if payload.startswith(_EVENT_PREFIX):
-                    self.on_event(payload)
-                else:
-                    self.on_reply(orjson.loads(payload))
+                self.on_text(payload)
             elif opcode == 0x8:
                 self._on_close(payload)
             elif opcode == 0x9:
@@ -165,6 +162,14 @@ class Conn(asyncio.Protocol):
 
     def send(self, message: dict[str, Any]) -> None:
         self.write(client_frame(orjson.dumps(message)))
+
+    def on_text(self, payload: bytes) -> None:
+        """One text message. Protocol v1: events to `on_event` (raw), the rest parsed to `on_reply`;
+        the peers' adapters (loadtests/peers/adapters.py) replace this with their protocol's."""
+        if payload.startswith(_EVENT_PREFIX):
+            self.on_event(payload)
+        else:
+            self.on_reply(orjson.loads(payload))
 
     def on_event(self, payload: bytes) -> None:
         """A room event (raw JSON bytes). Idle sockets ignore them."""

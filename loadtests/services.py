@@ -1,0 +1,176 @@
+"""Throwaway servers the benchmark and the tests start: `redis-server` (optionally TLS-only and
+with a password) and a Postgres cluster (initdb), each on a free 127.0.0.1 port and stopped by
+pid. tests/harness.py re-exports these classes under the same names."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = ROOT / "test-output"
+# Waits scale like the tests' UNIT (tests/harness.py) on a slow machine.
+TIME_SCALE = float(os.environ.get("ROOMCAST_TEST_TIME_SCALE", "1.0"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, timeout: float) -> int | None:
+    """SIGTERM, wait up to `timeout`; SIGKILL if it hangs. Returns the exit code."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+@dataclass
+class RedisServer:
+    """An ephemeral `redis-server` on a free 127.0.0.1 port (no persistence). It can be
+    stopped and started again on the same port, for outage tests. With `tls` (the files of
+    `make_tls_files`) it speaks only TLS on that port; with `password` it requires AUTH."""
+
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    tls: dict[str, Path] | None = None
+    password: str | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        if self.tls is None:
+            return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return (f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls['ca']}"
+                "&ssl_cert_reqs=required&ssl_check_hostname=true")
+
+    def start(self) -> RedisServer:
+        if not self.port:
+            self.port = free_port()
+        OUTPUT.mkdir(exist_ok=True)
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--protected-mode", "no", "--logfile", str(OUTPUT / f"redis-{self.port}.log")]
+        if self.tls is not None:
+            args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls["cert"]),
+                     "--tls-key-file", str(self.tls["key"]), "--tls-ca-cert-file", str(self.tls["ca"]),
+                     "--tls-auth-clients", "no"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10 * TIME_SCALE
+        while time.monotonic() < deadline:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                if self.cli("PING") in ("PONG", "NOAUTH Authentication required."):
+                    return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise TimeoutError(f"redis-server on {self.port} did not start")
+
+    def stop(self) -> None:
+        stop_process(self.proc, 5)
+        self.proc = None
+
+    def cli(self, *args: str) -> str:
+        cmd = ["redis-cli", "-p", str(self.port)]
+        if self.tls is not None:
+            cmd += ["--tls", "--cacert", str(self.tls["ca"])]
+        if self.password:
+            cmd += ["--no-auth-warning", "-a", self.password]
+        out = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip()
+
+
+
+# ---------------------------------------------------------------- postgres
+
+
+def _pg_bin(name: str) -> str:
+    import glob
+    import shutil
+
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(p.split("/")[4]))
+    if found:
+        return found[-1]
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"{name} not found: install Debian's postgresql package")
+    return path
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    """initdb and postgres refuse to run as root: run them as the `postgres` user then."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@dataclass
+class PostgresServer:
+    """A throwaway Postgres cluster (initdb) on a free 127.0.0.1 port, trust auth.
+    `stop()`/`start()` keep the data, for outage tests; `destroy()` removes it."""
+
+    port: int = 0
+    datadir: Path | None = None
+
+    def dsn(self, db: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
+
+    def init(self) -> PostgresServer:
+        import tempfile
+
+        self.port = self.port or free_port()
+        base = Path(tempfile.mkdtemp(prefix="roomcast-pg-"))
+        self.datadir = base / "data"
+        if os.geteuid() == 0:
+            import shutil
+
+            shutil.chown(base, "postgres", "postgres")
+        subprocess.run(_as_postgres([_pg_bin("initdb"), "-D", str(self.datadir), "-A", "trust", "-U", "postgres",
+                                     "--no-sync", "-E", "UTF8", "--locale", "C"]),
+                       check=True, capture_output=True, timeout=120)
+        return self.start()
+
+    def start(self) -> PostgresServer:
+        assert self.datadir is not None
+        opts = f"-p {self.port} -k {self.datadir} -c listen_addresses=127.0.0.1 -c fsync=off " \
+               "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
+        subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(self.datadir), "-o", opts, "-w", "-t", "60",
+                                     "-l", str(self.datadir / "server.log"), "start"]),
+                       check=True, capture_output=True, timeout=90)
+        return self
+
+    def stop(self) -> None:
+        if self.datadir is not None and (self.datadir / "postmaster.pid").exists():
+            subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "stop"]),
+                           capture_output=True, timeout=60)
+
+    def destroy(self) -> None:
+        import shutil
+
+        self.stop()
+        if self.datadir is not None:
+            shutil.rmtree(self.datadir.parent, ignore_errors=True)
+
+    def create_database(self, name: str) -> str:
+        subprocess.run(["psql", self.dsn(), "-q", "-c", f'CREATE DATABASE "{name}"'], check=True,
+                       capture_output=True, timeout=30)
+        return self.dsn(name)
+
+    def psql(self, db: str, sql: str) -> str:
+        out = subprocess.run(["psql", self.dsn(db), "-At", "-c", sql], check=True, capture_output=True,
+                             text=True, timeout=30)
+        return out.stdout.strip()
