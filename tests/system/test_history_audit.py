@@ -246,7 +246,7 @@ async def check_abandoned_only_without_connected_members(url: str) -> None:
             if quiet in [r["room_id"] for r in listed["rooms"]]:
                 break
             assert time.monotonic() < deadline, "the deserted room was not closed"
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.6)  # list_rooms budget: 2/s per device (LIST_ROOMS_RATE)
 
 
 async def test_quiet_room_with_connected_members_is_not_abandoned_cluster(pg: PostgresServer) -> None:

@@ -31,6 +31,7 @@ BIG = 20_000  # bytes of payload per event in the big replay
 BIG_EVENTS = 400  # 400 x 20 kB = 8 MB kept, under HISTORY
 ENV = {
     "ROOM_HISTORY_MAXLEN": str(HISTORY),
+    "ROOM_HISTORY_MAX_BYTES": str(16 << 20),  # the 8 MB room is kept whole (the default keeps 128 KiB)
     "RATE_MESSAGES_PER_SEC": "100000",
     "RATE_MESSAGES_BURST": "100000",
     "JOIN_RATE": "1000",
