@@ -20,14 +20,14 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from coordinator.erasure import export_device, forget_device
 from roomcast import __version__
-from roomcast.erasure import export_device, forget_device
 from roomcast.errors import GatewayError
-from roomcast.migrate import MigrationError, migrate
+from roomcast.history.migrate import MigrationError, migrate
 from roomcast.privacy import Privacy
 from roomcast.protocol import DEVICE_ID_RE
-from roomcast.redis_batch import Batcher
-from roomcast.redis_client import make_client
+from roomcast.redis.batch import Batcher
+from roomcast.redis.client import make_client
 from roomcast.settings import SPECS, Settings, SettingsError, add_arguments, environment_help
 
 from . import queries

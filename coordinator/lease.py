@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from roomcast import redis_scripts
-from roomcast.redis_batch import Batcher, cmd
+from roomcast.redis import scripts as redis_scripts
+from roomcast.redis.batch import Batcher, cmd
 
 log = logging.getLogger("roomcast.lease")
 

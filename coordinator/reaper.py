@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from roomcast import keys
-from roomcast.presence_redis import RedisPresence
-from roomcast.redis_batch import Batcher, cmd
-from roomcast.store import Caller
-from roomcast.store_redis import RedisStore
+from roomcast.presence.redis import RedisPresence
+from roomcast.redis import keys
+from roomcast.redis.batch import Batcher, cmd
+from roomcast.store.base import Caller
+from roomcast.store.redis import RedisStore
 
 log = logging.getLogger("roomcast.reaper")
 

@@ -4,7 +4,6 @@ flusher and the cleanup jobs. Standbys keep trying for the lease."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
@@ -15,22 +14,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from roomcast import keys
-from roomcast.erasure import strip_old_personal_data
 from roomcast.errors import GatewayError
-from roomcast.flusher import Flusher, FlusherMetrics
-from roomcast.history import TRANSIENT, PostgresWriter
-from roomcast.history_redis import RedisHistorySource
+from roomcast.history.flusher import Flusher, FlusherMetrics
+from roomcast.history.jobs import update_heartbeats
+from roomcast.history.postgres import PostgresWriter
+from roomcast.history.redis import RedisHistorySource
+from roomcast.housekeeping import cleanup_pass, migrate_when_reachable, show_room_counts, stop_tasks
 from roomcast.http_mini import serve_http
-from roomcast.jobs import archive_old_connections, update_heartbeats
-from roomcast.metrics_util import set_bounded
-from roomcast.migrate import migrate
 from roomcast.outage import OutageLog
-from roomcast.protocol import ROOM_STATUSES
-from roomcast.redis_batch import Batcher, cmd
-from roomcast.redis_client import make_client
+from roomcast.redis import keys
+from roomcast.redis.batch import Batcher, cmd
+from roomcast.redis.client import make_client
 from roomcast.settings import Settings
-from roomcast.store_redis import RedisStore
+from roomcast.store.redis import RedisStore
 
 from .lease import Lease
 from .reaper import Reaper
@@ -108,11 +104,7 @@ class Coordinator:
             await self._lease_loop()
         finally:
             log.info("stopping")
-            for task in self._tasks:
-                task.cancel()
-            for task in self._tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await stop_tasks(self._tasks)
             with contextlib.suppress(Exception):
                 await self.lease.release()
             http.close()
@@ -156,15 +148,9 @@ class Coordinator:
     async def _history(self) -> None:
         assert self.flusher is not None
         s = self.settings
-        delay = 0.5
-        while s.auto_migrate:
+        if s.auto_migrate:
             try:
-                await migrate(s.database_url or "")
-                break
-            except TRANSIENT as exc:
-                log.warning("postgres not ready for migrations (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await migrate_when_reachable(s.database_url or "")
             except Exception:
                 # A schema that cannot be migrated must not be flushed into: stop loudly.
                 log.critical("migrations failed; stopping the coordinator (set AUTO_MIGRATE=false if the "
@@ -182,22 +168,16 @@ class Coordinator:
 
     async def _room_stats(self) -> None:
         """Cluster-wide room counts by status and game type, for dashboards."""
-        counts = dict.fromkeys(ROOM_STATUSES, 0)
-        by_type: collections.Counter[str] = collections.Counter()
         ids = await self.batcher.call(cmd("zrange", keys.ROOM_INDEX, 0, -1))
         futs = [self.batcher.call(cmd("hmget", keys.room(r.decode() if isinstance(r, bytes) else r),
                                       "status", "game_type")) for r in ids]
+        rooms = []
         for fut in futs:
             status, game_type = await fut
-            if status is None:
-                continue
-            st = status.decode()
-            counts[st] = counts.get(st, 0) + 1
-            if st != "closed":
-                by_type[game_type.decode()] += 1
-        for st, n in counts.items():
-            self.metrics.rooms.labels(st).set(n)
-        self.metrics.game_types_seen = set_bounded(self.metrics.rooms_by_type, by_type, self.metrics.game_types_seen)
+            if status is not None:
+                rooms.append((status.decode(), game_type.decode()))
+        self.metrics.game_types_seen = show_room_counts(rooms, self.metrics.rooms, self.metrics.rooms_by_type,
+                                                        self.metrics.game_types_seen)
 
     async def _jobs(self) -> None:
         """Cleanup jobs and the heartbeat batch, while holding the lease."""
@@ -216,15 +196,9 @@ class Coordinator:
                     await self._room_stats()
                 if now - last_cleanup >= s.cleanup_interval_ms / 1000:
                     last_cleanup = now
-                    closed = await self.store.close_abandoned(now_ms - s.abandoned_room_ms, now_ms)
-                    if closed:
-                        log.info("cleanup: closed %d abandoned rooms", len(closed))
-                        self.metrics.cleanup.labels("abandoned_rooms").inc(len(closed))
-                    if self.pool is not None and self.schema_ready.is_set():
-                        n = await archive_old_connections(self.pool, s.connection_retention_days)
-                        self.metrics.cleanup.labels("old_connections").inc(n)
-                        n = await strip_old_personal_data(self.pool, s.personal_data_retention_days)
-                        self.metrics.cleanup.labels("personal_data").inc(n)
+                    await cleanup_pass(s, now_ms, self.store.close_abandoned,
+                                       self.pool if self.schema_ready.is_set() else None,
+                                       lambda action, n: self.metrics.cleanup.labels(action).inc(n))
                 if self.pool is not None and self.schema_ready.is_set() and now - last_beats >= s.heartbeat_flush_ms / 1000:
                     last_beats = now
                     raw = await self.batcher.call(cmd("zrange", keys.PRESENCE, 0, -1, withscores=True))

@@ -8,33 +8,30 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 
 import asyncpg
 
-from roomcast import keys
-from roomcast.bus_memory import MemoryBus
-from roomcast.bus_redis import RedisBus
+from roomcast.bus.memory import MemoryBus
+from roomcast.bus.redis import RedisBus
 from roomcast.device_tokens import PostgresTokenHistory
-from roomcast.erasure import strip_old_personal_data
-from roomcast.flusher import Flusher, FlusherMetrics
-from roomcast.history import TRANSIENT, PostgresWriter
-from roomcast.history_memory import MemoryHistorySource
-from roomcast.history_read import HistoryReader, StoredRoom, stored_room
-from roomcast.jobs import archive_old_connections, update_heartbeats
-from roomcast.limiter import RedisLimiter
-from roomcast.metrics_util import set_bounded
-from roomcast.migrate import migrate
+from roomcast.history.base import StoredRoom
+from roomcast.history.flusher import Flusher, FlusherMetrics
+from roomcast.history.jobs import update_heartbeats
+from roomcast.history.memory import MemoryHistorySource
+from roomcast.history.postgres import PostgresWriter
+from roomcast.history.read import HistoryReader, stored_room
+from roomcast.housekeeping import cleanup_pass, migrate_when_reachable, show_room_counts, stop_tasks
+from roomcast.limits.redis import RedisLimiter
 from roomcast.outage import OutageLog
-from roomcast.presence_memory import MemoryPresence
-from roomcast.presence_redis import RedisPresence
-from roomcast.protocol import ROOM_STATUSES
-from roomcast.redis_batch import Batcher, cmd
-from roomcast.redis_client import make_client
+from roomcast.presence.memory import MemoryPresence
+from roomcast.presence.redis import RedisPresence
+from roomcast.redis import keys
+from roomcast.redis.batch import Batcher, cmd
+from roomcast.redis.client import make_client
 from roomcast.settings import Settings
-from roomcast.store_memory import MemoryStore
-from roomcast.store_redis import RedisStore
+from roomcast.store.memory import MemoryStore
+from roomcast.store.redis import RedisStore
 
 from .metrics import Metrics
 from .node import Node, now_ms
@@ -46,29 +43,43 @@ _CONSEQUENCE = "requests get `unavailable`, /readyz is false"
 async def ensure_schema(settings: Settings) -> None:
     """Apply migrations (if AUTO_MIGRATE), retrying while Postgres is unreachable."""
     assert settings.database_url is not None
-    delay = 0.5
-    while True:
-        try:
-            if settings.auto_migrate:
-                applied = await migrate(settings.database_url)
-                if applied:
-                    log.info("applied migrations %s", ", ".join(applied))
+    if settings.auto_migrate:
+        await migrate_when_reachable(settings.database_url)
+
+
+class EmbeddedCleanup:
+    """The embedded node's cleanup jobs (the coordinator's, from roomcast.housekeeping),
+    every CLEANUP_INTERVAL; with history once its schema is ready (`pool` set)."""
+
+    def __init__(self, settings: Settings, store: MemoryStore, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.pool: asyncpg.Pool | None = None
+        self.last = 0.0
+
+    async def __call__(self, now: int) -> None:
+        if time.monotonic() - self.last < self.settings.cleanup_interval_ms / 1000:
             return
-        except TRANSIENT as exc:  # unreachable: retry; a real schema error propagates
-            log.warning("postgres not ready for migrations (%s); retrying in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        self.last = time.monotonic()
+        try:
+            await cleanup_pass(self.settings, now, self.store.close_abandoned, self.pool,
+                               lambda action, n: self.metrics.cleanup.labels(action).inc(n))
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning("cleanup jobs: postgres unavailable (%s)", exc)
 
 
 class EmbeddedHistory:
     """Embedded gateway with DATABASE_URL: the same flusher, writer and jobs as the
     coordinator, fed from the memory store's outbox, in this process."""
 
-    def __init__(self, settings: Settings, store: MemoryStore, node: Node, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, store: MemoryStore, node: Node, metrics: Metrics,
+                 cleanup: EmbeddedCleanup) -> None:
         assert settings.database_url is not None
         self.settings = settings
         self.store = store
         self.node = node
+        self.cleanup = cleanup
         self.flush_metrics = FlusherMetrics(metrics.registry)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -92,21 +103,17 @@ class EmbeddedHistory:
             log.critical("cannot migrate the history schema; history is NOT being written", exc_info=True)
             self.node.metrics.backend_up.set(0)
             raise
+        self.cleanup.pool = self.pool
         await self.flusher.run()
 
     async def _jobs(self) -> None:
-        s = self.settings
-        last_cleanup = 0.0
+        """The requirements' "on heartbeat: UPDATE last_heartbeat", in one batch per interval."""
         while True:
-            await asyncio.sleep(s.heartbeat_flush_ms / 1000)
+            await asyncio.sleep(self.settings.heartbeat_flush_ms / 1000)
             try:
                 presence = self.node.presence
                 if isinstance(presence, MemoryPresence):
                     await update_heartbeats(self.pool, presence.snapshot())
-                if time.monotonic() - last_cleanup >= s.cleanup_interval_ms / 1000:
-                    last_cleanup = time.monotonic()
-                    await archive_old_connections(self.pool, s.connection_retention_days)
-                    await strip_old_personal_data(self.pool, s.personal_data_retention_days)
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
                 log.warning("history jobs: postgres unavailable (%s)", exc)
 
@@ -116,11 +123,8 @@ class EmbeddedHistory:
             async with asyncio.timeout(5):
                 while await self.source.backlog():
                     await self.flusher.run_once()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks(self._tasks)
+        self.cleanup.pool = None
         await self.pool.close()
 
 
@@ -141,25 +145,13 @@ def memory_node(settings: Settings, metrics: Metrics) -> Node:
     )
 
     def room_counts() -> None:
-        counts = dict.fromkeys(ROOM_STATUSES, 0)
-        by_type: Counter[str] = Counter()
-        for room in store.rooms.values():
-            counts[room.status] += 1
-            if room.status != "closed":
-                by_type[room.game_type] += 1
-        for status, n in counts.items():
-            metrics.rooms.labels(status).set(n)
-        metrics.rooms_by_game_type_seen = set_bounded(metrics.rooms_by_type, by_type, metrics.rooms_by_game_type_seen)
+        metrics.rooms_by_game_type_seen = show_room_counts(
+            ((room.status, room.game_type) for room in store.rooms.values()), metrics.rooms, metrics.rooms_by_type,
+            metrics.rooms_by_game_type_seen)
 
     metrics.before_scrape.append(room_counts)
     node = Node(settings, store, bus, MemoryPresence(), metrics)
-
-    async def close_abandoned(now: int) -> None:
-        closed = await store.close_abandoned(now - settings.abandoned_room_ms, now)
-        if closed:
-            log.info("cleanup: closed %d abandoned rooms: %s", len(closed), ", ".join(closed[:20]))
-
-    node.upkeep_hooks.append(close_abandoned)
+    node.upkeep_hooks.append(EmbeddedCleanup(settings, store, metrics))
     return node
 
 
@@ -294,11 +286,7 @@ class RedisLink:
         with contextlib.suppress(Exception):
             await self.batcher.call(cmd("zrem", keys.NODES, self.settings.node_id))
             await self.batcher.call(cmd("delete", keys.node(self.settings.node_id)))
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks(self._tasks)
         await self.client.aclose()
         if self.pool is not None:
             await self.pool.close()
@@ -314,7 +302,8 @@ async def open_node(settings: Settings, metrics: Metrics | None = None) -> Async
             yield node
             return
         assert isinstance(node.store, MemoryStore)
-        history = EmbeddedHistory(settings, node.store, node, metrics)
+        cleanup = next(h for h in node.upkeep_hooks if isinstance(h, EmbeddedCleanup))
+        history = EmbeddedHistory(settings, node.store, node, metrics, cleanup)
         await history.start()
         try:
             yield node

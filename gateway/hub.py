@@ -13,8 +13,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from roomcast.bus.base import Bus
 from roomcast.errors import ErrorCode, GatewayError
-from roomcast.store import Bus
 
 from .frames import text_frame
 from .metrics import Metrics

@@ -38,6 +38,9 @@ class Metrics:
             "roomcast_messages_out", "Server messages sent, by type (events count each delivery).",
             ["type"], registry=r)
         self.errors = Counter("roomcast_errors", "Error replies sent, by code.", ["code"], registry=r)
+        # Embedded mode runs the cleanup jobs itself (the coordinator has the same counter).
+        self.cleanup = Counter("roomcast_cleanup_actions", "What the cleanup jobs did, by action.", ["action"],
+                               registry=r)
         self.fanout_latency = Histogram(
             "roomcast_fanout_latency_seconds",
             "Time from an event reaching this replica (or being published on it) to the last local write.",

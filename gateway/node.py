@@ -16,23 +16,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from roomcast import protocol as p
+from roomcast.bus.base import Bus
 from roomcast.device_tokens import DeviceTokens
 from roomcast.errors import CloseCode, ErrorCode, GatewayError, ProtocolError
-from roomcast.limiter import Limiter, MemoryLimiter
+from roomcast.limits.base import Limiter
+from roomcast.limits.memory import MemoryLimiter
+from roomcast.presence.base import Presence
 from roomcast.privacy import MetadataTooLarge, Privacy
 from roomcast.room import new_join_code
 from roomcast.settings import Settings
-from roomcast.store import (
-    REPLAY_CHUNK,
-    Bus,
-    Caller,
-    ConnectionInfo,
-    JoinResult,
-    NewRoom,
-    Presence,
-    RoomOwner,
-    RoomStore,
-)
+from roomcast.store.base import REPLAY_CHUNK, Caller, ConnectionInfo, JoinResult, NewRoom, RoomOwner, RoomStore
 
 from . import auth, passwords
 from .hub import Hub
@@ -43,7 +36,7 @@ log = logging.getLogger("roomcast.node")
 
 
 class HistorySource(Protocol):
-    """Old event ranges from Postgres (roomcast.history_read.HistoryReader)."""
+    """Old event ranges from Postgres (roomcast.history.read.HistoryReader)."""
 
     async def events(self, room_id: str, after: int, upto: int) -> list[tuple[int, bytes]]: ...
 
@@ -227,7 +220,7 @@ class Node:
             self.metrics.in_invalid.inc()
             self.error(session, exc)
             return
-        self.metrics.in_by_type[_TYPE_NAMES[type(msg)]].inc()
+        self.metrics.in_by_type[msg.TYPE].inc()
         try:
             if not self.backend_ok and type(msg) is not p.Ping:
                 raise GatewayError(ErrorCode.UNAVAILABLE, "backend unavailable; retry shortly")
@@ -723,9 +716,3 @@ class Node:
         with contextlib.suppress(GatewayError):
             await self.presence.flush()  # what we owe the backend
         self.metrics.drain_remaining.set(0)
-
-
-_TYPE_NAMES: dict[type, str] = {
-    p.Hello: "hello", p.Ping: "ping", p.CreateRoom: "create_room", p.Join: "join", p.Leave: "leave",
-    p.Event: "event", p.UpdateRoom: "update_room", p.CloseRoom: "close_room", p.ListRooms: "list_rooms",
-}

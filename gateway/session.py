@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
 
+from roomcast.limits.base import TokenBucket
 from roomcast.privacy import client_address
-from roomcast.store import Caller
+from roomcast.settings import Settings
+from roomcast.store.base import Caller
 
 from .frames import text_frame
+from .metrics import Metrics
 
-if TYPE_CHECKING:
-    from .node import Node
+
+class Owner(Protocol):
+    """What a Session needs of the node that owns it (the Node): its settings, its metrics,
+    and a place to keep the tasks it starts (a close) until they end."""
+
+    settings: Settings
+    metrics: Metrics
+
+    def track(self, task: asyncio.Task[Any]) -> None: ...
 
 _OPEN = State.OPEN
 # Replays are written up to this many buffered bytes, then wait for the transport's flow
@@ -27,27 +36,6 @@ REPLAY_HIGH_WATER = 64 * 1024
 
 def new_socket_id() -> str:
     return secrets.token_urlsafe(12)
-
-
-class TokenBucket:
-    """Messages per second with a burst; `take` returns 0 or the ms to wait."""
-
-    __slots__ = ("at", "burst", "rate", "tokens")
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.at = now
-
-    def take(self, now: float) -> int:
-        tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if tokens >= 1.0:
-            self.tokens = tokens - 1.0
-            return 0
-        self.tokens = tokens
-        return max(1, math.ceil((1.0 - tokens) / self.rate * 1000))
 
 
 class Session:
@@ -74,7 +62,7 @@ class Session:
         "ws",
     )
 
-    def __init__(self, ws: ServerConnection, node: Node, now: float) -> None:
+    def __init__(self, ws: ServerConnection, node: Owner, now: float) -> None:
         self.ws = ws
         self.node = node
         self.transport: asyncio.WriteTransport = ws.transport

@@ -19,7 +19,7 @@ from typing import Any
 
 import hiredis
 
-from roomcast.resp import encode_command
+from roomcast.redis.resp import encode_command
 
 
 class OwnParser:

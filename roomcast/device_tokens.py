@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .errors import ErrorCode, GatewayError
+from roomcast.errors import ErrorCode, GatewayError
 
 log = logging.getLogger("roomcast.device_tokens")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .settings import markdown_table
+from roomcast.settings import markdown_table
 
 HEADER = "| Variable | Flag | Default | Meaning |"
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from .store import ConnectionInfo
+from roomcast.store.base import ConnectionInfo
 
 log = logging.getLogger("roomcast.privacy")
 HASH_PREFIX = "h1:"

@@ -13,11 +13,11 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import orjson
 
-from .errors import ErrorCode, ProtocolError
+from roomcast.errors import ErrorCode, ProtocolError
 
 ROOM_STATUSES: Final = ("active", "waiting", "in_progress", "completed", "closed")
 SETTABLE_STATUSES: Final = ("active", "waiting", "in_progress", "completed")
@@ -61,6 +61,7 @@ _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson encodes as an integer
 
 @dataclass(slots=True)
 class Hello:
+    TYPE: ClassVar[str] = "hello"
     id: _Id
     device_id: str
     token: str | None
@@ -72,11 +73,13 @@ class Hello:
 
 @dataclass(slots=True)
 class Ping:
+    TYPE: ClassVar[str] = "ping"
     id: _Id
 
 
 @dataclass(slots=True)
 class CreateRoom:
+    TYPE: ClassVar[str] = "create_room"
     id: _Id
     room_id: str | None
     game_type: str
@@ -88,6 +91,7 @@ class CreateRoom:
 
 @dataclass(slots=True)
 class Join:
+    TYPE: ClassVar[str] = "join"
     id: _Id
     room_id: str
     role: str
@@ -98,12 +102,14 @@ class Join:
 
 @dataclass(slots=True)
 class Leave:
+    TYPE: ClassVar[str] = "leave"
     id: _Id
     room_id: str
 
 
 @dataclass(slots=True)
 class Event:
+    TYPE: ClassVar[str] = "event"
     id: _Id
     room_id: str
     event_type: str
@@ -113,6 +119,7 @@ class Event:
 
 @dataclass(slots=True)
 class UpdateRoom:
+    TYPE: ClassVar[str] = "update_room"
     id: _Id
     room_id: str
     status: str | None
@@ -121,12 +128,14 @@ class UpdateRoom:
 
 @dataclass(slots=True)
 class CloseRoom:
+    TYPE: ClassVar[str] = "close_room"
     id: _Id
     room_id: str
 
 
 @dataclass(slots=True)
 class ListRooms:
+    TYPE: ClassVar[str] = "list_rooms"
     id: _Id
     game_type: str | None
     status: str | None
@@ -386,16 +395,20 @@ def _list_rooms(f: _Fields) -> ListRooms:
     )
 
 
+# Each message class carries its wire name (`TYPE`): the one place a client message type is named.
 _PARSERS: Final[dict[str, Callable[[_Fields], Message]]] = {
-    "hello": _hello,
-    "ping": _ping,
-    "create_room": _create_room,
-    "join": _join,
-    "leave": _leave,
-    "event": _event,
-    "update_room": _update_room,
-    "close_room": _close_room,
-    "list_rooms": _list_rooms,
+    cls.TYPE: parser
+    for cls, parser in (
+        (Hello, _hello),
+        (Ping, _ping),
+        (CreateRoom, _create_room),
+        (Join, _join),
+        (Leave, _leave),
+        (Event, _event),
+        (UpdateRoom, _update_room),
+        (CloseRoom, _close_room),
+        (ListRooms, _list_rooms),
+    )
 }
 MESSAGE_TYPES: Final = tuple(_PARSERS)
 

@@ -6,7 +6,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from .protocol import event_tail
+from roomcast.protocol import event_tail
 
 HOST, PLAYER, SPECTATOR = "host", "player", "spectator"
 ACTIVE, DISCONNECTED, LEFT = "active", "disconnected", "left"

@@ -1,1 +1,1 @@
-../../roomcast/migrations/0001_initial.sql
+../../roomcast/history/migrations/0001_initial.sql

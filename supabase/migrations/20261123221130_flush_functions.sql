@@ -1,1 +1,1 @@
-../../roomcast/migrations/0002_flush_functions.sql
+../../roomcast/history/migrations/0002_flush_functions.sql

@@ -1,1 +1,1 @@
-../../roomcast/migrations/0003_host_changed.sql
+../../roomcast/history/migrations/0003_host_changed.sql

@@ -1,1 +1,1 @@
-../../roomcast/migrations/0004_history_audit.sql
+../../roomcast/history/migrations/0004_history_audit.sql

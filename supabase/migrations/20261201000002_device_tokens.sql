@@ -1,1 +1,1 @@
-../../roomcast/migrations/0005_device_tokens.sql
+../../roomcast/history/migrations/0005_device_tokens.sql

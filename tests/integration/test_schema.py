@@ -25,7 +25,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from roomcast.migrate import LOCK_KEY, MigrationError, migrate, migrations
+from roomcast.history.migrate import LOCK_KEY, MigrationError, migrate, migrations
 from roomcast.settings import SPECS
 from tests.harness import ROOT, UNIT, PostgresServer, free_port, redis_server, wait_for
 

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from roomcast.migrate import migrate
+from roomcast.history.migrate import migrate
 from tests.harness import UNIT, Client, GatewayProcess, PostgresServer, RedisServer, gateway, redis_server, unique
 
 pytestmark = pytest.mark.system

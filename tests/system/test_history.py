@@ -24,12 +24,12 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from roomcast import keys
-from roomcast.history import device_uuid
-from roomcast.history_redis import dead_letters
-from roomcast.migrate import migrations
+from roomcast.history.base import device_uuid
+from roomcast.history.migrate import migrations
+from roomcast.history.redis import dead_letters
 from roomcast.privacy import Privacy
 from roomcast.protocol import event_tail
+from roomcast.redis import keys
 from tests.harness import (
     UNIT,
     Client,

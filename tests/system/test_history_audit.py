@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
-from roomcast import keys
+from roomcast.redis import keys
 from tests.harness import UNIT, Client, Cluster, PostgresServer, cluster, gateway, unique
 from tests.integration.test_schema import REQUIRED_QUERIES
 from tests.system.test_history import FAST, PRIVACY, SETTLE, Db, Watch, ack, eventually, flushed, history_ready, ms, pg

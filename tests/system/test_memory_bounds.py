@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from roomcast import keys
+from roomcast.redis import keys
 from tests.harness import (
     UNIT,
     Client,

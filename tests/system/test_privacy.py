@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from roomcast.history import device_uuid
+from roomcast.history.base import device_uuid
 from tests.harness import ROOT, UNIT, Client, Cluster, PostgresServer, _pg_bin, cluster, unique
 
 pytestmark = pytest.mark.system

@@ -8,7 +8,7 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from gateway.frames import text_frame
-from gateway.session import TokenBucket
+from roomcast.limits.base import TokenBucket
 
 
 def parse_frame(raw: bytes) -> Frame:

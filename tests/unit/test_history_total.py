@@ -4,9 +4,9 @@ oldest events of any room going first, and the count stays right as rooms come a
 from __future__ import annotations
 
 from roomcast import protocol
-from roomcast.bus_memory import MemoryBus
-from roomcast.store import Caller, ConnectionInfo, NewRoom
-from roomcast.store_memory import EVENT_OVERHEAD, MemoryStore
+from roomcast.bus.memory import MemoryBus
+from roomcast.store.base import Caller, ConnectionInfo, NewRoom
+from roomcast.store.memory import EVENT_OVERHEAD, MemoryStore
 
 T0 = 1_700_000_000_000
 HOST = Caller("sock-host", "dev-host-0001", None)

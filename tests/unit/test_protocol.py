@@ -10,18 +10,7 @@ import pytest
 
 from roomcast import protocol
 from roomcast.errors import ErrorCode, ProtocolError
-from roomcast.protocol import (
-    CloseRoom,
-    CreateRoom,
-    Event,
-    Hello,
-    Join,
-    Leave,
-    ListRooms,
-    Message,
-    Ping,
-    UpdateRoom,
-)
+from roomcast.protocol import CloseRoom, CreateRoom, Event, Hello, Join, Leave, ListRooms, Message, Ping, UpdateRoom
 
 REQ_ID = "req-1"
 

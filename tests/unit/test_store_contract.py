@@ -25,27 +25,27 @@ import pytest
 from redis.asyncio import Redis
 
 from coordinator.reaper import Reaper
-from roomcast import keys, protocol
-from roomcast.bus_memory import MemoryBus
-from roomcast.bus_redis import RedisBus
+from roomcast import protocol
+from roomcast.bus.base import Bus, EventSink
+from roomcast.bus.memory import MemoryBus
+from roomcast.bus.redis import RedisBus
 from roomcast.errors import ErrorCode, GatewayError
-from roomcast.redis_batch import Batcher, cmd
-from roomcast.redis_client import make_client
-from roomcast.store import (
+from roomcast.redis import keys
+from roomcast.redis.batch import Batcher, cmd
+from roomcast.redis.client import make_client
+from roomcast.store.base import (
     REPLAY_CHUNK,
-    Bus,
     Caller,
     ConnectionInfo,
     ConnectResult,
     DeviceRoom,
-    EventSink,
     JoinResult,
     NewRoom,
     RoomOwner,
     RoomStore,
 )
-from roomcast.store_memory import MemoryStore
-from roomcast.store_redis import RedisStore
+from roomcast.store.memory import MemoryStore
+from roomcast.store.redis import RedisStore
 from tests.harness import UNIT, RedisServer
 
 T0 = 1_700_000_000_000

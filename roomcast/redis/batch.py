@@ -19,7 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import ErrorCode, GatewayError
+from roomcast.errors import ErrorCode, GatewayError
 
 log = logging.getLogger("roomcast.redis")
 

@@ -1,5 +1,6 @@
-"""GDPR tools: export everything stored about a device, or erase it ("forget-device"),
-and the retention job that strips personal fields from old rows.
+"""GDPR tools the coordinator runs: export everything stored about a device, or erase it
+("forget-device"). (The retention job that strips personal fields from old rows is a
+cleanup job: roomcast.history.jobs.)
 
 Erasure deletes the device's own rows (connections, device session, participations),
 anonymises what other people's history still needs (room events keep their place and
@@ -16,10 +17,10 @@ from typing import Any
 import asyncpg
 import orjson
 
-from . import keys
-from .history import device_uuid
-from .privacy import Privacy
-from .redis_batch import Batcher, cmd
+from roomcast.history.base import device_uuid
+from roomcast.privacy import Privacy
+from roomcast.redis import keys
+from roomcast.redis.batch import Batcher, cmd
 
 log = logging.getLogger("roomcast.erasure")
 FORGOTTEN = "forgotten"
@@ -172,29 +173,3 @@ async def export_device(device_id: str, *, pool: asyncpg.Pool | None, batcher: B
             "rooms": sorted(_s(r) for r in await batcher.call(cmd("smembers", keys.device_rooms(device_id)))),
         }
     return orjson.loads(orjson.dumps(out, default=str))  # type: ignore[no-any-return]
-
-
-SQL_STRIP_CONNECTIONS = """
-UPDATE websocket_connections SET ip_address = NULL, user_agent = NULL, metadata = NULL
- WHERE connected_at < (now() AT TIME ZONE 'utc') - make_interval(days => $1)
-   AND (ip_address IS NOT NULL OR user_agent IS NOT NULL OR metadata IS NOT NULL)
-"""
-SQL_STRIP_ARCHIVE = SQL_STRIP_CONNECTIONS.replace("UPDATE websocket_connections ",
-                                                  "UPDATE websocket_connections_archive ")
-SQL_STRIP_DEVICES = """
-UPDATE device_sessions SET browser_fingerprint = NULL, metadata = NULL
- WHERE last_seen < (now() AT TIME ZONE 'utc') - make_interval(days => $1)
-   AND (browser_fingerprint IS NOT NULL OR metadata IS NOT NULL)
-"""
-
-
-async def strip_old_personal_data(pool: asyncpg.Pool, days: int) -> int:
-    """Retention: personal fields of rows older than `days` are erased (the rows stay for
-    analytics). Returns how many rows were changed."""
-    async with pool.acquire() as conn:
-        a = int((await conn.execute(SQL_STRIP_CONNECTIONS, days)).split()[-1])
-        a += int((await conn.execute(SQL_STRIP_ARCHIVE, days)).split()[-1])
-        b = int((await conn.execute(SQL_STRIP_DEVICES, days)).split()[-1])
-    if a or b:
-        log.info("retention: erased personal fields of %d connections and %d devices older than %d days", a, b, days)
-    return a + b

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
-from . import keys
-from .redis_batch import Batcher, cmd
+from roomcast.redis import keys
+from roomcast.redis.batch import Batcher, cmd
 
 # KEYS[1] ws:connections:{device_id}; ARGV[1] heartbeat ms. Only an existing record (one
 # that expired stays gone), and only forwards (the device may have sockets on other nodes).

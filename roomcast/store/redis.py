@@ -14,18 +14,17 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import asyncpg
 import orjson
 
-from . import keys, merge_patch
-from . import redis_scripts as lua
-from .errors import ErrorCode, GatewayError
-from .history import device_uuid
-from .history_read import StoredRoom
-from .protocol import ROOM_STATUSES, event_tail
-from .redis_batch import Batcher, cmd
-from .room import ACTIVE, LEFT, new_epoch
-from .store import (
+from roomcast import merge_patch
+from roomcast.errors import ErrorCode, GatewayError
+from roomcast.history.base import StoredRoom, device_uuid
+from roomcast.protocol import event_tail
+from roomcast.redis import keys
+from roomcast.redis import scripts as lua
+from roomcast.redis.batch import Batcher, cmd
+from roomcast.room import ACTIVE, LEFT, new_epoch
+from roomcast.store.base import (
     REPLAY_CHUNK,
     Caller,
     ConnectionInfo,
@@ -36,6 +35,8 @@ from .store import (
     RoomPage,
     fail,
 )
+from roomcast.store.redis_codec import _member, _pairs, _room_wire, _s
+from roomcast.store.redis_index import RoomIndex
 
 LIFECYCLE = keys.LIFECYCLE
 log = logging.getLogger("roomcast.store")
@@ -43,34 +44,6 @@ _ERRORS = {c.value: c for c in ErrorCode}
 # A room owner's index (keys.owned) outlives its last room creation by this much; rooms it
 # lists that no longer exist are dropped from it when the owner reaches its limit.
 OWNED_TTL_MS = 7 * 86_400_000
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _pairs(flat: list[Any]) -> dict[str, str]:
-    return {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
-
-
-def _room_wire(h: dict[str, str], head: int | None = None) -> dict[str, Any]:
-    return {
-        "room_id": h["room_id"],
-        "game_type": h["game_type"],
-        "status": h["status"],
-        "max_players": int(h["max_players"]),
-        "current_players": int(h.get("players", "0")),
-        "game_data": orjson.loads(h.get("game_data") or "{}"),
-        "created_at": int(h["created_at"]),
-        "created_by": h["created_by"],
-        "seq": int(h["seq"]) if head is None else head,
-    }
-
-
-def _member(device_id: str, value: str) -> dict[str, Any]:
-    role, status, _sock, user, joined = value.split("|")
-    return {"device_id": device_id, "user_id": user or None, "role": role, "status": status,
-            "joined_at": int(joined)}
 
 
 def _check(reply: Any) -> list[Any]:
@@ -143,7 +116,7 @@ class RedisStore:
         self.s_disconnect = batcher.register(lua.DISCONNECT)
         self.s_close_idle = batcher.register(lua.CLOSE_IDLE)
         self.s_restore = batcher.register(lua.RESTORE)
-        self._indexes_built = False  # list_rooms: checked once per process (see _build_indexes)
+        self.index = RoomIndex(batcher)  # list_rooms
         self.s_device_token = batcher.register(lua.DEVICE_TOKEN_SET)
         # Looks a room up in Postgres (history mode): restore on join, conflict on create.
         self.stored_room: Callable[[str], Awaitable[StoredRoom | None]] | None = None
@@ -344,10 +317,7 @@ class RedisStore:
 
     async def _lookup(self, room_id: str) -> StoredRoom | None:
         assert self.stored_room is not None
-        try:
-            return await self.stored_room(room_id)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise fail(ErrorCode.UNAVAILABLE, "room history unavailable; retry") from exc
+        return await self.stored_room(room_id)  # raises `unavailable` when history cannot be asked
 
     async def _restore(self, room_id: str, now_ms: int) -> bool:
         """Rebuild a room Redis lost from Postgres history (history mode). True if there
@@ -556,95 +526,12 @@ class RedisStore:
     # ------------------------------------------------------------ room index (list_rooms)
 
     async def _reindex(self, room_id: str) -> None:
-        """Put a room in the list_rooms index of its current status (and game type), and
-        out of the others. Indexes only: list_rooms checks every room it reads from one."""
-        status, game_type, created, pw = await self.b.call(
-            cmd("hmget", keys.room(room_id), "status", "game_type", "created_at", "password_hash"))
-        writes = []
-        current = None if status is None or pw else _s(status)
-        for st in ROOM_STATUSES:
-            if st == current:
-                continue
-            writes.append(self.b.call(cmd("zrem", keys.rooms_by_status(st), room_id)))
-            if game_type is not None:
-                writes.append(self.b.call(cmd("zrem", keys.rooms_by_status_game(st, _s(game_type)), room_id)))
-        if current is not None and game_type is not None and created is not None:
-            score = {room_id: int(created)}
-            writes.append(self.b.call(cmd("zadd", keys.rooms_by_status(current), score)))
-            writes.append(self.b.call(cmd("zadd", keys.rooms_by_status_game(current, _s(game_type)), score)))
-        await asyncio.gather(*writes)
-
-    async def _build_indexes(self) -> None:
-        """Once per cluster: index rooms created before the status indexes existed (an upgrade)."""
-        self._indexes_built = True
-        if not await self.b.call(cmd("set", keys.ROOM_INDEXES_BUILT, "1", nx=True)):
-            return
-        start, batch = 0, 200
-        for _ in range(1_000_000):  # bounded by the room index's size
-            ids = [_s(r) for r in await self.b.call(cmd("zrange", keys.ROOM_INDEX, start, start + batch - 1))]
-            if not ids:
-                break
-            await asyncio.gather(*(self._reindex(room_id) for room_id in ids))
-            start += batch
-        log.info("list_rooms indexes built for %d rooms", start)
-
-    async def _index_page(self, key: str, limit: int,
-                          after: tuple[int, str] | None) -> list[tuple[int, str]]:
-        """Up to `limit` entries of one index after `after`, newest first (score, then id)."""
-        out: list[tuple[int, str]] = []
-        offset = 0
-        top: int | str = "+inf" if after is None else after[0]
-        for _ in range(1000):  # bounded: only rooms created in the same ms as `after` are skipped
-            want = limit - len(out) + 16
-            rows = await self.b.call(cmd("zrevrangebyscore", key, top, "-inf", start=offset, num=want,
-                                         withscores=True))
-            for member, score in rows:
-                entry = (int(score), _s(member))
-                if after is not None and entry >= after:
-                    continue  # at or before the cursor (same created_at, not a smaller id)
-                out.append(entry)
-                if len(out) >= limit:
-                    return out
-            if len(rows) < want:
-                return out
-            offset += len(rows)
-        return out
+        await self.index.reindex(room_id)
 
     async def list_rooms(
         self, game_type: str | None, status: str | None, limit: int, after: tuple[int, str] | None = None
     ) -> RoomPage:
-        if not self._indexes_built:
-            await self._build_indexes()
-        statuses = [status] if status is not None else [st for st in ROOM_STATUSES if st != "closed"]
-        index_keys = [keys.rooms_by_status(st) if game_type is None else keys.rooms_by_status_game(st, game_type)
-                      for st in statuses]
-        out: list[dict[str, Any]] = []
-        cursor = after
-        for _ in range(100):  # bounded: each pass reads one page of the indexes
-            need = limit - len(out)
-            # One more than needed: whether another page follows.
-            pages = await asyncio.gather(*(self._index_page(k, need + 1, cursor) for k in index_keys))
-            entries = sorted((e for page in pages for e in page), reverse=True)[: need + 1]
-            if not entries:
-                return RoomPage(out, None)
-            futs = [(e, self.b.call(cmd("hgetall", keys.room(e[1])))) for e in entries]
-            for entry, fut in futs:
-                if len(out) >= limit:
-                    return RoomPage(out, cursor)
-                cursor = entry
-                h = {_s(k): _s(v) for k, v in (await fut).items()}
-                if not h:
-                    for k in index_keys:  # an expired room
-                        self.b.call(cmd("zrem", k, entry[1]))
-                    continue
-                if h.get("password_hash") or (status is None and h["status"] == "closed") or (
-                        status is not None and h["status"] != status) or (
-                        game_type is not None and h["game_type"] != game_type):
-                    continue  # a stale index entry (a change in flight): it is re-indexed after the change
-                out.append(_room_wire(h))
-            if len(entries) <= need:
-                return RoomPage(out, None)  # the indexes hold no more
-        return RoomPage(out, cursor)
+        return await self.index.list_rooms(game_type, status, limit, after)
 
     async def read_since(
         self, room_id: str, after: int, upto: int | None = None, limit: int | None = None

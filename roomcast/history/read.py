@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import orjson
 
-from .protocol import event_frame, event_tail
+from roomcast.errors import ErrorCode, GatewayError
+from roomcast.history.base import StoredRoom
+from roomcast.protocol import event_frame, event_tail
 
 SQL_RANGE = """
 SELECT sequence_number, event_type, action, payload::text AS payload, socket_id, device_id, user_id,
@@ -67,32 +68,16 @@ SELECT DISTINCT ON (device_id) device_id, user_id, role, status::text AS status,
 """
 
 
-@dataclass
-class StoredRoom:
-    """What Postgres knows of a room, enough to rebuild it in Redis."""
-
-    room_id: str
-    game_type: str
-    status: str  # `completed` stays after the room closes: `closed` says whether it did
-    max_players: int
-    game_data: str
-    created_ms: int
-    created_by: str
-    last_seq: int
-    host_device: str
-    members: list[tuple[str, str | None, str, int]]  # (device, user, role, joined_ms), not left
-    closed: bool = False
-    # The room's password hash ('' = no password); None if history does not know it (a room
-    # last flushed before migration 0004): such a room may have had one and is not restored.
-    password_hash: str | None = None
-
-
 async def stored_room(pool: asyncpg.Pool, room_id: str) -> StoredRoom | None:
-    async with pool.acquire() as conn:
-        row = await conn.fetchrow(SQL_ROOM, room_id)
-        if row is None:
-            return None
-        members = await conn.fetch(SQL_MEMBERS, room_id)
+    """What history knows of a room (None: nothing); `unavailable` if Postgres cannot be asked."""
+    try:
+        async with pool.acquire() as conn:
+            row = await conn.fetchrow(SQL_ROOM, room_id)
+            if row is None:
+                return None
+            members = await conn.fetch(SQL_MEMBERS, room_id)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise GatewayError(ErrorCode.UNAVAILABLE, "room history unavailable; retry") from exc
     host = next((m["device_id"] for m in members if m["role"] == "host"), "")
     return StoredRoom(
         room_id=row["room_id"], game_type=row["game_type"], status=row["status"], max_players=row["max_players"],

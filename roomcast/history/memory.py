@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from .history import Batch, DeadLetter, LifecycleRecord, RoomChunk, WriteResult
-from .store_memory import MemoryStore
+from roomcast.history.base import Batch, DeadLetter, LifecycleRecord, RoomChunk, WriteResult
+from roomcast.store.memory import MemoryStore
 
 log = logging.getLogger("roomcast.history")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .store import EventSink
+from roomcast.bus.base import EventSink
 
 
 def _drop(room_id: str, seq: int, frame: bytes) -> None:

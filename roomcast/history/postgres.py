@@ -1,170 +1,22 @@
-"""History: turn room events and connection lifecycle records into Postgres rows, in batches.
+"""History's Postgres side: `PostgresWriter` writes one `Batch` per transaction.
 
-The flusher (coordinator in a cluster, in-process in embedded mode) takes a `Batch` from
-a `HistorySource`, writes it with `PostgresWriter.write` in one transaction, and only then
-acknowledges it to the source (design invariant 5). Writes are idempotent:
-`roomcast_flush_state` records how far each room is persisted, so a redelivered event is
-skipped; connections are keyed by socket_id. A unit (one lifecycle record or one room
-event) that cannot be written even on its own is returned as a dead letter, and the rest
-of the batch still commits.
+Writes are idempotent (`roomcast_flush_state` records how far each room is persisted, so
+a redelivered event is skipped; connections are keyed by socket_id). A unit that cannot be
+written even on its own comes back as a dead letter, and the rest of the batch commits.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
-from collections import Counter
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 import orjson
 
+from roomcast.history.base import Batch, DeadLetter, WriteResult, connection_args, event_rows, refused, room_args
+
 log = logging.getLogger("roomcast.history")
 
-# created_by is a UUID column; an anonymous creator is recorded as a stable UUID of its device.
-DEVICE_NAMESPACE = uuid.UUID("6f1f9b1e-5d0a-4c53-9a43-726f6f6d6361")
-PARTICIPANT_KINDS = frozenset({"participant_joined", "participant_left", "participant_disconnected",
-                               "participant_reconnected", "host_changed", "room_closed"})
-
-
-def device_uuid(device_id: str) -> uuid.UUID:
-    return uuid.uuid5(DEVICE_NAMESPACE, "device:" + device_id)
-
-
-def ts(ms: int | str) -> datetime:
-    return datetime.fromtimestamp(int(ms) / 1000, UTC).replace(tzinfo=None)
-
-
-def _uuid(value: Any) -> uuid.UUID | None:
-    return uuid.UUID(str(value)) if value else None
-
-
-@dataclass
-class RoomChunk:
-    room_id: str
-    events: list[tuple[int, bytes]]  # (seq, frame), in seq order
-    snapshot: dict[str, str] | None  # the room's current fields (the Redis room hash shape)
-
-
-@dataclass
-class LifecycleRecord:
-    id: str
-    fields: dict[str, str]
-
-
-@dataclass
-class Batch:
-    rooms: list[RoomChunk] = field(default_factory=list)
-    lifecycle: list[LifecycleRecord] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return sum(len(c.events) for c in self.rooms) + len(self.lifecycle)
-
-
-@dataclass
-class DeadLetter:
-    source: str  # "lifecycle" or "room:<id>"
-    ref: str  # stream id or seq
-    data: str
-    error: str
-
-
-@dataclass
-class WriteResult:
-    rows: Counter[str] = field(default_factory=Counter)
-    dead: list[DeadLetter] = field(default_factory=list)
-    persisted_seq: dict[str, int] = field(default_factory=dict)  # room -> last seq now in Postgres
-
-
-class HistorySource(Protocol):
-    """Where unflushed history waits (Redis streams, or memory in embedded mode)."""
-
-    async def take(self, max_rows: int) -> Batch: ...
-
-    async def commit(self, batch: Batch, result: WriteResult) -> None:
-        """Acknowledge a written batch (only after the Postgres commit)."""
-        ...
-
-    async def give_back(self, batch: Batch) -> None:
-        """A batch could not be written (Postgres down): keep it for the next try."""
-        ...
-
-    async def dead_letter(self, letters: list[DeadLetter]) -> None: ...
-
-    async def backlog(self) -> int: ...
-
-
-# ---------------------------------------------------------------- rows (pure)
-
-
-def refused(rec: LifecycleRecord) -> bool:
-    """A socket closed by a limit before its welcome (e.g. 4008): never a connection."""
-    return rec.fields.get("kind") == "disconnect" and rec.fields.get("reason") == "refused"
-
-
-def connection_args(rec: LifecycleRecord) -> tuple[Any, ...]:
-    f = rec.fields
-    kind = "refused" if refused(rec) else f["kind"]
-    meta = f.get("metadata")
-    reconnects = f.get("reconnect_count")
-    return (
-        kind, f["socket_id"], f["device_id"], _uuid(f.get("user_id")), ts(f["ts"]),
-        f.get("status") or ("active" if kind == "connect" else "disconnected"),
-        f.get("ip") or None, f.get("user_agent") or None, f.get("fingerprint") or None,
-        meta if meta not in (None, "") else None,
-        int(reconnects) if reconnects not in (None, "") else None,
-    )
-
-
-def room_status(snapshot: dict[str, str]) -> str:
-    """The room's status for game_rooms: a game that completed stays `completed` after its
-    room closes (closed_at says it closed), so the completion rate counts it."""
-    status = snapshot["status"]
-    if status == "closed" and snapshot.get("status_at_close") == "completed":
-        return "completed"
-    return status
-
-
-def room_args(snapshot: dict[str, str]) -> tuple[Any, ...]:
-    creator = snapshot.get("creator_user") or None
-    created_by = _uuid(creator) if creator else device_uuid(snapshot["created_by"])
-    closed = snapshot.get("closed_at")
-    return (
-        snapshot["room_id"], ts(snapshot["created_at"]), ts(snapshot.get("updated_at") or snapshot["created_at"]),
-        ts(closed) if closed else None, created_by, snapshot["game_type"], snapshot.get("game_data") or "{}",
-        room_status(snapshot), int(snapshot["max_players"]), int(snapshot.get("players") or 0),
-        # The password's hash ('' = none), kept so a room Redis lost is rebuilt with it.
-        snapshot.get("password_hash") or "",
-    )
-
-
-def event_rows(room_id: str, seq: int, frame: bytes) -> tuple[tuple[Any, ...], tuple[Any, ...] | None]:
-    """(game_events row, participant change or None) for one event frame."""
-    e = orjson.loads(frame)
-    if not isinstance(e, dict):
-        raise TypeError("event frame is not a JSON object")
-    sender = e.get("from") or {}
-    payload = e.get("payload")
-    # A malformed frame must become a dead letter (TypeError), not an AttributeError below.
-    if not isinstance(sender, dict) or not (payload is None or isinstance(payload, dict)):
-        raise TypeError("event `from` and `payload` must be JSON objects or null")
-    kind = e["event_type"]
-    device = sender.get("device_id") or (payload or {}).get("device_id")
-    event = (
-        room_id, kind, sender.get("socket_id"), device, _uuid(sender.get("user_id")), ts(e["ts"]),
-        e.get("action"), None if payload is None else orjson.dumps(payload).decode(), seq,
-    )
-    change = None
-    if kind in PARTICIPANT_KINDS:
-        p = payload or {}
-        change = (kind, room_id, p.get("device_id"), sender.get("socket_id"), _uuid(sender.get("user_id")),
-                  p.get("role"), ts(e["ts"]))
-    return event, change
-
-
-# ---------------------------------------------------------------- writer
 
 SQL_CONNECTION = "SELECT roomcast_apply_connection($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11::int)"
 SQL_PARTICIPANT = "SELECT roomcast_apply_participant($1, $2, $3, $4, $5, $6, $7)"

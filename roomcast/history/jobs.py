@@ -6,7 +6,7 @@ import logging
 
 import asyncpg
 
-from .history import ts
+from roomcast.history.base import ts
 
 log = logging.getLogger("roomcast.jobs")
 
@@ -63,3 +63,31 @@ async def archive_old_connections(pool: asyncpg.Pool, days: int, chunk: int = AR
     if moved:
         log.info("retention: archived %d connection rows older than %d days", moved, days)
     return moved
+
+
+# ---------------------------------------------------------------- personal-data retention
+
+SQL_STRIP_CONNECTIONS = """
+UPDATE websocket_connections SET ip_address = NULL, user_agent = NULL, metadata = NULL
+ WHERE connected_at < (now() AT TIME ZONE 'utc') - make_interval(days => $1)
+   AND (ip_address IS NOT NULL OR user_agent IS NOT NULL OR metadata IS NOT NULL)
+"""
+SQL_STRIP_ARCHIVE = SQL_STRIP_CONNECTIONS.replace("UPDATE websocket_connections ",
+                                                  "UPDATE websocket_connections_archive ")
+SQL_STRIP_DEVICES = """
+UPDATE device_sessions SET browser_fingerprint = NULL, metadata = NULL
+ WHERE last_seen < (now() AT TIME ZONE 'utc') - make_interval(days => $1)
+   AND (browser_fingerprint IS NOT NULL OR metadata IS NOT NULL)
+"""
+
+
+async def strip_old_personal_data(pool: asyncpg.Pool, days: int) -> int:
+    """Retention: personal fields of rows older than `days` are erased (the rows stay for
+    analytics). Returns how many rows were changed."""
+    async with pool.acquire() as conn:
+        a = int((await conn.execute(SQL_STRIP_CONNECTIONS, days)).split()[-1])
+        a += int((await conn.execute(SQL_STRIP_ARCHIVE, days)).split()[-1])
+        b = int((await conn.execute(SQL_STRIP_DEVICES, days)).split()[-1])
+    if a or b:
+        log.info("retention: erased personal fields of %d connections and %d devices older than %d days", a, b, days)
+    return a + b

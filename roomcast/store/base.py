@@ -1,8 +1,9 @@
-"""The seam between the gateway and shared state: `RoomStore`, `Bus` and `Presence`.
+"""The room store's contract: `RoomStore` and the values it takes and returns.
 
-The in-memory implementations (`store_memory`, `bus_memory`, `presence_memory`) are the
-embedded default; the Redis ones implement the same contracts for a cluster. Each method
-is one atomic step on shared state, so an implementation can map it to one Redis script.
+`roomcast.store.memory` is the embedded default; `roomcast.store.redis` implements the
+same contract for a cluster (the bus and presence contracts sit in `roomcast.bus` and
+`roomcast.presence`). Each method is one atomic step on shared state, so an
+implementation can map it to one Redis script.
 
 Ordering contract: every room event gets the room's next `seq` and is appended to the
 room's history and handed to the bus in the same atomic step as the state change that
@@ -11,14 +12,10 @@ caused it, so replay (`join` with `since`) and live delivery agree (design invar
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .errors import ErrorCode, GatewayError
-
-# (room_id, seq, frame): frame is the complete JSON text of the event message.
-EventSink = Callable[[str, int, bytes], None]
+from roomcast.errors import ErrorCode, GatewayError
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,35 +217,4 @@ class RoomStore(Protocol):
     async def sweep(self, now_ms: int) -> None:
         """Periodic upkeep: prune long-disconnected participants, expire closed rooms and
         old connection records."""
-        ...
-
-
-class Bus(Protocol):
-    """Delivers room events to the gateways that hold members of the room.
-
-    A gateway subscribes to a room while it holds a local member (invariant 3);
-    `subscribe` returns once events published afterwards are sure to arrive. Each
-    subscribed room's events reach the sink once each, in seq order.
-    """
-
-    async def subscribe(self, room_id: str) -> None: ...
-
-    async def unsubscribe(self, room_id: str) -> None: ...
-
-    def set_sink(self, sink: EventSink) -> None: ...
-
-
-class Presence(Protocol):
-    """Last-heartbeat times of sockets (`ws:presence`); updates are batched per node."""
-
-    def touch(self, socket_id: str, now_ms: int, device_id: str | None = None) -> None:
-        """Note a heartbeat (of the device's record too, if given); written at the next flush."""
-        ...
-
-    def remove(self, socket_id: str) -> None: ...
-
-    async def flush(self) -> None: ...
-
-    async def expired(self, older_than_ms: int) -> list[str]:
-        """Sockets whose last heartbeat is older than the given time."""
         ...

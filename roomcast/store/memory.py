@@ -17,11 +17,11 @@ from typing import Any
 
 import orjson
 
-from . import merge_patch
-from .bus_memory import MemoryBus
-from .errors import ErrorCode
-from .protocol import ROOM_STATUSES, event_frame, event_tail
-from .room import (
+from roomcast import merge_patch
+from roomcast.bus.memory import MemoryBus
+from roomcast.errors import ErrorCode
+from roomcast.protocol import ROOM_STATUSES, event_frame, event_tail
+from roomcast.room import (
     ACTIVE,
     DISCONNECTED,
     HOST,
@@ -33,7 +33,17 @@ from .room import (
     new_epoch,
     participant_tail,
 )
-from .store import REPLAY_CHUNK, Caller, ConnectionInfo, ConnectResult, DeviceRoom, JoinResult, NewRoom, RoomPage, fail
+from roomcast.store.base import (
+    REPLAY_CHUNK,
+    Caller,
+    ConnectionInfo,
+    ConnectResult,
+    DeviceRoom,
+    JoinResult,
+    NewRoom,
+    RoomPage,
+    fail,
+)
 
 # What one kept event costs beyond its frame: the bytes object, its tuple and deque slot.
 EVENT_OVERHEAD = 128

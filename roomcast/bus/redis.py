@@ -23,12 +23,12 @@ from urllib.parse import unquote, urlparse
 
 import hiredis
 
-from . import keys
-from .errors import ErrorCode, GatewayError
-from .protocol import event_seq_of
-from .redis_client import tls_context
-from .resp import RespError, encode_command
-from .store import EventSink
+from roomcast.bus.base import EventSink
+from roomcast.errors import ErrorCode, GatewayError
+from roomcast.protocol import event_seq_of
+from roomcast.redis import keys
+from roomcast.redis.client import tls_context
+from roomcast.redis.resp import RespError, encode_command
 
 log = logging.getLogger("roomcast.bus")
 

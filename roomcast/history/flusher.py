@@ -16,8 +16,9 @@ from collections.abc import Callable
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .errors import GatewayError
-from .history import TRANSIENT, Batch, HistorySource, PostgresWriter
+from roomcast.errors import GatewayError
+from roomcast.history.base import Batch, HistorySource
+from roomcast.history.postgres import TRANSIENT, PostgresWriter
 
 log = logging.getLogger("roomcast.flusher")
 

@@ -1,4 +1,4 @@
-"""Apply the SQL migrations in roomcast/migrations/ once each, safely under concurrency.
+"""Apply the SQL migrations in roomcast/history/migrations/ once each, safely under concurrency.
 
 Every run takes a session-level advisory lock, so two `coordinator migrate` processes
 started together apply each file exactly once: the second waits, then finds nothing to
@@ -37,7 +37,7 @@ class MigrationError(RuntimeError):
 
 def migrations() -> list[Migration]:
     out = []
-    for entry in sorted(resources.files("roomcast.migrations").iterdir(), key=lambda e: e.name):
+    for entry in sorted(resources.files("roomcast.history.migrations").iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".sql"):
             version, _, rest = entry.name.partition("_")
             out.append(Migration(version, rest.removesuffix(".sql"), entry.read_text()))

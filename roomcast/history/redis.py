@@ -14,9 +14,10 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from . import keys, redis_scripts
-from .history import Batch, DeadLetter, LifecycleRecord, RoomChunk, WriteResult
-from .redis_batch import Batcher, cmd
+from roomcast.history.base import Batch, DeadLetter, LifecycleRecord, RoomChunk, WriteResult
+from roomcast.redis import keys
+from roomcast.redis import scripts as redis_scripts
+from roomcast.redis.batch import Batcher, cmd
 
 log = logging.getLogger("roomcast.history")
 

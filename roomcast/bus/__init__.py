@@ -1,0 +1,1 @@
+"""Room events across replicas: the contract (base) and its backends (memory, redis)."""

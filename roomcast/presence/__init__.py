@@ -1,0 +1,1 @@
+"""Socket heartbeats: the contract (base) and its backends (memory, redis)."""

@@ -1,0 +1,1 @@
+"""Rooms, participants and connection records: the contract (base) and its backends (memory, redis)."""
