@@ -1,4 +1,4 @@
-"""A/B of the pub/sub reply parser: roomcast's own RESP parser (roomcast/resp.py, before it
+"""A/B of the pub/sub reply parser: roomcast's own RESP parser (roomcast/redis/resp.py, before it
 was replaced) against hiredis' `Reader`, on the stream a subscriber really receives.
 
 `python -m loadtests.resp_ab [--messages N] [--frame-bytes B] [--chunk C] [--repeat R]`

@@ -1,6 +1,6 @@
 """RESP2 command encoding for the pub/sub connection, and its error type. Pure.
 
-Replies are parsed by hiredis' `Reader` (roomcast/bus_redis.py): measured 4-9x faster than
+Replies are parsed by hiredis' `Reader` (roomcast/bus/redis.py): measured 4-9x faster than
 the pure-Python parser this module used to hold (`python -m loadtests.resp_ab`).
 """
 

@@ -1,6 +1,6 @@
 """RoomStore on Redis: the cluster's shared state, one Lua script per room operation.
 
-Key layout: roomcast/keys.py. Cross-slot indexes (a device's rooms, the room index, the
+Key layout: roomcast/redis/keys.py. Cross-slot indexes (a device's rooms, the room index, the
 prune queue) are updated right after the room's atomic step, in the same batch; they
 are indexes only, so a crash between the two leaves at worst a stale index entry that
 readers skip.

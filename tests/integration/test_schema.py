@@ -34,7 +34,7 @@ VERSIONS = [m.version for m in migrations()]
 assert VERSIONS[:2] == ["0001", "0002"]
 
 SUPABASE = ROOT / "supabase"
-SOURCE = ROOT / "roomcast" / "migrations"
+SOURCE = ROOT / "roomcast" / "history" / "migrations"
 
 # ---------------------------------------------------------------- the requirements, transcribed
 #
@@ -455,7 +455,7 @@ def test_supabase_migrations_are_links_to_the_roomcast_migrations() -> None:
         match = re.fullmatch(r"(\d{14})_([a-z0-9_]+)\.sql", link.name)
         assert match, f"{link.name}: the Supabase CLI wants <14-digit timestamp>_<name>.sql"
         assert match.group(2) == m.name, (link.name, m.name)
-        assert link.is_symlink(), f"{link.name} must be a symlink to roomcast/migrations, not a copy"
+        assert link.is_symlink(), f"{link.name} must be a symlink to roomcast/history/migrations, not a copy"
         target = os.readlink(link)
         assert not os.path.isabs(target), f"{link.name} -> {target} must be relative"
         assert link.resolve() == (SOURCE / f"{m.version}_{m.name}.sql").resolve(), (link.name, target)

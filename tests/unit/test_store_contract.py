@@ -1,4 +1,4 @@
-"""The RoomStore contract (roomcast/store.py), run against every backend.
+"""The RoomStore contract (roomcast/store/base.py), run against every backend.
 
 Conventions 5: one contract suite, so the embedded default and the cluster cannot drift
 apart. To run it against another backend, add one entry to BACKENDS: an async context
