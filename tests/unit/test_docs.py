@@ -76,12 +76,21 @@ def test_readme_links_every_reference_page() -> None:
         assert f"(docs/{page}.md)" in text, f"README.md does not link docs/{page}.md"
 
 
-def test_readme_links_point_to_files_that_exist() -> None:
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors for the headings of a Markdown file."""
+    headings = re.findall(r"^#+ (.*)$", re.sub(r"^```.*?^```", "", _read(path), flags=re.M | re.S), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_readme_and_docs_links_point_to_files_and_headings_that_exist() -> None:
     for path in (README, *sorted((ROOT / "docs").glob("*.md"))):
-        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", _read(path)):
-            if "://" in target:
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", _read(path)):
+            if "://" in target or target.startswith("mailto:"):
                 continue
-            assert (path.parent / target).exists(), f"{path.relative_to(ROOT)} links {target}, which does not exist"
+            file = (path.parent / target) if target else path
+            assert file.exists(), f"{path.relative_to(ROOT)} links {target}, which does not exist"
+            if anchor and file.suffix == ".md":
+                assert anchor in _anchors(file), f"{path.relative_to(ROOT)} links {target}#{anchor}: no such heading"
 
 
 # ---------------------------------------------------------------- docs/configuration.md
