@@ -1,6 +1,7 @@
-"""Regenerate the README's configuration table from roomcast.settings.SPECS.
+"""Regenerate the configuration table of docs/configuration.md from roomcast.settings.SPECS.
 
-    python -m roomcast.docgen README.md
+    python -m roomcast.docgen                # docs/configuration.md
+    python -m roomcast.docgen PATH           # another file holding the table
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from pathlib import Path
 
 from roomcast.settings import markdown_table
 
-HEADER = "| Variable | Flag | Default | Meaning |"
+HEADER = "| Variable | Flag | Default |"
+TARGET = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
 
-def update(path: Path) -> bool:
+def update(path: Path = TARGET) -> bool:
     text = path.read_text()
     start = text.index(HEADER)
     end = text.find("\n\n", start)
@@ -25,5 +27,6 @@ def update(path: Path) -> bool:
 
 
 if __name__ == "__main__":
-    changed = update(Path(sys.argv[1] if len(sys.argv) > 1 else "README.md"))
-    print("README table updated" if changed else "README table already current")
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else TARGET
+    changed = update(target)
+    print(f"{target}: configuration table {'updated' if changed else 'already current'}")

@@ -1,7 +1,7 @@
 """Settings: read once at start from environment variables into a frozen `Settings`.
 
-Each setting is declared once in `SPECS` (variable, type, default, help); the README's
-configuration table, `gateway --help` and the command-line flags all come from it.
+Each setting is declared once in `SPECS` (variable, type, default, help); the configuration
+table of docs/configuration.md, `gateway --help` and the command-line flags all come from it.
 Nothing deeper in the code reads `os.environ` (design invariant 7).
 """
 
@@ -37,6 +37,7 @@ def _int(lo: int, hi: int, unit: str = "") -> Callable[[str], int]:
             raise ValueError(f"must be between {lo} and {hi}{unit}")
         return value
 
+    conv.unit = "ms" if unit == MS else ""  # type: ignore[attr-defined]  # read by Spec.unit
     return conv
 
 
@@ -129,6 +130,11 @@ class Spec:
     default: Any
     help: str
     flag: str | None = None
+
+    @property
+    def unit(self) -> str:
+        """`ms` for a duration (declared with the MS marker), else empty."""
+        return str(getattr(self.conv, "unit", ""))
 
 
 MS = " (milliseconds)"
@@ -363,24 +369,30 @@ def add_arguments(parser: argparse.ArgumentParser, specs: Sequence[Spec] = SPECS
             parser.add_argument(spec.flag, dest=spec.field, action="store_const", const="true",
                                 default=None, help=f"{spec.help} [env {spec.env}]")
         else:
+            unit = f", in {spec.unit}" if spec.unit else ""
             parser.add_argument(spec.flag, dest=spec.field, metavar=spec.env, default=None,
-                                help=f"{spec.help} [env {spec.env}]")
+                                help=f"{spec.help} [env {spec.env}{unit}]")
 
 
 def environment_help(specs: Sequence[Spec] = SPECS) -> str:
     """A plain-text list of every variable, its default and meaning (for --help)."""
-    lines = ["environment variables (flags above override them):"]
+    lines = ["environment variables (flags above override them; every duration is in milliseconds, ms):"]
     for spec in specs:
-        default = "" if spec.default in (None, ()) else f" (default {spec.default})"
+        unit = f" {spec.unit}" if spec.unit else ""
+        if spec.default in (None, ()):
+            default = f" (in {spec.unit})" if spec.unit else ""
+        else:
+            default = f" (default {spec.default}{unit})"
         lines.append(f"  {spec.env}{default}\n      {spec.help}")
     return "\n".join(lines)
 
 
 def markdown_table(specs: Sequence[Spec] = SPECS) -> str:
-    """The README configuration table, generated from SPECS."""
-    rows = ["| Variable | Flag | Default | Meaning |", "|---|---|---|---|"]
+    """The configuration table of docs/configuration.md, generated from SPECS."""
+    rows = ["| Variable | Flag | Default | Unit | Meaning |", "|---|---|---|---|---|"]
     for spec in specs:
         default = "—" if spec.default in (None, ()) else f"`{spec.default}`"
         flag = f"`{spec.flag}`" if spec.flag else "—"
-        rows.append(f"| `{spec.env}` | {flag} | {default} | {spec.help} |")
+        unit = spec.unit or "—"
+        rows.append(f"| `{spec.env}` | {flag} | {default} | {unit} | {spec.help} |")
     return "\n".join(rows)

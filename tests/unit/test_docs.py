@@ -1,4 +1,5 @@
-"""The docs keep up with the code: README.md (quick start, configuration) and
+"""The docs keep up with the code: README.md (quick start), docs/configuration.md (every
+setting, the generated table), docs/operations.md (every metric, its type and labels) and
 docs/protocol.md (every message type, error code, close code and server-made event)."""
 
 from __future__ import annotations
@@ -8,13 +9,21 @@ import re
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
 
+from coordinator.service import CoordinatorMetrics
+from gateway.metrics import Metrics
+from roomcast import docgen
 from roomcast.errors import CloseCode, ErrorCode
+from roomcast.flusher import FlusherMetrics
 from roomcast.protocol import MESSAGE_TYPES, RESERVED_EVENT_TYPES, ROOM_STATUSES
 from roomcast.settings import SPECS, markdown_table
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+CONFIGURATION = ROOT / "docs" / "configuration.md"
+OPERATIONS = ROOT / "docs" / "operations.md"
 PROTOCOL = ROOT / "docs" / "protocol.md"
 QUICK_START_COMMANDS = ("./dev run", "./dev test")
 SERVER_MESSAGE_TYPES = ("welcome", "pong", "room_created", "joined", "left", "ack", "rooms", "event", "error")
@@ -32,6 +41,13 @@ def _section(text: str, heading: str) -> str:
     return match.group(1)
 
 
+def _section_containing(text: str, words: str) -> str:
+    """The body of the first `## ` section whose heading contains `words`."""
+    match = re.search(rf"^## [^\n]*{re.escape(words)}[^\n]*$(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert match is not None, f"no '## ' heading containing '{words}'"
+    return match.group(1)
+
+
 def _table_row(text: str, first_cell: str) -> str:
     match = re.search(rf"^\| {re.escape(first_cell)} \|.*$", text, re.M)
     assert match is not None, f"no table row starting with '| {first_cell} |'"
@@ -42,24 +58,124 @@ def _table_row(text: str, first_cell: str) -> str:
 
 
 def test_readme_quick_start_has_both_commands() -> None:
-    quick_start = _section(_read(README), "Quick start")
+    quick_start = _section_containing(_read(README), "Quick start")
     for command in QUICK_START_COMMANDS:
         assert re.search(rf"^{re.escape(command)}\b", quick_start, re.M), (
             f"the Quick start section must show `{command}` at the start of a line"
         )
 
 
+def test_readme_stays_short() -> None:
+    lines = _read(README).count("\n")
+    assert lines <= 200, f"README.md has {lines} lines; the reference belongs in docs/ (at most ~200)"
+
+
+def test_readme_links_every_reference_page() -> None:
+    text = _read(README)
+    for page in ("protocol", "configuration", "operations", "kubernetes", "python-client", "development", "security"):
+        assert f"(docs/{page}.md)" in text, f"README.md does not link docs/{page}.md"
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors for the headings of a Markdown file."""
+    headings = re.findall(r"^#+ (.*)$", re.sub(r"^```.*?^```", "", _read(path), flags=re.M | re.S), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_readme_and_docs_links_point_to_files_and_headings_that_exist() -> None:
+    for path in (README, *sorted((ROOT / "docs").glob("*.md"))):
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", _read(path)):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            file = (path.parent / target) if target else path
+            assert file.exists(), f"{path.relative_to(ROOT)} links {target}, which does not exist"
+            if anchor and file.suffix == ".md":
+                assert anchor in _anchors(file), f"{path.relative_to(ROOT)} links {target}#{anchor}: no such heading"
+
+
+# ---------------------------------------------------------------- docs/configuration.md
+
+
 @pytest.mark.parametrize("env", [spec.env for spec in SPECS])
-def test_readme_documents_every_setting(env: str) -> None:
-    assert f"`{env}`" in _read(README), f"README.md does not mention `{env}`"
+def test_configuration_documents_every_setting(env: str) -> None:
+    assert f"`{env}`" in _read(CONFIGURATION), f"docs/configuration.md does not mention `{env}`"
 
 
-def test_readme_configuration_table_is_the_generated_one() -> None:
+def test_configuration_table_is_the_generated_one() -> None:
     table = markdown_table()
-    assert table in _section(_read(README), "Configuration"), (
-        "the Configuration table of README.md differs from roomcast.settings.SPECS; paste the output of\n"
-        '  .venv/bin/python -c "from roomcast.settings import markdown_table; print(markdown_table())"'
+    assert table in _section(_read(CONFIGURATION), "Settings"), (
+        "the table of docs/configuration.md differs from roomcast.settings.SPECS; regenerate it with\n"
+        "  .venv/bin/python -m roomcast.docgen"
     )
+
+
+def test_docgen_targets_docs_configuration() -> None:
+    assert docgen.TARGET == CONFIGURATION
+
+
+def test_configuration_gives_every_duration_its_unit() -> None:
+    table = _section(_read(CONFIGURATION), "Settings")
+    for spec in SPECS:
+        row = _table_row(table, f"`{spec.env}`")
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[3] == (spec.unit or "—"), f"{spec.env}: the Unit cell is {cells[3]!r}"
+        if spec.field.endswith("_ms"):
+            assert cells[3] == "ms", f"{spec.env} is a duration: its unit must say ms"
+
+
+# ---------------------------------------------------------------- docs/operations.md
+
+
+def _exported_metrics() -> dict[str, tuple[str, frozenset[str]]]:
+    """Every metric of the gateway, the coordinator and the flusher: exposed name -> (type, label names)."""
+    flusher = FlusherMetrics(CollectorRegistry())
+    metrics: dict[str, tuple[str, frozenset[str]]] = {}
+    for holder in (Metrics(), CoordinatorMetrics(), flusher):
+        for value in vars(holder).values():
+            if not isinstance(value, MetricWrapperBase):
+                continue
+            (family,) = value.describe()
+            name = family.name + ("_total" if family.type == "counter" else "")
+            metrics[name] = (family.type, frozenset(value._labelnames))
+    return metrics
+
+
+def _metric_rows() -> dict[str, list[str]]:
+    rows: dict[str, list[str]] = {}
+    for line in _section(_read(OPERATIONS), "Metrics").splitlines():
+        match = re.match(r"^\| `(roomcast_\w+)` \|(.*)\|$", line)
+        if match:
+            rows[match.group(1)] = [c.strip() for c in match.group(2).split("|")]
+    return rows
+
+
+def test_operations_metric_table_matches_the_code() -> None:
+    exported = _exported_metrics()
+    rows = _metric_rows()
+    assert set(rows) == set(exported), (
+        f"docs/operations.md metrics table: not exported {sorted(set(rows) - set(exported))}, "
+        f"not documented {sorted(set(exported) - set(rows))}"
+    )
+    for name, (where, kind, labels, _meaning) in rows.items():
+        assert where, name
+        assert kind == exported[name][0], f"{name}: documented as {kind}, exported as {exported[name][0]}"
+        documented = frozenset(re.findall(r"`(\w+)`", labels))
+        assert documented == exported[name][1], f"{name}: labels {sorted(documented)}, exported {sorted(exported[name][1])}"
+
+
+def test_operations_names_only_metrics_that_exist() -> None:
+    exported = set(_exported_metrics())
+    histograms = {n for n, (kind, _) in _exported_metrics().items() if kind == "histogram"}
+    text = _read(OPERATIONS)
+    for name in set(re.findall(r"(?<![\w:])roomcast_\w+", text)):
+        base = re.sub(r"_(bucket|count|sum)$", "", name)
+        assert name in exported or base in histograms, f"docs/operations.md names {name}, which no process exports"
+
+
+def test_operations_lists_every_rate_limit_label() -> None:
+    row = _metric_rows()["roomcast_rate_limited_total"]
+    for limit in Metrics().rate_limited_by:
+        assert f"`{limit}`" in row[3], f"roomcast_rate_limited_total: limit `{limit}` is not listed"
 
 
 # ---------------------------------------------------------------- docs/protocol.md

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -379,3 +381,32 @@ def test_environment_help_lists_every_variable() -> None:
     text = environment_help()
     for spec in SPECS:
         assert re.search(rf"^  {re.escape(spec.env)}\b", text, re.MULTILINE), spec.env
+
+
+def test_every_duration_is_marked_ms() -> None:
+    durations = [spec for spec in SPECS if spec.field.endswith("_ms")]
+    assert durations
+    for spec in SPECS:
+        assert spec.unit == ("ms" if spec in durations else ""), spec.env
+
+
+def test_help_says_durations_are_in_ms() -> None:
+    text = environment_help()
+    assert "every duration is in milliseconds" in text
+    for spec in SPECS:
+        if spec.unit == "ms":
+            assert re.search(rf"^  {re.escape(spec.env)} \((default \d+ ms|in ms)\)$", text, re.MULTILINE), spec.env
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    flags = parser.format_help()
+    for spec in SPECS:
+        if spec.flag and spec.unit == "ms":
+            assert re.search(rf"\[env\s+{re.escape(spec.env)},\s+in\s+ms\]", flags), spec.env
+
+
+def test_gateway_and_coordinator_help_say_ms() -> None:
+    for command in ("gateway", "coordinator"):
+        out = subprocess.run([sys.executable, "-m", command, "--help"], capture_output=True, text=True,
+                             timeout=30, check=True).stdout
+        assert "every duration is in milliseconds" in out, command
+        assert re.search(r"^  \w+ \(default \d+ ms\)$", out, re.MULTILINE), command
