@@ -16,7 +16,7 @@ from coordinator.service import CoordinatorMetrics
 from gateway.metrics import Metrics
 from roomcast import docgen
 from roomcast.errors import CloseCode, ErrorCode
-from roomcast.flusher import FlusherMetrics
+from roomcast.history.flusher import FlusherMetrics
 from roomcast.protocol import MESSAGE_TYPES, RESERVED_EVENT_TYPES, ROOM_STATUSES
 from roomcast.settings import SPECS, markdown_table
 
