@@ -235,14 +235,24 @@ class RemoteJwks:
             return False
         return unknown_kid or self._fetched_at is None or now - self._fetched_at >= self.ttl_s
 
-    async def refresh(self) -> None:
-        """Fetch the set (or join the fetch under way); waits at most `timeout_s`."""
+    @property
+    def failing(self) -> bool:
+        """No answer to rely on: the last fetch failed, or the one under way did not end in time."""
+        return self.error is not None or self._inflight is not None
+
+    def start(self) -> asyncio.Future[None]:
+        """Start a fetch (in the running loop) unless one is under way."""
         if self._inflight is None:
             self._attempted_at = time.monotonic()
             self.fetches += 1
             self._inflight = asyncio.ensure_future(self._fetch())
+        return self._inflight
+
+    async def refresh(self) -> None:
+        """Fetch the set (or join the fetch under way); waits at most `timeout_s`."""
+        inflight = self.start()
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._inflight), self.timeout_s)
+            await asyncio.wait_for(asyncio.shield(inflight), self.timeout_s)
 
     async def _fetch(self) -> None:
         try:
@@ -418,10 +428,12 @@ class Verifier:
             kid = header.get("kid")
             keys = self._candidates(alg, kid)
             remote = self.remote
-            if remote is not None and (fetch_allowed and remote.wants_fetch(unknown_kid=not keys)):
-                raise _NoKey
+            if remote is not None and fetch_allowed and remote.wants_fetch(unknown_kid=not keys):
+                if not keys:
+                    raise _NoKey  # check() waits for the fetch, then tries again
+                remote.start()  # the cache expired: fetch in the background, use the keys at hand
             if not keys:
-                if remote is not None and remote.error is not None:
+                if remote is not None and remote.failing:
                     raise KeysUnavailable(f"the token's key cannot be fetched now ({remote.error}); retry")
                 raise TokenError("unknown token key id" if kid is not None else f"no {alg} key configured")
             payload = None

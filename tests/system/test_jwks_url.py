@@ -39,7 +39,7 @@ class JwksServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 with outer.lock:
                     outer.requests += 1
                     down, body = outer.down, orjson.dumps({"keys": outer.keys})
