@@ -1,15 +1,20 @@
-"""hello.token: JSON Web Tokens (RFC 7519) signed with HS256, RS256 or ES256.
+"""hello.token: JSON Web Tokens (RFC 7519) signed with HS256, RS256 or ES256, checked by PyJWT
+under our policy.
 
-HS256 is checked against AUTH_JWT_SECRET with the standard library; RS256 (RSASSA-PKCS1-v1_5
-with SHA-256) and ES256 (ECDSA on P-256 with SHA-256, RFC 7518 section 3.4) against public
+Keys: HS256 uses AUTH_JWT_SECRET; RS256 (RSA, 2048 bits or more) and ES256 (P-256) use public
 keys read once at start from AUTH_JWT_PUBLIC_KEY_FILE (PEM) or AUTH_JWT_JWKS_FILE (a JSON Web
-Key Set), with `cryptography`.
+Key Set), and/or fetched from AUTH_JWT_JWKS_URL (cached, re-fetched for an unknown `kid`, at
+most once per AUTH_JWT_JWKS_MIN_INTERVAL, in a worker thread). Key loading and checking are ours
+(`load_pem`, `load_jwks`), so a URL's keys obey the same rules as a file's.
 
-Algorithm confusion is ruled out by construction: the token's `alg` must be one of
-AUTH_JWT_ALGORITHMS, and each algorithm has its own kind of key. HS256 only ever uses the
-shared secret (never public-key bytes), RS256 only RSA keys, ES256 only P-256 keys. `none`
-is never accepted, and header parameters that name keys (`jwk`, `jku`, `x5u`, `x5c`) are
-ignored: keys come from the operator's files only.
+In front of PyJWT (whose decoder is lenient): each segment must be canonical base64url, the
+header's `alg` one of AUTH_JWT_ALGORITHMS, `crit` absent. Algorithm confusion is ruled out by
+construction: PyJWT is given one algorithm and one key of that algorithm's own kind. HS256
+only ever uses the shared secret (never public-key bytes), RS256 only RSA keys, ES256 only
+P-256 keys. `none` is never accepted, and header parameters that name keys (`jwk`, `jku`,
+`x5u`, `x5c`) are ignored: keys come from the operator's files and URL only. PyJWT checks the
+signature, `aud` and `iss`; `exp`/`nbf` (against the caller's clock) and `sub` (a UUID) after
+it are ours.
 """
 
 from __future__ import annotations
