@@ -140,14 +140,14 @@ def _jwk_int(jwk: dict[str, Any], name: str, where: str) -> int:
     return int.from_bytes(raw, "big")
 
 
-def load_jwks(data: bytes) -> list[PublicKey]:
+def load_jwks(data: bytes, skipped: list[str] | None = None) -> list[PublicKey]:
     """The signing keys of a JSON Web Key Set: RSA (`n`, `e`) and EC P-256 (`x`, `y`).
 
     Keys of other types (`oct` included: a shared secret must never come from a key set),
-    curves, or with `use` other than `sig` are skipped; a malformed RSA or EC key is an error.
+    curves, or with `use` other than `sig` are skipped; a malformed or too weak RSA or EC key
+    (or a `kid` used twice) is an error, unless `skipped` is given: then such a key is left out
+    and why is appended to it (a fetched set: one bad key must not cost the good ones).
     """
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -157,46 +157,62 @@ def load_jwks(data: bytes) -> list[PublicKey]:
     out: list[PublicKey] = []
     kids: set[str] = set()
     for i, jwk in enumerate(doc["keys"]):
-        where = f"key {i}"
-        if not isinstance(jwk, dict):
-            raise ValueError(f"{where}: not an object")
-        kid = jwk.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            raise ValueError(f"{where}: `kid` must be a string")
-        if kid is not None:
-            where = f"key {kid!r}"
-        if jwk.get("use", "sig") != "sig":
+        try:
+            key = _jwk_key(i, jwk, kids)
+        except ValueError as exc:
+            if skipped is None:
+                raise
+            skipped.append(str(exc))
             continue
-        ops = jwk.get("key_ops")
-        if isinstance(ops, list) and "verify" not in ops:
-            continue
-        kty, alg = jwk.get("kty"), jwk.get("alg")
-        key: Any
-        if kty == "RSA":
-            if alg not in (None, "RS256"):
-                continue
-            try:
-                key = rsa.RSAPublicNumbers(_jwk_int(jwk, "e", where), _jwk_int(jwk, "n", where)).public_key()
-            except ValueError as exc:
-                raise ValueError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
-        elif kty == "EC":
-            if jwk.get("crv") != "P-256" or alg not in (None, "ES256"):
-                continue
-            x, y = _jwk_int(jwk, "x", where), _jwk_int(jwk, "y", where)
-            try:
-                key = ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
-            except ValueError:
-                raise ValueError(f"{where}: the point is not on P-256") from None
-        else:
-            continue
-        if kid is not None:
-            if kid in kids:
-                raise ValueError(f"{where}: `kid` is used twice")
-            kids.add(kid)
-        out.append(PublicKey(_check_key(key, where), key, kid))
+        if key is not None:
+            out.append(key)
     if not out:
         raise ValueError("no usable RS256 or ES256 signing key in the set")
     return out
+
+
+def _jwk_key(i: int, jwk: Any, kids: set[str]) -> PublicKey | None:
+    """Key `i` of a set, None if it is of a kind that cannot sign tokens here."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    where = f"key {i}"
+    if not isinstance(jwk, dict):
+        raise ValueError(f"{where}: not an object")
+    kid = jwk.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        raise ValueError(f"{where}: `kid` must be a string")
+    if kid is not None:
+        where = f"key {kid!r}"
+    if jwk.get("use", "sig") != "sig":
+        return None
+    ops = jwk.get("key_ops")
+    if isinstance(ops, list) and "verify" not in ops:
+        return None
+    kty, alg = jwk.get("kty"), jwk.get("alg")
+    key: Any
+    if kty == "RSA":
+        if alg not in (None, "RS256"):
+            return None
+        try:
+            key = rsa.RSAPublicNumbers(_jwk_int(jwk, "e", where), _jwk_int(jwk, "n", where)).public_key()
+        except ValueError as exc:
+            raise ValueError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
+    elif kty == "EC":
+        if jwk.get("crv") != "P-256" or alg not in (None, "ES256"):
+            return None
+        x, y = _jwk_int(jwk, "x", where), _jwk_int(jwk, "y", where)
+        try:
+            key = ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
+        except ValueError:
+            raise ValueError(f"{where}: the point is not on P-256") from None
+    else:
+        return None
+    if kid is not None and kid in kids:
+        raise ValueError(f"{where}: `kid` is used twice")
+    checked = PublicKey(_check_key(key, where), key, kid)
+    if kid is not None:
+        kids.add(kid)
+    return checked
 
 
 # ---------------------------------------------------------------- keys over HTTP(S)
@@ -285,7 +301,11 @@ class RemoteJwks:
             raise ValueError(str(getattr(exc, "reason", exc))) from None
         if len(data) > self.MAX_BYTES:
             raise ValueError(f"larger than {self.MAX_BYTES} bytes")
-        return tuple(load_jwks(data))
+        skipped: list[str] = []
+        keys = tuple(load_jwks(data, skipped))
+        if skipped:
+            log.warning("AUTH_JWT_JWKS_URL %s: keys left out: %s", self.url, "; ".join(skipped))
+        return keys
 
 
 # ---------------------------------------------------------------- verification

@@ -111,16 +111,25 @@ async def test_rs256_keys_from_a_jwks_url_issuer_rotation_and_unknown_kids() -> 
     key1 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     user = str(uuid.uuid4())
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     with jwks_server() as server:
+        # Keys our policy refuses sit next to the good one: they are left out, the set is used.
+        server.add(weak, "weak")
+        server.keys.append({"kty": "oct", "kid": "hmac", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"})
         server.add(key1, "k1")
         with gateway(env(server.url)) as g:
             assert server.count() == 0  # nothing fetched before a token needs it
             welcome = await hello(g, token(key1, "k1", user))
             assert welcome["type"] == "welcome" and welcome["user_id"] == user, welcome
             assert server.count() == 1
+            for refused in (token(weak, "weak", user), token(weak, None, user)):
+                reply = await hello(g, refused)
+                assert code(reply) == "unauthorized", reply
+            assert "left out" in g.log() and "1024 bits" in g.log()
+            before = server.count()
             # Cached: more tokens, no more fetches.
             assert (await hello(g, token(key1, "k1", user)))["user_id"] == user
-            assert server.count() == 1
+            assert server.count() == before
 
             # AUTH_JWT_ISSUER: another issuer, or none, is refused although the signature is good.
             for bad in (token(key1, "k1", user, iss="https://evil.example/auth/v1"),

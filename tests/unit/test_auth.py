@@ -586,3 +586,16 @@ def test_from_settings_with_a_jwks_url_fetches_nothing_at_start() -> None:
     with pytest.raises(TokenError, match="key"):
         with_secret.verify(sign(claims(), "RS256", RSA_KEY, kid="k"), NOW)
     assert with_secret.verify(sign_hs256({"sub": USER}, SECRET), NOW) == USER
+
+
+def test_a_fetched_set_leaves_out_bad_keys_instead_of_failing() -> None:
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    doc = jwks((small, "small"), (RSA_KEY, "good"), (RSA_OTHER, "good"), (EC_KEY, "ec"))
+    with pytest.raises(ValueError, match="at least 2048"):
+        load_jwks(doc)  # a file: an error at start
+    skipped: list[str] = []
+    keys = load_jwks(doc, skipped)  # a URL: the usable keys
+    assert [(k.kid, k.alg) for k in keys] == [("good", "RS256"), ("ec", "ES256")]
+    assert len(skipped) == 2 and "at least 2048" in skipped[0] and "twice" in skipped[1]
+    with pytest.raises(ValueError, match="no usable"):
+        load_jwks(jwks((small, "small")), [])
