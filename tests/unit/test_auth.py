@@ -28,6 +28,9 @@ from gateway.auth import (
 )
 from roomcast.settings import Settings
 
+# Short test secrets on purpose; PyJWT warns about them (the gateway logs it once at start).
+pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+
 SECRET = "test-secret"
 AUDIENCE = "roomcast"
 NOW = 1_700_000_000.0
