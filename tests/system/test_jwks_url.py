@@ -36,13 +36,17 @@ class JwksServer:
         self.down = False
         self.requests = 0
         self.lock = threading.Lock()
+        self.release = threading.Event()  # answers wait for it while `hold` is on
+        self.hold = False
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 with outer.lock:
                     outer.requests += 1
-                    down, body = outer.down, orjson.dumps({"keys": outer.keys})
+                    down, body, hold = outer.down, orjson.dumps({"keys": outer.keys}), outer.hold
+                if hold:
+                    outer.release.wait(30 * UNIT)
                 if down or self.path != "/jwks.json":
                     self.send_response(503 if down else 404)
                     self.send_header("Content-Length", "0")
@@ -77,6 +81,7 @@ def jwks_server() -> Iterator[JwksServer]:
     try:
         yield server
     finally:
+        server.release.set()
         server.httpd.shutdown()
         server.httpd.server_close()
         server.thread.join(5 * UNIT)
@@ -234,4 +239,27 @@ async def test_jwks_endpoint_down_gives_unavailable_and_recovers() -> None:
             # An unknown kid while the endpoint fails: cannot be told from a new key, so retry.
             reply = await hello(g, es("ec-new"))
             assert code(reply) == "unavailable", reply
+            no_traceback(g)
+
+
+async def test_a_slow_jwks_fetch_blocks_neither_the_gateway_nor_makes_two_requests() -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    user = str(uuid.uuid4())
+    with jwks_server() as server:
+        server.add(key, "k")
+        server.hold = True  # the endpoint answers only when the test says so
+        with gateway(env(server.url, AUTH_JWT_JWKS_TIMEOUT="60000")) as g:
+            async with Client.open(g.url) as a, Client.open(g.url) as b, Client.open(g.url) as anon:
+                await a.send({"type": "hello", "id": "a", "device_id": unique("dev-a"), "token": token(key, "k", user)})
+                await wait_for(lambda: server.count() == 1, what="the fetch reached the endpoint")
+                await b.send({"type": "hello", "id": "b", "device_id": unique("dev-b"), "token": token(key, "k", user)})
+                # While the fetch hangs, the event loop serves other sockets.
+                welcome = await anon.hello(unique("dev-anon"))
+                assert welcome["user_id"] is None
+                assert not server.release.is_set()
+                server.release.set()
+                for c, rid in ((a, "a"), (b, "b")):
+                    reply = await c.expect(re=rid)
+                    assert reply["type"] == "welcome" and reply["user_id"] == user, reply
+            assert server.count() == 1  # both hellos waited on the one fetch
             no_traceback(g)
