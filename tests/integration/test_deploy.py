@@ -50,7 +50,8 @@ CRD_SCHEMAS = Path(__file__).with_name("schemas") / "monitoring.coreos.com_v1.js
 K8S_VERSIONS = ("1.28.0", kubernetes_validate.utils.latest_version())
 
 # Settings that are credentials or keys: in the Secret, never in the ConfigMap.
-SECRET_VARS = {spec.env for spec in SPECS if re.search(r"(SECRET|_KEYS?|PASSWORD|_URL)$", spec.env)}
+SECRET_VARS = {spec.env for spec in SPECS if re.search(r"(SECRET|_KEYS?|PASSWORD|_URL)$", spec.env)
+               and spec.env != "AUTH_JWT_JWKS_URL"}  # the identity provider's public key set: no credential
 PER_POD_VARS = {"NODE_ID"}  # from the pod name (downward API), not from the ConfigMap
 # ConfigMap values that differ from the Settings defaults on purpose (everything else must match,
 # so a default changed in settings.py is not silently pinned to its old value here).
