@@ -47,9 +47,11 @@ GRAPH = {name: {m for m in imported(path) if m in MODULES and m != name} for nam
 
 
 def test_the_scan_sees_imports() -> None:
-    """Not blind: bench imports its client pieces and the cluster phase (inside a function)."""
-    assert {"loadtests.procs", "loadtests.wsclient", "loadtests.cluster"} <= GRAPH["loadtests.bench"]
+    """Not blind: bench imports its client pieces and the cluster and flusher phases (inside a
+    function)."""
+    assert {"loadtests.procs", "loadtests.wsclient", "loadtests.cluster", "loadtests.flusher"} <= GRAPH["loadtests.bench"]
     assert "loadtests.procstat" in GRAPH["loadtests.cluster"]
+    assert {"loadtests.visibility", "loadtests.publishers", "loadtests.scrape"} <= GRAPH["loadtests.flusher"]
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
