@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import os
@@ -527,10 +528,31 @@ def test_prometheusrule_is_generated_from_the_rules_file() -> None:
 # ---------------------------------------------------------------- (c) the Locust example
 
 
+def locust_files() -> set[Path]:
+    """loadtests/locustfile.py and the modules next to it that it imports by plain name (Locust
+    puts the locustfile's directory on sys.path), transitively: what the pods need in /locust."""
+    todo, found = [ROOT / "loadtests" / "locustfile.py"], set()
+    while todo:
+        path = todo.pop()
+        found.add(path)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and not node.level and node.module else []
+            for name in names:
+                sibling = path.with_name(f"{name.split('.')[0]}.py")
+                if sibling.is_file() and sibling not in found:
+                    todo.append(sibling)
+    return found
+
+
 def test_loadtest_runs_the_locustfile() -> None:
     docs = render("loadtest")
     cm = find_prefix(docs, "ConfigMap", "roomcast-locustfile")
-    assert cm["data"]["locustfile.py"] == (ROOT / "loadtests" / "locustfile.py").read_text(encoding="utf-8")
+    # The locustfile and every helper module it imports, each as its own file in /locust.
+    files = locust_files()
+    assert set(cm["data"]) == {p.name for p in files}
+    for path in files:
+        assert cm["data"][path.name] == path.read_text(encoding="utf-8"), path.name
     master = find(docs, "Deployment", "roomcast-locust-master")
     worker = find(docs, "Deployment", "roomcast-locust-worker")
     service = find(docs, "Service", "roomcast-locust-master")
