@@ -251,9 +251,11 @@ class Node:
             if self.verifier is None:
                 raise GatewayError(ErrorCode.UNAUTHORIZED, "this gateway accepts no tokens")
             try:
-                user_id = self.verifier.verify(msg.token, time.time())
+                user_id = await self.verifier.check(msg.token, time.time())
             except auth.TokenError as exc:
                 raise GatewayError(ErrorCode.UNAUTHORIZED, str(exc)) from None
+            except auth.KeysUnavailable as exc:
+                raise GatewayError(ErrorCode.UNAVAILABLE, str(exc)) from None
         elif s.require_auth:
             raise GatewayError(ErrorCode.UNAUTHORIZED, "a token is required")
         device_id = msg.device_id

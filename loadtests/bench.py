@@ -13,7 +13,8 @@ Measures, against a fresh `python -m gateway` child process per run (127.0.0.1 o
   connect     --connect-conns connects + hello + join from several client processes: the
               rate one gateway process sustains, and its CPU per connect.
 
-Cluster mode and the history flusher (not in the default --only; see loadtests/cluster.py):
+Cluster mode and the history flusher (not in the default --only; see loadtests/cluster.py and
+loadtests/flusher.py):
 
   cluster     redis-server + --gateways gateways (REDIS_URL): --rooms rooms of --room-members,
               split evenly over the gateways, publishers on both, --cluster-rate events/s.
@@ -300,9 +301,9 @@ async def run_all(args: argparse.Namespace, report: dict[str, Any]) -> None:
     stamp = report["stamp"]
     for phase in args.phases:
         if phase in EXTRA_PHASES:
-            from . import cluster
+            from . import cluster, flusher
 
-            await (cluster.run_cluster if phase == "cluster" else cluster.run_flusher)(args, report)
+            await (cluster.run_cluster if phase == "cluster" else flusher.run_flusher)(args, report)
             continue
         runs: list[dict[str, Any]] = report["runs"].setdefault(phase, [])
         for i in range(args.repeat):
@@ -415,11 +416,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-seconds", type=float, default=1800.0, help="hard bound on the whole benchmark")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in well under 20 s "
                     "(cluster or flusher alone: under 30 s)")
-    from . import cluster
+    from . import cluster, flusher
 
     cluster.add_arguments(ap)
+    flusher.add_arguments(ap)
     args = ap.parse_args(argv)
     cluster.finish_arguments(args)
+    flusher.finish_arguments(args)
     if args.quick:
         args.members, args.duration, args.rate, args.procs = min(args.members, 10), 1.5, min(args.rate, 100.0), 2
         args.idle_conns, args.idle_room_size, args.connect_conns = 200, 50, 200

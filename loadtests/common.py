@@ -1,5 +1,6 @@
-"""What the benchmark phases share (bench.py, cluster.py, peers/): the publisher of bench events,
-the statistics helpers and the profiler start/stop. Imports no phase module, so none of them
+"""What the benchmark phases share (bench.py, cluster.py, flusher.py, peers/): the publisher of
+bench events, the statistics helpers, the profiler start/stop and the recording of a phase's
+medians. Imports no phase module, so none of them
 forms an import cycle through it."""
 
 from __future__ import annotations
@@ -139,3 +140,29 @@ def finish_profiler(spy: subprocess.Popen[bytes], duration: float) -> None:
         _, err = spy.communicate()
     if spy.returncode:
         print(f"py-spy failed ({spy.returncode}): {err.decode(errors='replace')[-500:]}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- reporting of the cluster and flusher phases
+
+
+def record_medians(report: dict[str, Any], phase: str, runs: list[dict[str, Any]],
+                   headlines: list[tuple[str, str, str]], title: str) -> None:
+    """The medians of a phase's runs (its headline keys) into the report, with its title."""
+    med: dict[str, Any] = {k: median_of(runs, k) for k, _, _ in headlines}
+    med["all_ok"] = all(r["ok"] for r in runs)
+    if any("gaps_before_bench" in r for r in runs):  # a correctness failure outside the window
+        med["setup_gaps"] = sum(r.get("gaps_before_bench", 0) for r in runs)
+    if all("kept_up" in r for r in runs):
+        med["all_kept_up"] = all(r["kept_up"] for r in runs)
+    report["medians"][phase] = med
+    report.setdefault("titles", {})[phase] = title
+    report.setdefault("headlines", {})[phase] = headlines
+
+
+def summary_line(r: dict[str, Any], keys: list[tuple[str, str, str]]) -> str:
+    """One run as "label value, …, ok=…" for the progress output."""
+    parts = []
+    for key, label, fmt in keys:
+        v = r.get(key)
+        parts.append(f"{label} {'n/a' if v is None else format(v, fmt)}")
+    return ", ".join(parts) + f", ok={r['ok']}" + (f" kept_up={r['kept_up']}" if "kept_up" in r else "")

@@ -2,6 +2,13 @@
 
 Self-contained on purpose: it needs only `locust` and `websocket-client` (the `load` extra of
 pyproject.toml) and never imports roomcast, so it also runs from a Kubernetes ConfigMap.
+Three files, side by side in loadtests/ (and in the ConfigMap, loadtests/kustomization.yaml):
+  locustfile.py       the user (what a player does, the statistics) and Locust's event hooks
+  locust_protocol.py  the protocol client: messages, one socket and its reader, RoomState
+  locust_knobs.py     the knobs below (options / environment) and the gateway URLs
+Locust imports a locustfile by path with its directory on sys.path, so the two helpers are
+imported by plain name, from any working directory. Run it from these files, not with a
+worker's `-f -` (that sends the locustfile alone).
 
 What one simulated user (one browser tab / player) does
 -------------------------------------------------------
@@ -90,9 +97,7 @@ Rooms are formed inside each worker process (a room never spans two workers).
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
-import json
 import logging
 import os
 import random
@@ -100,42 +105,26 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import gevent
-import websocket  # the websocket-client package: blocking sockets, cooperative under gevent
-from gevent.event import AsyncResult
+import locust_protocol as proto  # next to this file (see above)
 from locust import User, events, task
+from locust_knobs import KNOBS, Settings, forwarded_for, gateway_urls
+from locust_protocol import (
+    Connection,
+    ConnectionClosed,
+    ReplyTimeout,
+    RoomState,
+    SeqError,
+    ServerError,
+    UnexpectedClose,
+)
 
 log = logging.getLogger("roomcast.locust")
 
-DEFAULT_HOST = "ws://127.0.0.1:8765/ws"
 ID_PREFIX = os.environ.get("ROOMCAST_ID_PREFIX", "lt")
 PROCESS_TOKEN = uuid.uuid4().hex[:8]  # one per Locust process: workers never share ids
-GAME_TYPE = "loadtest"
 
-# (attribute, option, environment variable, type, default, help)
-KNOBS: tuple[tuple[str, str, str, type, Any, str], ...] = (
-    ("room_size", "--room-size", "ROOMCAST_ROOM_SIZE", int, 4,
-     "Users per room (consecutive users of one Locust process share a room)."),
-    ("event_rate", "--event-rate", "ROOMCAST_EVENT_RATE", float, 1.0,
-     "Game events (answers/moves) per second per user; 0 = only heartbeats."),
-    ("reconnect_prob", "--reconnect-prob", "ROOMCAST_RECONNECT_PROB", float, 0.01,
-     "Chance per second that a user drops its socket and resumes with since+epoch."),
-    ("ping_interval", "--ping-interval", "ROOMCAST_PING_INTERVAL", float, 5.0,
-     "Seconds between protocol pings; 0 = welcome.heartbeat_interval_ms."),
-    ("session_seconds", "--session-seconds", "ROOMCAST_SESSION_SECONDS", float, 60.0,
-     "Length of one game; then the user leaves and enters its group's next room."),
-    ("payload_bytes", "--payload-bytes", "ROOMCAST_PAYLOAD_BYTES", int, 0,
-     "Padding added to each event payload, in bytes."),
-    ("reply_timeout", "--reply-timeout", "ROOMCAST_REPLY_TIMEOUT", float, 10.0,
-     "Seconds to wait for a reply before counting a failure."),
-    ("roomcast_hosts", "--roomcast-hosts", "ROOMCAST_HOSTS", str, "",
-     "Comma-separated gateway URLs (ws://host:port[/ws]); overrides --host."),
-    ("forwarded_for", "--forwarded-for", "ROOMCAST_FORWARDED_FOR", str, "",
-     "A network (e.g. 10.77.0.0/16): each user sends X-Forwarded-For with its own address in it. "
-     "Only gateways whose TRUSTED_PROXIES include the load generator believe it."),
-)
 
 
 @events.init_command_line_parser.add_listener
@@ -144,51 +133,6 @@ def _add_knobs(parser: Any) -> None:
     for _attr, option, env, typ, default, help_ in KNOBS:
         group.add_argument(option, type=typ, default=default, env_var=env, help=help_)
 
-
-class Settings:
-    """The knobs, from Locust's parsed options (master's values on workers) or the environment."""
-
-    def __init__(self, options: Any) -> None:
-        for attr, _option, env, typ, default, _help in KNOBS:
-            value = getattr(options, attr, None) if options is not None else None
-            if value is None or value == "":
-                value = os.environ.get(env, default)
-            setattr(self, attr, typ(value))  # the web UI hands values back as strings
-        self.room_size: int = max(1, self.room_size)
-        self.event_rate: float = max(0.0, self.event_rate)
-        self.reconnect_prob: float = max(0.0, self.reconnect_prob)
-        self.ping_interval: float = max(0.0, self.ping_interval)
-        self.session_seconds: float = max(1.0, self.session_seconds)
-        self.payload_bytes: int = max(0, self.payload_bytes)
-        self.reply_timeout: float = max(0.1, self.reply_timeout)
-        self.roomcast_hosts: str = self.roomcast_hosts
-        self.forwarded_for: str = self.forwarded_for
-
-
-def ws_url(url: str) -> str:
-    """`host:port`, `ws://host:port`, `http://host:port/ws`… -> `ws://host:port/ws`."""
-    url = url.strip()
-    if "://" not in url:
-        url = "ws://" + url
-    parts = urlsplit(url)
-    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    path = parts.path if parts.path not in ("", "/") else "/ws"
-    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
-
-
-def gateway_urls(settings: Settings, host: str | None) -> list[str]:
-    raw = settings.roomcast_hosts or host or DEFAULT_HOST
-    urls = [ws_url(u) for u in raw.split(",") if u.strip()]
-    return urls or [DEFAULT_HOST]
-
-
-def forwarded_for(network: str, number: int) -> list[str]:
-    """The X-Forwarded-For header of user `number`: one address of `network` per user."""
-    if not network:
-        return []
-    net = ipaddress.ip_network(network, strict=False)
-    hosts = max(1, net.num_addresses - 2)
-    return [f"X-Forwarded-For: {net.network_address + 1 + number % hosts}"]
 
 
 @events.init.add_listener
@@ -210,146 +154,6 @@ def _log_settings(environment: Any, **_kwargs: Any) -> None:
              gateway_urls(s, environment.host), s.room_size, s.event_rate, s.reconnect_prob,
              s.ping_interval, s.session_seconds)
 
-
-# ------------------------------------------------------------------ failures
-
-
-class ServerError(Exception):
-    """An `error` reply; the message is its code, so Locust groups failures by code."""
-
-
-class ReplyTimeout(Exception):
-    pass
-
-
-class ConnectionClosed(ConnectionError):
-    """The socket ended while a request waited (the loss itself is reported once, elsewhere)."""
-
-
-class UnexpectedClose(Exception):
-    pass
-
-
-class SeqError(Exception):
-    pass
-
-
-# ------------------------------------------------------------------ one socket
-
-
-class Connection:
-    """One WebSocket. A reader greenlet dispatches replies by `re` (running the request's hook
-    first, in order with the events around it) and hands everything else to the user."""
-
-    def __init__(self, user: RoomcastUser, url: str, timeout: float, headers: list[str]) -> None:
-        self.user = user
-        self.url = url
-        self.pending: dict[int, tuple[AsyncResult, Callable[[dict[str, Any]], None] | None]] = {}
-        self.ids = itertools.count(1)
-        self.closing = False  # set before we end the socket ourselves: no failure then
-        self.dead = False
-        self.welcome: dict[str, Any] | None = None
-        self.ws = websocket.create_connection(url, timeout=timeout, enable_multithread=True, header=headers,
-                                              skip_utf8_validation=True, subprotocols=["roomcast.v1"])
-        self.ws.settimeout(None)  # the reader blocks until data; requests are bounded by gevent.Timeout
-        self.reader = gevent.spawn(self._read)
-
-    def _read(self) -> None:
-        code: int | None = None
-        error: BaseException | None = None
-        try:
-            while True:
-                opcode, data = self.ws.recv_data()
-                if opcode == websocket.ABNF.OPCODE_TEXT:
-                    self._dispatch(data)
-                elif opcode == websocket.ABNF.OPCODE_CLOSE:
-                    code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
-                    break
-        except Exception as exc:  # the socket failed: WebSocketException, OSError…
-            error = exc
-        finally:
-            self.dead = True
-            for result, _hook in list(self.pending.values()):
-                result.set_exception(ConnectionClosed(f"socket ended (close code {code})"))
-            self.pending.clear()
-            if not self.closing:
-                self.user.on_connection_lost(self, code, error)
-
-    def _dispatch(self, data: bytes) -> None:
-        try:
-            msg = json.loads(data)
-            entry = self.pending.get(msg.get("re")) if "re" in msg else None
-            if entry is not None:
-                result, hook = entry
-                if hook is not None:
-                    hook(msg)
-                result.set((msg, len(data)))
-            else:
-                self.user.on_unsolicited(self, msg, len(data))
-        except Exception:  # a bug in this file must not look like a gateway failure
-            log.exception("roomcast: client error while handling %r", data[:200])
-            self.user.fail("WS", "client", Exception("locustfile error (see log)"))
-
-    def call(self, msg: dict[str, Any], timeout: float,
-             hook: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict[str, Any], float, int]:
-        """Send with a fresh id; return (reply, milliseconds, reply bytes). Raises ReplyTimeout or
-        ConnectionClosed. `hook(reply)` runs in the reader before any later frame is handled."""
-        rid = next(self.ids)
-        msg["id"] = rid
-        result: AsyncResult = AsyncResult()
-        self.pending[rid] = (result, hook)
-        start = time.perf_counter()
-        try:
-            with gevent.Timeout(timeout, ReplyTimeout(f"no reply to {msg['type']} within {timeout:g}s")):
-                if self.dead:
-                    raise ConnectionClosed("socket already ended")
-                try:
-                    self.ws.send(json.dumps(msg, separators=(",", ":")))
-                except (websocket.WebSocketException, OSError) as exc:
-                    raise ConnectionClosed(f"send failed: {exc}") from exc
-                reply, size = result.get()
-        finally:
-            self.pending.pop(rid, None)
-        return reply, (time.perf_counter() - start) * 1000.0, size
-
-    def drop(self) -> None:
-        """End the socket without a close frame (a lost network, as the gateway sees it)."""
-        self.closing = True
-        self.ws.abort()
-        self.ws.shutdown()
-        self.reader.join(1)
-
-    def close(self) -> None:
-        """A clean close: our close frame (1000), the reader sees the gateway's, then the socket goes.
-        (Not ws.close(): it would read the socket from a second greenlet.)"""
-        self.closing = True
-        if not self.dead:
-            try:
-                self.ws.send_close()
-            except (websocket.WebSocketException, OSError):
-                pass
-            self.reader.join(1)
-        self.reader.kill(block=False)
-        self.ws.shutdown()
-
-
-# ------------------------------------------------------------------ one room, as one user sees it
-
-
-class RoomState:
-    __slots__ = ("early", "epoch", "last_join", "last_seq", "max_acked", "ready", "replay_until", "role", "room_id", "started")
-
-    def __init__(self, room_id: str) -> None:
-        self.room_id = room_id
-        self.role = "player"
-        self.epoch: str | None = None  # room_created carries none: the creator learns it on a rejoin
-        self.last_seq = 0  # the last seq this user processed (gap-free so far)
-        self.ready = False  # false while a join/rejoin reply is outstanding: events wait in `early`
-        self.early: list[tuple[dict[str, Any], int]] = []
-        self.replay_until = 0  # events up to this seq came from a replay: no delivery latency
-        self.max_acked = 0
-        self.started = time.monotonic()
-        self.last_join = ""  # for the log of a gap
 
 
 # ------------------------------------------------------------------ the user
@@ -431,7 +235,7 @@ class RoomcastUser(User):
             return
         if room is not None and room.ready and not conn.dead:
             try:  # best effort and not counted: the run is ending around us
-                conn.call({"type": "leave", "room_id": room.room_id}, 2.0)
+                conn.call(proto.leave(room.room_id), 2.0)
             except Exception:
                 pass
         conn.close()
@@ -448,10 +252,7 @@ class RoomcastUser(User):
             return False
         self.fire("WS", "connect", (time.perf_counter() - start) * 1000.0)
         self.conn = conn
-        hello: dict[str, Any] = {"type": "hello", "device_id": self.device_id, "metadata": {"client": "locust"}}
-        if self.device_token:
-            hello["device_token"] = self.device_token  # gateways with REQUIRE_DEVICE_TOKEN want it back
-        welcome = self.request("hello", hello, "welcome")
+        welcome = self.request("hello", proto.hello(self.device_id, self.device_token), "welcome")
         if welcome is None:
             self.conn = None
             conn.close()
@@ -467,7 +268,7 @@ class RoomcastUser(User):
             gevent.sleep(self.ping_every or 5.0)
             conn = self.conn
             if conn is not None and conn.welcome is not None and not conn.dead:
-                self.request("ping", {"type": "ping"}, "pong")
+                self.request("ping", proto.ping(), "pong")
 
     # -------------------------------------------------------------- the game
 
@@ -499,26 +300,24 @@ class RoomcastUser(User):
         for it to exist. If the creator is late or gone, a member creates it after a while."""
         room = RoomState(self.room_id())
         self.room = room
-        create: dict[str, Any] = {"type": "create_room", "room_id": room.room_id, "game_type": GAME_TYPE,
-                                  "max_players": self.settings.room_size, "game_data": {"round": 0}}
-        join = {"type": "join", "room_id": room.room_id}
+        size = self.settings.room_size
         reply: dict[str, Any] | None
         if self.number % self.settings.room_size == 0:
-            reply = self.request("create_room", dict(create), "room_created", hook=self._created_hook(room),
-                                 allowed_errors=("conflict",))
+            reply = self.request("create_room", proto.create_room(room.room_id, size), "room_created",
+                                 hook=self._created_hook(room), allowed_errors=("conflict",))
         else:
             deadline = time.monotonic() + self.settings.reply_timeout
             while True:
-                reply = self.request("join", dict(join), "joined", hook=self._joined_hook(room, since=None),
-                                     allowed_errors=("not_found",))
+                reply = self.request("join", proto.join(room.room_id), "joined",
+                                     hook=self._joined_hook(room, since=None), allowed_errors=("not_found",))
                 if reply is None or reply.get("type") != "error" or time.monotonic() >= deadline:
                     break
                 gevent.sleep(random.uniform(0.3, 0.6))  # not created yet (JOIN_RATE allows 5/s)
             if reply is not None and reply.get("type") == "error":
-                reply = self.request("create_room", dict(create), "room_created", hook=self._created_hook(room),
-                                     allowed_errors=("conflict",))
+                reply = self.request("create_room", proto.create_room(room.room_id, size), "room_created",
+                                     hook=self._created_hook(room), allowed_errors=("conflict",))
         if reply is not None and reply.get("type") == "error":  # created meanwhile by another member
-            reply = self.request("join", dict(join), "joined", hook=self._joined_hook(room, since=None))
+            reply = self.request("join", proto.join(room.room_id), "joined", hook=self._joined_hook(room, since=None))
         if reply is None:
             if self.room is room:
                 self.room = None
@@ -572,14 +371,12 @@ class RoomcastUser(User):
             payload.update(x=random.randint(0, 99), y=random.randint(0, 99))
         if self.settings.payload_bytes:
             payload["pad"] = "x" * self.settings.payload_bytes
-        reply = self.request("event", {"type": "event", "room_id": room.room_id, "event_type": event_type,
-                                       "action": action, "payload": payload}, "ack")
+        reply = self.request("event", proto.event(room.room_id, event_type, action, payload), "ack")
         if reply is not None:
             room.max_acked = max(room.max_acked, int(reply.get("seq", 0)))
 
     def update_room(self, room: RoomState, status: str) -> None:
-        reply = self.request("update_room", {"type": "update_room", "room_id": room.room_id, "status": status,
-                                             "patch": {"round": self.session}}, "ack")
+        reply = self.request("update_room", proto.update_room(room.room_id, status, {"round": self.session}), "ack")
         if reply is not None:
             room.max_acked = max(room.max_acked, int(reply.get("seq", 0)))
 
@@ -590,12 +387,12 @@ class RoomcastUser(User):
         if room.role == "host":
             self.update_room(room, "completed")
             self._await_echoes(room)
-        left = self.request("leave", {"type": "leave", "room_id": room.room_id}, "left")
+        left = self.request("leave", proto.leave(room.room_id), "left")
         if left is None and (self.conn is None or self.conn.dead):
             return  # the socket went: resume the room first, leave on the next tick
         self.room = None
         self.session += 1
-        self.request("list_rooms", {"type": "list_rooms", "game_type": GAME_TYPE, "limit": 10}, "rooms")
+        self.request("list_rooms", proto.list_rooms(10), "rooms")
 
     def _await_echoes(self, room: RoomState) -> None:
         """Every event this user got an ack for must come back to it (the sender is a member too)."""
@@ -635,10 +432,8 @@ class RoomcastUser(User):
         room.ready = False
         room.early = []
         since = room.last_seq
-        msg: dict[str, Any] = {"type": "join", "room_id": room.room_id, "since": since}
-        if room.epoch is not None:
-            msg["epoch"] = room.epoch
-        reply = self.request("rejoin", msg, "joined", hook=self._joined_hook(room, since=since))
+        reply = self.request("rejoin", proto.join(room.room_id, since, room.epoch), "joined",
+                             hook=self._joined_hook(room, since=since))
         if reply is None:
             if self.conn is not None and not self.conn.dead:
                 self.room = None  # refused (recorded): go on with the next room

@@ -164,3 +164,42 @@ def workers(target: Callable[..., None], specs: list[dict[str, Any]]) -> Iterato
 def split(items: list[Any], parts: int) -> list[list[Any]]:
     parts = max(1, min(parts, len(items)))
     return [items[i::parts] for i in range(parts)]
+
+
+# ---------------------------------------------------------------- cluster and flusher phases
+
+
+def env_pairs(pairs: list[str] | None) -> dict[str, str]:
+    """--gateway-env/--coord-env KEY=VALUE options as a dict."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"expected KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def coordinator_proc(tag: str, redis_url: str, database_url: str | None,
+                     extra: dict[str, str] | None = None) -> GatewayProc:
+    """`python -m coordinator` with the gateway process helper (env, SIGTERM by pid, /readyz)."""
+    env = {"REDIS_URL": redis_url, "NODE_ID": f"bench-coord-{tag}"[:60]}
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    env.update(extra or {})
+    proc = GatewayProc(env, tag, "{python} -m coordinator")
+    proc.env["COORDINATOR_PORT"] = str(proc.port)
+    proc.log_path = OUTPUT / f"bench-coordinator-{tag}.log"
+    return proc
+
+
+def gateway_procs(n: int, tag: str, redis_url: str, database_url: str | None,
+                  gateway_cmd: str | None, extra: dict[str, str] | None = None) -> list[GatewayProc]:
+    out = []
+    for i in range(n):
+        env = {"REDIS_URL": redis_url, "NODE_ID": f"bench-gw{i}"}
+        if database_url:
+            env["DATABASE_URL"] = database_url
+        env.update(extra or {})
+        out.append(GatewayProc(env, f"{tag}-gw{i}", gateway_cmd))
+    return out

@@ -1,4 +1,5 @@
-"""What the benchmark reads from /proc: a process's CPU time and RSS, the machine's load."""
+"""What the benchmark reads from /proc: a process's CPU time and RSS, the machine's load, and a
+meter of the CPU several processes spend over a window (CpuMeter)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -138,3 +140,30 @@ def _fd_limit() -> int:
     import resource
 
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class CpuMeter:
+    """utime+stime deltas of several processes (tree=True: a forking server, e.g. postgres).
+    `sys` holds the stime part (processes without tree=True only)."""
+
+    def __init__(self, procs: dict[str, tuple[int, bool]]) -> None:
+        self.procs = procs
+        self.t0 = 0.0
+        self.start: dict[str, tuple[float, float]] = {}
+        self.sys: dict[str, float] = {}
+
+    def _read(self) -> dict[str, tuple[float, float]]:
+        out = {}
+        for name, (pid, tree) in self.procs.items():
+            out[name] = (tree_cpu_seconds(pid), 0.0) if tree else cpu_times(pid)
+        return out
+
+    def begin(self) -> None:
+        self.t0 = time.monotonic()
+        self.start = self._read()
+
+    def end(self) -> tuple[dict[str, float], float]:
+        now = self._read()
+        self.sys = {k: now[k][1] - self.start[k][1] for k, (_, tree) in self.procs.items() if not tree}
+        return {k: sum(now[k]) - sum(self.start[k]) for k in now}, time.monotonic() - self.t0
+

@@ -110,6 +110,18 @@ def _jwt_algorithms(raw: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _jwks_url(raw: str) -> str | None:
+    url = raw.strip()
+    if not url:
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError("must be an https:// (or http://) URL with a host")
+    return url
+
+
 def _log_level(raw: str) -> str:
     level = raw.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -171,6 +183,11 @@ SPECS: tuple[Spec, ...] = (
     Spec("jwt_jwks_file", "AUTH_JWT_JWKS_FILE", _opt_str, None, "JSON Web Key Set file (RSA and EC P-256 signing keys, chosen by the token's `kid`); read once at start.", None),
     Spec("jwt_algorithms", "AUTH_JWT_ALGORITHMS", _jwt_algorithms, (), "Token algorithms accepted, of HS256, RS256, ES256 (`none` never). Default: HS256 with a secret, plus RS256/ES256 for the configured keys.", None),
     Spec("jwt_audience", "AUTH_JWT_AUDIENCE", _opt_str, None, "Required `aud` of tokens, if set.", None),
+    Spec("jwt_issuer", "AUTH_JWT_ISSUER", _opt_str, None, "Required `iss` of tokens, if set (e.g. https://<project>.supabase.co/auth/v1); a token without it or from another issuer is `unauthorized`.", None),
+    Spec("jwt_jwks_url", "AUTH_JWT_JWKS_URL", _jwks_url, None, "JSON Web Key Set fetched over HTTPS (e.g. Supabase's /auth/v1/.well-known/jwks.json): RSA and EC P-256 keys, cached, re-fetched for an unknown `kid`; combines with the key files and the secret.", None),
+    Spec("jwt_jwks_cache_ms", "AUTH_JWT_JWKS_CACHE_TTL", _int(1000, 30 * 86_400_000, MS), 600_000, "How long keys fetched from AUTH_JWT_JWKS_URL are used before they are fetched again.", None),
+    Spec("jwt_jwks_min_interval_ms", "AUTH_JWT_JWKS_MIN_INTERVAL", _int(100, 86_400_000, MS), 10_000, "Least time between two fetches of AUTH_JWT_JWKS_URL (per replica), however many tokens with unknown `kid`s arrive.", None),
+    Spec("jwt_jwks_timeout_ms", "AUTH_JWT_JWKS_TIMEOUT", _int(100, 60_000, MS), 5_000, "Time a fetch of AUTH_JWT_JWKS_URL may take; a hello waiting on a failed fetch gets `unavailable`.", None),
     Spec("require_auth", "REQUIRE_AUTH", _bool, False, "Refuse hello without a valid token (`unauthorized`). Needs a secret or a public key.", None),
     Spec("redis_url", "REDIS_URL", _opt_str, None, "Redis for cluster mode: redis://[:password@]host:port/db, or rediss://… for TLS with redis-py's query parameters (ssl_ca_certs=<file>, ssl_cert_reqs=required|optional|none, ssl_check_hostname=true|false, ssl_certfile, ssl_keyfile). Unset = embedded single node.", "--redis-url"),
     Spec("redis_pubsub_url", "REDIS_PUBSUB_URL", _opt_str, None, "Redis for the pub/sub subscription, if not REDIS_URL (e.g. a separate instance); same URL forms, TLS included.", None),
@@ -252,6 +269,11 @@ class Settings:
     jwt_jwks_file: str | None = None
     jwt_algorithms: tuple[str, ...] = ()
     jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_jwks_cache_ms: int = 600_000
+    jwt_jwks_min_interval_ms: int = 10_000
+    jwt_jwks_timeout_ms: int = 5_000
     require_auth: bool = False
     redis_url: str | None = None
     redis_pubsub_url: str | None = None
@@ -345,15 +367,15 @@ class Settings:
                 ok = False
             if not ok:
                 raise SettingsError("PRIVACY_ENCRYPTION_KEYS", "<hidden>", "each entry must be 'kid:<base64 of 32 bytes>'")
-        has_key_file = bool(values["jwt_public_key_file"] or values["jwt_jwks_file"])
+        has_key_file = bool(values["jwt_public_key_file"] or values["jwt_jwks_file"] or values["jwt_jwks_url"])
         if "HS256" in values["jwt_algorithms"] and not values["jwt_secret"]:
             raise SettingsError("AUTH_JWT_ALGORITHMS", raw_seen["jwt_algorithms"], "HS256 needs AUTH_JWT_SECRET")
         if {"RS256", "ES256"} & set(values["jwt_algorithms"]) and not has_key_file:
             raise SettingsError("AUTH_JWT_ALGORITHMS", raw_seen["jwt_algorithms"],
-                                "RS256 and ES256 need AUTH_JWT_PUBLIC_KEY_FILE or AUTH_JWT_JWKS_FILE")
+                                "RS256 and ES256 need AUTH_JWT_PUBLIC_KEY_FILE, AUTH_JWT_JWKS_FILE or AUTH_JWT_JWKS_URL")
         if values["require_auth"] and not (values["jwt_secret"] or has_key_file):
             raise SettingsError("REQUIRE_AUTH", raw_seen.get("require_auth", "true"),
-                                "needs AUTH_JWT_SECRET, AUTH_JWT_PUBLIC_KEY_FILE or AUTH_JWT_JWKS_FILE")
+                                "needs AUTH_JWT_SECRET, AUTH_JWT_PUBLIC_KEY_FILE, AUTH_JWT_JWKS_FILE or AUTH_JWT_JWKS_URL")
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:

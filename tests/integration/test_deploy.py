@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import os
@@ -50,7 +51,8 @@ CRD_SCHEMAS = Path(__file__).with_name("schemas") / "monitoring.coreos.com_v1.js
 K8S_VERSIONS = ("1.28.0", kubernetes_validate.utils.latest_version())
 
 # Settings that are credentials or keys: in the Secret, never in the ConfigMap.
-SECRET_VARS = {spec.env for spec in SPECS if re.search(r"(SECRET|_KEYS?|PASSWORD|_URL)$", spec.env)}
+SECRET_VARS = {spec.env for spec in SPECS if re.search(r"(SECRET|_KEYS?|PASSWORD|_URL)$", spec.env)
+               and spec.env != "AUTH_JWT_JWKS_URL"}  # the identity provider's public key set: no credential
 PER_POD_VARS = {"NODE_ID"}  # from the pod name (downward API), not from the ConfigMap
 # ConfigMap values that differ from the Settings defaults on purpose (everything else must match,
 # so a default changed in settings.py is not silently pinned to its old value here).
@@ -526,10 +528,31 @@ def test_prometheusrule_is_generated_from_the_rules_file() -> None:
 # ---------------------------------------------------------------- (c) the Locust example
 
 
+def locust_files() -> set[Path]:
+    """loadtests/locustfile.py and the modules next to it that it imports by plain name (Locust
+    puts the locustfile's directory on sys.path), transitively: what the pods need in /locust."""
+    todo, found = [ROOT / "loadtests" / "locustfile.py"], set()
+    while todo:
+        path = todo.pop()
+        found.add(path)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and not node.level and node.module else []
+            for name in names:
+                sibling = path.with_name(f"{name.split('.')[0]}.py")
+                if sibling.is_file() and sibling not in found:
+                    todo.append(sibling)
+    return found
+
+
 def test_loadtest_runs_the_locustfile() -> None:
     docs = render("loadtest")
     cm = find_prefix(docs, "ConfigMap", "roomcast-locustfile")
-    assert cm["data"]["locustfile.py"] == (ROOT / "loadtests" / "locustfile.py").read_text(encoding="utf-8")
+    # The locustfile and every helper module it imports, each as its own file in /locust.
+    files = locust_files()
+    assert set(cm["data"]) == {p.name for p in files}
+    for path in files:
+        assert cm["data"][path.name] == path.read_text(encoding="utf-8"), path.name
     master = find(docs, "Deployment", "roomcast-locust-master")
     worker = find(docs, "Deployment", "roomcast-locust-worker")
     service = find(docs, "Service", "roomcast-locust-master")

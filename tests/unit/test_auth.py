@@ -28,6 +28,9 @@ from gateway.auth import (
 )
 from roomcast.settings import Settings
 
+# Short test secrets on purpose; PyJWT warns about them (the gateway logs it once at start).
+pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+
 SECRET = "test-secret"
 AUDIENCE = "roomcast"
 NOW = 1_700_000_000.0
@@ -544,3 +547,58 @@ def test_canonical_tokens_of_every_length_still_verify() -> None:
     for extra in range(12):
         claims = {"sub": USER, "pad": "x" * extra}
         assert verify(sign_hs256(claims, SECRET)) == USER
+
+
+# ---------------------------------------------------------------- AUTH_JWT_ISSUER, AUTH_JWT_JWKS_URL
+
+ISSUER = "https://project.supabase.co/auth/v1"
+
+
+@pytest.mark.parametrize(
+    ("iss", "ok"),
+    [(ISSUER, True), ("https://other.supabase.co/auth/v1", False), (ISSUER + "/", False),
+     (ISSUER[:-1], False), (None, False), (["https://project.supabase.co/auth/v1"], False), (5, False)],
+)
+def test_issuer_must_match_exactly_when_set(iss: Any, ok: bool) -> None:
+    body = {"sub": USER} if iss is None else {"sub": USER, "iss": iss}
+    for alg, key, v in (("HS256", None, Verifier(("HS256",), SECRET, issuer=ISSUER)),
+                        ("RS256", RSA_KEY, Verifier(("RS256",), None, load_pem(pem(RSA_KEY)), issuer=ISSUER))):
+        tok = sign_hs256(body, SECRET) if key is None else sign(body, alg, key)
+        if ok:
+            assert v.verify(tok, NOW) == USER
+        else:
+            with pytest.raises(TokenError, match="issuer"):
+                v.verify(tok, NOW)
+    # No issuer configured: `iss` is not looked at.
+    assert verify(sign_hs256(body, SECRET)) == USER
+
+
+def test_from_settings_with_a_jwks_url_fetches_nothing_at_start() -> None:
+    url = "https://project.supabase.co/auth/v1/.well-known/jwks.json"
+    v = Verifier.from_settings(Settings.load({"AUTH_JWT_JWKS_URL": url, "AUTH_JWT_ISSUER": ISSUER}))
+    assert v is not None and v.remote is not None
+    assert v.algorithms == {"RS256", "ES256"} and v.issuer == ISSUER
+    assert v.remote.url == url and v.remote.fetches == 0 and v.remote.keys == ()
+    # RS256 allowed with only a URL: no key file is needed at start.
+    only_rs = Verifier.from_settings(Settings.load({"AUTH_JWT_JWKS_URL": url, "AUTH_JWT_ALGORITHMS": "RS256",
+                                                    "AUTH_JWT_SECRET": SECRET}))
+    assert only_rs is not None and only_rs.algorithms == {"RS256"} and only_rs.secret is None
+    with_secret = Verifier.from_settings(Settings.load({"AUTH_JWT_JWKS_URL": url, "AUTH_JWT_SECRET": SECRET}))
+    assert with_secret is not None and with_secret.algorithms == {"HS256", "RS256", "ES256"}
+    # Until keys are fetched, an RS256 token has no key; the sync check never fetches.
+    with pytest.raises(TokenError, match="key"):
+        with_secret.verify(sign(claims(), "RS256", RSA_KEY, kid="k"), NOW)
+    assert with_secret.verify(sign_hs256({"sub": USER}, SECRET), NOW) == USER
+
+
+def test_a_fetched_set_leaves_out_bad_keys_instead_of_failing() -> None:
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    doc = jwks((small, "small"), (RSA_KEY, "good"), (RSA_OTHER, "good"), (EC_KEY, "ec"))
+    with pytest.raises(ValueError, match="at least 2048"):
+        load_jwks(doc)  # a file: an error at start
+    skipped: list[str] = []
+    keys = load_jwks(doc, skipped)  # a URL: the usable keys
+    assert [(k.kid, k.alg) for k in keys] == [("good", "RS256"), ("ec", "ES256")]
+    assert len(skipped) == 2 and "at least 2048" in skipped[0] and "twice" in skipped[1]
+    with pytest.raises(ValueError, match="no usable"):
+        load_jwks(jwks((small, "small")), [])

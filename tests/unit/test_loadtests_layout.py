@@ -28,16 +28,22 @@ def imported(path: Path) -> set[str]:
     name = module_name(path)
     package = name if path.stem == "__init__" else name.rpartition(".")[0]
     out: set[str] = set()
+
+    def sibling(name: str) -> str:
+        # A plain `import x` of a module next to this file: how the locustfile imports its helpers
+        # (Locust loads it by path, with its directory on sys.path).
+        return f"{package}.{name}" if name not in MODULES and f"{package}.{name}" in MODULES else name
+
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            out.update(alias.name for alias in node.names)
+            out.update(sibling(alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
                 base = base[: len(base) - (node.level - 1)]
                 target = ".".join([*base, node.module] if node.module else base)
             else:
-                target = node.module or ""
+                target = sibling(node.module or "")
             out.add(target)
             out.update(f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in MODULES)
     return out
@@ -47,9 +53,13 @@ GRAPH = {name: {m for m in imported(path) if m in MODULES and m != name} for nam
 
 
 def test_the_scan_sees_imports() -> None:
-    """Not blind: bench imports its client pieces and the cluster phase (inside a function)."""
-    assert {"loadtests.procs", "loadtests.wsclient", "loadtests.cluster"} <= GRAPH["loadtests.bench"]
+    """Not blind: bench imports its client pieces and the cluster and flusher phases (inside a
+    function), the locustfile its helpers."""
+    assert {"loadtests.procs", "loadtests.wsclient", "loadtests.cluster", "loadtests.flusher"} <= GRAPH["loadtests.bench"]
     assert "loadtests.procstat" in GRAPH["loadtests.cluster"]
+    assert {"loadtests.visibility", "loadtests.publishers", "loadtests.scrape"} <= GRAPH["loadtests.flusher"]
+    # The locustfile's helpers, imported by plain name from next to it.
+    assert {"loadtests.locust_protocol", "loadtests.locust_knobs"} <= GRAPH["loadtests.locustfile"]
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
