@@ -1,0 +1,290 @@
+"""The server API (/api/v1/...) against real gateway processes: embedded, and two replicas
+over Redis. The backend is a service, not a participant: its events carry `from.service`,
+its rooms have no host, its kicks and disconnects act on every replica."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from roomcast_client.admin import AdminClient, AdminError
+from tests.harness import UNIT, Client, cluster, free_port, gateway, parse_metrics, unique
+
+KEY_NAME = "quizmaster"
+SECRET = "s3cret-for-the-quiz-backend"
+OTHER = "other-key-with-16-chars-min"
+ENV = {"SERVER_API_KEYS": f"{KEY_NAME}={SECRET},ops={OTHER}", "GATEWAY_LOG_EVENTS": "false"}
+
+
+def raw_http(port: int, request: bytes) -> tuple[int, dict[str, Any] | None, str]:
+    """One request as given, on a plain socket: (status, JSON body or None, head)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5 * UNIT) as s:
+        s.sendall(request)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    try:
+        value = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        value = None  # not the API (text)
+    return status, value, head.decode("latin-1")
+
+
+def get(port: int, path: str, auth: str | None) -> tuple[int, dict[str, Any] | None, str]:
+    lines = [f"GET {path} HTTP/1.1", "Host: x", "Connection: close"]
+    if auth is not None:
+        lines.append(f"Authorization: {auth}")
+    return raw_http(port, ("\r\n".join(lines) + "\r\n\r\n").encode())
+
+
+@pytest.fixture(scope="module")
+def embedded() -> Iterator[tuple[str, str, int]]:
+    api_port = free_port()
+    with gateway(dict(ENV, API_PORT=str(api_port))) as gw:
+        yield gw.http, gw.url, api_port
+
+
+@pytest.fixture(scope="module")
+def two_replicas() -> Iterator[tuple[str, str, str, str]]:
+    with cluster(n_gateways=2, n_coordinators=1, extra_env=ENV) as c:
+        a, b = c.gateways
+        yield a.http, a.url, b.http, b.url
+
+
+def port_of(http: str) -> int:
+    return int(http.rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize("where", ["embedded", "two_replicas"])
+def test_keys_are_required_and_compared(where: str, request: pytest.FixtureRequest) -> None:
+    setup = request.getfixturevalue(where)
+    ports = [port_of(setup[0])] + ([setup[2]] if where == "embedded" else [port_of(setup[2])])
+    for port in ports:
+        for auth in (None, "Bearer wrong-secret-of-some-length", f"Basic {SECRET}", f"Bearer {SECRET}x"):
+            status, body, head = get(port, "/api/v1/rooms", auth)
+            assert status == 401, (port, auth, status, body)
+            assert body is not None and body["code"] == "unauthorized"
+            assert "WWW-Authenticate: Bearer" in head
+        status, body, _ = get(port, "/api/v1/rooms", f"Bearer {SECRET}")
+        assert status == 200 and body is not None and "rooms" in body
+        status, body, _ = get(port, "/api/v1/rooms", f"Bearer {OTHER}")
+        assert status == 200
+        status, body, _ = get(port, "/api/v1/nothing-here", f"Bearer {SECRET}")
+        assert status == 404 and body is not None and body["code"] == "not_found"
+
+
+def test_api_off_without_keys() -> None:
+    with gateway({}) as gw:
+        status, body, _ = get(gw.port, "/api/v1/rooms", f"Bearer {SECRET}")
+        assert status == 404, (status, body)
+
+
+def test_edge_limits_and_errors(embedded: tuple[str, str, int]) -> None:
+    http, _, api_port = embedded
+    port = port_of(http)
+    big = b"x" * 70_000  # over MAX_FRAME_BYTES (64 KiB)
+    status, body, _ = raw_http(port, b"POST /api/v1/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                               + SECRET.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
+    assert status == 413 and body is not None and body["code"] == "bad_request"
+    status, body, _ = raw_http(api_port, b"POST /api/v1/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                               + SECRET.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert status == 501 and body is not None
+    bad = b'{"game_type": 5}'
+    status, body, _ = raw_http(port, b"POST /api/v1/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                               + SECRET.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(bad) + bad)
+    assert status == 400 and body is not None and "game_type" in body["message"]
+
+    async def run() -> None:
+        api = AdminClient(http, SECRET)
+        room = (await api.create_room("quiz"))["room"]
+        rid = room["room_id"]
+        with pytest.raises(AdminError) as err:
+            await api.create_room("quiz", room_id=rid)
+        assert (err.value.status, err.value.code) == (409, "conflict")
+        with pytest.raises(AdminError) as err:
+            await api.publish(rid, "participant_joined")
+        assert (err.value.status, err.value.code) == (400, "bad_request")
+        with pytest.raises(AdminError) as err:
+            await api.get_room("no-such-room-" + unique())
+        assert (err.value.status, err.value.code) == (404, "not_found")
+        with pytest.raises(AdminError) as err:
+            await api.disconnect("device-abcdefgh", code=1000)
+        assert err.value.status == 400
+        await api.close_room(rid)
+        with pytest.raises(AdminError) as err:
+            await api.publish(rid, "late")
+        assert (err.value.status, err.value.code) == (409, "room_closed")
+
+    asyncio.run(run())
+
+
+def test_rate_limit_per_key() -> None:
+    with gateway(dict(ENV, API_RATE="1")) as gw:
+        statuses = [get(gw.port, "/api/v1/rooms", f"Bearer {SECRET}")[0] for _ in range(4)]
+        assert statuses[:2] == [200, 200] and statuses[-1] == 429, statuses
+        status, body, head = get(gw.port, "/api/v1/rooms", f"Bearer {SECRET}")
+        assert status == 429 and body is not None and body["code"] == "rate_limited" and "Retry-After:" in head
+        assert get(gw.port, "/api/v1/rooms", f"Bearer {OTHER}")[0] == 200  # another key has its own budget
+
+
+def _check_refs(node: Any, doc: dict[str, Any]) -> int:
+    n = 0
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            target: Any = doc
+            for part in ref.removeprefix("#/").split("/"):
+                target = target[part]  # KeyError: a dangling reference
+            n += 1
+        for v in node.values():
+            n += _check_refs(v, doc)
+    elif isinstance(node, list):
+        for v in node:
+            n += _check_refs(v, doc)
+    return n
+
+
+def test_openapi_document(embedded: tuple[str, str, int]) -> None:
+    http, _, api_port = embedded
+    for port in (port_of(http), api_port):
+        status, doc, head = get(port, "/api/v1/openapi.json", None)
+        assert status == 200 and doc is not None and "application/json" in head
+        assert doc["openapi"].startswith("3.1")
+        ops = {(path, method) for path, item in doc["paths"].items() for method in item if method != "parameters"}
+        assert ops >= {("/rooms", "post"), ("/rooms", "get"), ("/rooms/{room_id}", "get"),
+                       ("/rooms/{room_id}", "patch"), ("/rooms/{room_id}/events", "post"),
+                       ("/rooms/{room_id}/events", "get"), ("/rooms/{room_id}/close", "post"),
+                       ("/rooms/{room_id}/participants/{device_id}", "delete"),
+                       ("/devices/{device_id}/disconnect", "post"), ("/openapi.json", "get")}
+        for path, item in doc["paths"].items():
+            for method, op in item.items():
+                if method == "parameters":
+                    continue
+                assert op["responses"], (path, method)
+                names = {p["name"] for p in item.get("parameters", []) + op.get("parameters", []) if p["in"] == "path"}
+                assert names == {seg[1:-1] for seg in path.split("/") if seg.startswith("{")}, path
+        assert _check_refs(doc, doc) > 10
+        assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    try:
+        from openapi_spec_validator import validate  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return
+    validate(doc)
+
+
+async def _scenario(api_a: AdminClient, api_b: AdminClient, ws_a: str, ws_b: str) -> None:
+    game = unique("quiz")
+    created = await api_a.create_room(game, max_players=2, game_data={"round": 0})
+    room = created["room"]
+    rid = room["room_id"]
+    assert room["current_players"] == 0 and room["created_by"] == f"service:{KEY_NAME}" and created["epoch"]
+    assert (await api_b.list_rooms(game_type=game))["rooms"][0]["room_id"] == rid
+    dev_a, dev_b, dev_c = unique("dev-a"), unique("dev-b"), unique("dev-c")
+    async with Client.open(ws_a) as a, Client.open(ws_b) as b, Client.open(ws_b) as c:
+        await a.hello(dev_a)
+        await b.hello(dev_b)
+        await c.hello(dev_c)
+        assert (await a.request({"type": "join", "room_id": rid}))["type"] == "joined"
+        joined = await b.request({"type": "join", "room_id": rid})
+        assert joined["type"] == "joined" and {p["device_id"] for p in joined["participants"]} == {dev_a, dev_b}
+        # The service holds no seat: two players fill max_players 2.
+        full = await c.request({"type": "join", "room_id": rid})
+        assert full["type"] == "error" and full["code"] == "room_full"
+        assert (await c.request({"type": "join", "room_id": rid, "role": "spectator"}))["type"] == "joined"
+        info = await api_a.get_room(rid)
+        assert {p["device_id"]: p["role"] for p in info["participants"]} == {
+            dev_a: "player", dev_b: "player", dev_c: "spectator"}
+        assert info["room"]["current_players"] == 2
+
+        # A publish through B reaches members on both replicas, from the service.
+        seq = await api_b.publish(rid, "question", action="ask", payload={"q": "2+2?"})
+        for cl in (a, b, c):
+            ev = await cl.expect(type="event", room_id=rid, event_type="question")
+            assert ev["seq"] == seq and ev["payload"] == {"q": "2+2?"} and ev["action"] == "ask"
+            assert ev["from"] == {"service": KEY_NAME, "socket_id": None, "device_id": None, "user_id": None}
+        # Players answer; only the service may change the room (there is no host).
+        ans = await a.request({"type": "event", "room_id": rid, "event_type": "answer", "payload": {"a": 4}})
+        assert ans["type"] == "ack"
+        refused = await b.request({"type": "update_room", "room_id": rid, "status": "in_progress"})
+        assert refused["type"] == "error" and refused["code"] == "forbidden"
+        up = await api_a.update_room(rid, status="in_progress", patch={"round": 1})
+        ev = await b.expect(type="event", room_id=rid, event_type="state_change")
+        assert ev["seq"] == up and ev["payload"] == {"status": "in_progress", "patch": {"round": 1}}
+        assert ev["from"]["service"] == KEY_NAME
+        assert (await api_b.get_room(rid))["room"]["game_data"] == {"round": 1}
+
+        # Kick B's device (its socket is on replica B) through replica A.
+        kicked = await api_a.kick(rid, dev_b)
+        for cl in (a, b):
+            ev = await cl.expect(type="event", room_id=rid, event_type="participant_left")
+            assert ev["seq"] == kicked and ev["payload"]["device_id"] == dev_b
+            assert ev["payload"]["reason"] == "kicked" and ev["from"]["service"] == KEY_NAME
+        after = await b.request({"type": "event", "room_id": rid, "event_type": "answer", "payload": {"a": 5}})
+        assert after["type"] == "error" and after["code"] == "not_member", after
+        with pytest.raises(AdminError) as err:
+            await api_b.kick(rid, dev_b)
+        assert (err.value.status, err.value.code) == (404, "not_member")
+        # Nobody inherits a host role in a service room: players come and go, no host_changed.
+        last = await api_b.publish(rid, "tick")
+        seen_a = [m for m in await a.drain() if m.get("type") == "event"]
+        assert [m["seq"] for m in seen_a][-1] == last
+        assert all(m["event_type"] != "host_changed" for m in seen_a)
+        seen_b = [m for m in await b.drain() if m.get("type") == "event" and m.get("seq", 0) > kicked]
+        assert seen_b == [], seen_b  # B's socket left the room on its replica
+
+        # History read matches what A saw (after its join).
+        first_seen = min(m["seq"] for m in seen_a) if seen_a else last
+        page = await api_b.events(rid, since=0, limit=1000)
+        assert page["head"] == last
+        assert [e["seq"] for e in page["events"]] == list(range(1, last + 1))
+        by_seq = {e["seq"]: e for e in page["events"]}
+        for m in seen_a:
+            assert by_seq[m["seq"]] == m
+        part = await api_a.events(rid, since=first_seen, limit=2)
+        assert [e["seq"] for e in part["events"]] == [first_seen + 1, first_seen + 2]
+
+        # Disconnect C's device (on replica B) through replica A: its socket sees the code.
+        closed = await api_a.disconnect(dev_c, code=4321, reason="bye")
+        assert closed == 1
+        assert await c.closed() == 4321
+        assert await api_b.disconnect(dev_c) == 0
+
+        seq_close = await api_b.close_room(rid)
+        ev = await a.expect(type="event", room_id=rid, event_type="room_closed")
+        assert ev["seq"] == seq_close and ev["from"]["service"] == KEY_NAME
+        assert (await api_a.get_room(rid))["room"]["status"] == "closed"
+
+
+def test_backend_flow_embedded(embedded: tuple[str, str, int]) -> None:
+    http, url, api_port = embedded
+    # The gateway port, and API_PORT, serve the same API.
+    asyncio.run(_scenario(AdminClient(http, SECRET), AdminClient(f"http://127.0.0.1:{api_port}", SECRET), url, url))
+
+
+def test_backend_flow_two_replicas(two_replicas: tuple[str, str, str, str]) -> None:
+    http_a, url_a, http_b, url_b = two_replicas
+    asyncio.run(_scenario(AdminClient(http_a, SECRET), AdminClient(http_b, SECRET), url_a, url_b))
+
+
+def test_request_metrics(embedded: tuple[str, str, int]) -> None:
+    http, _, _ = embedded
+    assert get(port_of(http), "/api/v1/rooms", None)[0] == 401
+    assert get(port_of(http), "/api/v1/rooms", f"Bearer {SECRET}")[0] == 200
+    with socket.create_connection(("127.0.0.1", port_of(http))) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    metrics = parse_metrics(data.partition(b"\r\n\r\n")[2].decode())
+    assert metrics['roomcast_api_requests_total{route="GET /api/v1/rooms",status="200"}'] >= 1
+    assert metrics['roomcast_api_requests_total{route="GET /api/v1/rooms",status="401"}'] >= 1
