@@ -50,7 +50,6 @@ import pytest
 import yaml
 
 from roomcast_client.admin import AdminClient, AdminError
-
 from tests.harness import (
     OUTPUT,
     ROOT,
