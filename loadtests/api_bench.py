@@ -1,0 +1,136 @@
+"""Server API publishes per second per replica (docs/benchmarks.md, "Server API").
+
+    python -m loadtests.api_bench [--duration 5] [--concurrency 32] [--runs 3] [--modes embedded,redis]
+
+Per run: a fresh gateway (embedded, or one replica over an ephemeral Redis), a room created
+through the API, one WebSocket member that must receive every event, then `--concurrency`
+publishers each sending `POST /api/v1/rooms/{id}/events` one after another (one request per
+connection, as the API serves them) for `--duration` seconds. Reported: publishes/s (acked
+200s ÷ window), the gateway's CPU per publish, and whether the member got every event in
+order. The median of `--runs` runs per mode; every run in test-output/api-bench-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import connect
+
+from . import procstat
+from .procs import HOST, OUTPUT, ROOT, GatewayProc
+from .services import RedisServer
+
+SECRET = "bench-secret-0123456789"
+
+
+async def _post(port: int, path: str, body: bytes) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(b"POST %s HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer %s\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                     % (path.encode(), SECRET.encode(), len(body), body))
+        data = await reader.read()
+    finally:
+        writer.close()
+    head, _, payload = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), payload
+
+
+async def one_run(mode: str, duration: float, concurrency: int, redis_url: str | None) -> dict[str, Any]:
+    env = {"SERVER_API_KEYS": f"bench={SECRET}", "API_RATE": "1000000"}
+    if redis_url is not None:
+        env["REDIS_URL"] = redis_url
+    gw = GatewayProc(env, f"api-{mode}")
+    gw.start()
+    try:
+        await gw.wait_ready()
+        status, body = await _post(gw.port, "/api/v1/rooms", b'{"game_type":"bench"}')
+        assert status == 201, (status, body)
+        room_id = orjson.loads(body)["room"]["room_id"]
+        path = f"/api/v1/rooms/{room_id}/events"
+        seen: list[int] = []
+        async with connect(f"ws://{HOST}:{gw.port}/ws", compression=None, ping_interval=None) as ws:
+            await ws.send(orjson.dumps({"type": "hello", "id": 1, "device_id": "bench-member-1"}).decode())
+            await ws.recv()
+            await ws.send(orjson.dumps({"type": "join", "id": 2, "room_id": room_id}).decode())
+            while orjson.loads(await ws.recv()).get("type") != "joined":
+                pass
+
+            async def member() -> None:
+                async for raw in ws:
+                    msg = orjson.loads(raw)
+                    if msg.get("type") == "event" and msg.get("event_type") == "bench":
+                        seen.append(msg["seq"])
+
+            reading = asyncio.get_running_loop().create_task(member())
+            await gw.settle()
+            acked: list[int] = []
+            errors: list[int] = []
+            payload = orjson.dumps({"event_type": "bench", "payload": {"pad": "x" * 200}})
+            stop_at = time.monotonic() + duration
+
+            async def publisher() -> None:
+                while time.monotonic() < stop_at:
+                    code, answer = await _post(gw.port, path, payload)
+                    if code == 200:
+                        acked.append(orjson.loads(answer)["seq"])
+                    else:
+                        errors.append(code)
+
+            cpu0, t0 = procstat.cpu_seconds(gw.pid), time.monotonic()
+            await asyncio.gather(*(publisher() for _ in range(concurrency)))
+            window = time.monotonic() - t0
+            cpu = procstat.cpu_seconds(gw.pid) - cpu0
+            deadline = time.monotonic() + 10
+            while len(seen) < len(acked) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            reading.cancel()
+        return {
+            "mode": mode, "publishes": len(acked), "errors": len(errors), "window_s": round(window, 3),
+            "publishes_per_s": round(len(acked) / window, 1),
+            "server_cpu_us_per_publish": round(cpu / max(1, len(acked)) * 1e6, 1),
+            "member_got_all_in_order": seen == sorted(acked),
+        }
+    finally:
+        await gw.stop()
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--modes", default="embedded,redis")
+    args = ap.parse_args()
+    results: list[dict[str, Any]] = []
+    for mode in args.modes.split(","):
+        redis = RedisServer().start() if mode == "redis" else None
+        try:
+            for i in range(args.runs):
+                r = await one_run(mode, args.duration, args.concurrency, redis.url if redis else None)
+                r["run"] = i + 1
+                results.append(r)
+                print(json.dumps(r))
+        finally:
+            if redis is not None:
+                redis.stop()
+    print("\nmode      median publishes/s   median server CPU µs/publish   all delivered")
+    for mode in args.modes.split(","):
+        rs = [r for r in results if r["mode"] == mode]
+        print(f"{mode:9s} {statistics.median(r['publishes_per_s'] for r in rs):>18.0f}   "
+              f"{statistics.median(r['server_cpu_us_per_publish'] for r in rs):>28.0f}   "
+              f"{all(r['member_got_all_in_order'] and not r['errors'] for r in rs)}")
+    OUTPUT.mkdir(exist_ok=True)
+    out = OUTPUT / f"api-bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps({"args": vars(args), "machine": procstat.machine_info(ROOT), "loadavg": procstat.loadavg(), "runs": results}, indent=1))
+    print(f"\n{out}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
