@@ -288,3 +288,19 @@ def test_request_metrics(embedded: tuple[str, str, int]) -> None:
     metrics = parse_metrics(data.partition(b"\r\n\r\n")[2].decode())
     assert metrics['roomcast_api_requests_total{route="GET /api/v1/rooms",status="200"}'] >= 1
     assert metrics['roomcast_api_requests_total{route="GET /api/v1/rooms",status="401"}'] >= 1
+
+
+def test_quiz_example_runs_a_whole_game() -> None:
+    """docs/server-api.md's server-authoritative quiz (examples/quiz_backend.py) plays to the end."""
+    import subprocess
+    import sys
+
+    from tests.harness import ROOT
+
+    with gateway(ENV) as gw:
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "quiz_backend.py"), "--gateway", gw.http, "--secret", SECRET,
+             "--players", "2", "--round-seconds", str(0.5 * UNIT)],
+            capture_output=True, text=True, timeout=60 * UNIT, cwd=ROOT)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "round 3:" in out.stdout and "final scores:" in out.stdout, out.stdout
