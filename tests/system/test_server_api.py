@@ -304,3 +304,40 @@ def test_quiz_example_runs_a_whole_game() -> None:
             capture_output=True, text=True, timeout=60 * UNIT, cwd=ROOT)
         assert out.returncode == 0, out.stderr[-3000:]
         assert "round 3:" in out.stdout and "final scores:" in out.stdout, out.stdout
+
+
+def test_history_read_reaches_back_into_postgres() -> None:
+    """Embedded with history: the room keeps only ROOM_HISTORY_MAXLEN events, the rest is read
+    from Postgres, and the page is exactly what a member received."""
+    from tests.harness import PostgresServer
+
+    pg = PostgresServer().init()
+    try:
+        dsn = pg.create_database(unique("api").replace("-", "_"))
+        env = dict(ENV, DATABASE_URL=dsn, ROOM_HISTORY_MAXLEN="10", HISTORY_FLUSH_INTERVAL="50")
+        with gateway(env) as gw:
+
+            async def run() -> None:
+                api = AdminClient(gw.http, SECRET)
+                rid = (await api.create_room("quiz"))["room"]["room_id"]
+                async with Client.open(gw.url) as member:
+                    await member.hello(unique("dev-h"))
+                    assert (await member.request({"type": "join", "room_id": rid}))["type"] == "joined"
+                    for i in range(40):
+                        await api.publish(rid, "tick", payload={"i": i})
+                    seen = await member.events(rid, 41)  # its own participant_joined, then 40 ticks
+                assert [e["seq"] for e in seen] == list(range(1, 42))
+                # Until the flusher has written them, the old events are only in the outbox.
+                for _ in range(int(100 * UNIT)):
+                    page = await api.events(rid, since=0, limit=1000)
+                    if len(page["events"]) == 42:  # + the member's participant_disconnected
+                        break
+                    await asyncio.sleep(0.1)
+                assert page["head"] == 42
+                assert page["events"][:41] == seen
+                part = await api.events(rid, since=5, limit=3)
+                assert part["events"] == seen[5:8]
+
+            asyncio.run(run())
+    finally:
+        pg.destroy()
