@@ -18,7 +18,6 @@ short-lived hash, or straight to this node in the embedded mode.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import time
@@ -247,7 +246,7 @@ class ApiConnection(asyncio.Protocol):
 
 
 class Control:
-    """Kick and disconnect on every replica. `publish` is None in the embedded mode."""
+    """Kick and disconnect on every replica. `batcher` is None in the embedded mode."""
 
     def __init__(self, node: Node, batcher: Batcher | None) -> None:
         self.node = node
@@ -313,17 +312,20 @@ class Control:
         self.node.track(task)
 
     async def _apply(self, op: str, req_id: str, device_id: str, msg: dict[str, Any]) -> None:
-        if op == "disconnect":
-            n = self.close_local(device_id, int(msg["code"]), str(msg.get("reason", "")))
-        elif op == "kick":
-            n = await self.leave_local(str(msg["room_id"]), device_id)
-        else:
-            return
-        assert self.batcher is not None
-        b, reply = self.batcher, keys.control_reply(req_id)
-        b.call(cmd("hincrby", reply, "n", n))
-        b.call(cmd("hincrby", reply, "replied", 1))
-        await b.call(cmd("pexpire", reply, 30_000))
+        n = 0
+        try:
+            if op == "disconnect":
+                n = self.close_local(device_id, int(msg["code"]), str(msg.get("reason", "")))
+            elif op == "kick":
+                n = await self.leave_local(str(msg["room_id"]), device_id)
+            else:  # a newer replica's operation: answered (nothing done), so nobody waits for us
+                log.warning("unknown control operation %r", op)
+        finally:  # answer even after a failure, so the request does not wait out its timeout
+            assert self.batcher is not None
+            b, reply = self.batcher, keys.control_reply(req_id)
+            b.call(cmd("hincrby", reply, "n", n))
+            b.call(cmd("hincrby", reply, "replied", 1))
+            await b.call(cmd("pexpire", reply, 30_000))
 
 
 # ---------------------------------------------------------------- the API
@@ -564,7 +566,12 @@ class Api:
     async def kick(self, call: Call) -> tuple[int, Any]:
         room_id, device_id = self._room_id(call), self._device_id(call)
         seq = await self.node.store.kick(call.service, room_id, device_id, now_ms())
-        await self.control.kick(room_id, device_id)
+        try:
+            await self.control.kick(room_id, device_id)
+        except GatewayError as exc:
+            # The kick is done (the store refuses the device's sockets there); only the local
+            # delivery to them on some replica may go on until they leave or reconnect.
+            log.warning("kick of %s from %s: replicas not told (%s)", device_id, room_id, exc.message)
         return 200, {"seq": seq}
 
     async def disconnect(self, call: Call) -> tuple[int, Any]:
@@ -588,9 +595,12 @@ class Api:
         history = self.node.history
         if first > since + 1 and since < head and history is not None:
             # Older than the room stream keeps: Postgres has them (history mode).
-            with contextlib.suppress(Exception):
+            try:
                 older = await history.events(room_id, since, min(first - 1, since + limit))
-                events = (older + events)[:limit]
+            except Exception as exc:  # Postgres unreachable: say so rather than return a gap
+                log.warning("server API: history of room %s unavailable: %s", room_id, exc)
+                raise HttpError(503, ErrorCode.UNAVAILABLE, "room history unavailable; retry") from None
+            events = (older + events)[:limit]
         frames = b",".join(frame for _, frame in events)
         return 200, b'{"events":[%s],"head":%d}' % (frames, head)
 
