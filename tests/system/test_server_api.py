@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -135,6 +136,45 @@ def test_rate_limit_per_key() -> None:
         status, body, head = get(gw.port, "/api/v1/rooms", f"Bearer {SECRET}")
         assert status == 429 and body is not None and body["code"] == "rate_limited" and "Retry-After:" in head
         assert get(gw.port, "/api/v1/rooms", f"Bearer {OTHER}")[0] == 200  # another key has its own budget
+        wrong = "Bearer a-wrong-secret-someone-tried"
+        assert get(gw.port, "/api/v1/rooms", wrong)[0] == 401
+        log = gw.log()
+        assert SECRET not in log and OTHER not in log and "a-wrong-secret-someone-tried" not in log
+
+
+def test_a_request_in_pieces_on_the_gateway_port(embedded: tuple[str, str, int]) -> None:
+    """The gateway port tells an API request from a WebSocket handshake by its first bytes,
+    however they are split; both still work byte by byte."""
+    http, url, _ = embedded
+    body = b'{"game_type": "pieces"}'
+    request = (b"POST /api/v1/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + SECRET.encode()
+               + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    with socket.create_connection(("127.0.0.1", port_of(http)), timeout=5 * UNIT) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(0, 40):  # the first 40 bytes one by one, then the rest
+            s.sendall(request[i:i + 1])
+            time.sleep(0.002)
+        s.sendall(request[40:])
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 201 "), data[:200]
+    assert orjson.loads(data.partition(b"\r\n\r\n")[2])["room"]["game_type"] == "pieces"
+
+    async def ws_in_pieces() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(http))
+        handshake = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        for i in range(len(handshake)):
+            writer.write(handshake[i:i + 1])
+            await writer.drain()
+            if i < 12:
+                await asyncio.sleep(0.002)
+        status = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5 * UNIT)
+        writer.close()
+        assert status.startswith(b"HTTP/1.1 101 "), status
+
+    asyncio.run(ws_in_pieces())
 
 
 def _check_refs(node: Any, doc: dict[str, Any]) -> int:
