@@ -145,7 +145,7 @@ def test_rate_limit_per_key() -> None:
 def test_a_request_in_pieces_on_the_gateway_port(embedded: tuple[str, str, int]) -> None:
     """The gateway port tells an API request from a WebSocket handshake by its first bytes,
     however they are split; both still work byte by byte."""
-    http, url, _ = embedded
+    http, _, _ = embedded
     body = b'{"game_type": "pieces"}'
     request = (b"POST /api/v1/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + SECRET.encode()
                + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
