@@ -381,3 +381,19 @@ def test_history_read_reaches_back_into_postgres() -> None:
             asyncio.run(run())
     finally:
         pg.destroy()
+
+
+def test_a_bad_keys_file_stops_start_up_without_showing_a_secret(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from tests.harness import ROOT, gateway_env
+
+    keys = tmp_path / "keys"
+    keys.write_text("quiz=tooshort-1\n")
+    for env in ({"SERVER_API_KEYS_FILE": str(keys)}, {"SERVER_API_KEYS_FILE": str(tmp_path / "missing")},
+                {"SERVER_API_KEYS": "quiz=tooshort-1"}):
+        out = subprocess.run([sys.executable, "-m", "gateway"], env=gateway_env(env | {"GATEWAY_PORT": "0"}),
+                             capture_output=True, text=True, timeout=30 * UNIT, cwd=ROOT)
+        assert out.returncode == 2, (env, out.stderr[-2000:])
+        assert "SERVER_API_KEYS" in out.stderr and "tooshort-1" not in out.stderr, out.stderr
