@@ -8,7 +8,8 @@ HTTP: websockets' server reads no request bodies (it refuses a request with one)
 API has its own small HTTP/1.1 reader (`RequestReader`, sans-I/O) and asyncio protocol
 (`ApiConnection`). It serves API_PORT by itself, and on the gateway port
 `gateway.server` hands a connection whose request line targets /api/ to it before
-websockets sees a byte. One request per connection (`Connection: close`).
+websockets sees a byte. API_PORT keeps HTTP/1.1 connections alive; the gateway port answers
+one request per connection (`Connection: close`).
 
 Cluster-wide effects on sockets (kick, disconnect) go to every replica as a control
 message (`Control`): over Redis pub/sub (keys.CONTROL) with the replies counted in a
@@ -126,6 +127,7 @@ class HttpRequest:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes
+    keep_alive: bool = False  # HTTP/1.1 without `Connection: close`
 
 
 class RequestReader:
@@ -137,6 +139,7 @@ class RequestReader:
         self.buf = bytearray()
         self.head: tuple[str, str, dict[str, str]] | None = None
         self.length = 0
+        self.version = ""
 
     def feed(self, data: bytes) -> HttpRequest | None:
         self.buf += data
@@ -154,14 +157,20 @@ class RequestReader:
             return None
         method, target, headers = self.head
         path, _, qs = target.partition("?")
+        keep = self.version == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
         return HttpRequest(method, path, parse_qs(qs, keep_blank_values=True), headers,
-                           bytes(self.buf[: self.length]))
+                           bytes(self.buf[: self.length]), keep)
+
+    def rest(self) -> bytes:
+        """What came after the request returned by `feed` (the next one's start, pipelined)."""
+        return bytes(self.buf[self.length:])
 
     def _parse_head(self, head: bytes) -> tuple[str, str, dict[str, str]]:
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ")
         if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
             raise HttpError(400, ErrorCode.BAD_REQUEST, "malformed request line")
+        self.version = parts[2]
         headers: dict[str, str] = {}
         for line in lines[1:]:
             name, sep, value = line.partition(":")
@@ -182,21 +191,28 @@ class RequestReader:
         return parts[0], parts[1], headers
 
 
-def http_response(status: int, body: bytes, extra: list[tuple[str, str]] | None = None) -> bytes:
+def http_response(status: int, body: bytes, extra: list[tuple[str, str]] | None = None,
+                  keep_alive: bool = False) -> bytes:
     head = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", "Content-Type: application/json",
-            f"Content-Length: {len(body)}", "Cache-Control: no-store", "Connection: close"]
+            f"Content-Length: {len(body)}", "Cache-Control: no-store",
+            "Connection: keep-alive" if keep_alive else "Connection: close"]
     head += [f"{k}: {v}" for k, v in extra or ()]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
 class ApiConnection(asyncio.Protocol):
-    """One HTTP connection: reads one request, answers it, closes."""
+    """One HTTP connection. With `keep_alive` (API_PORT) it answers HTTP/1.1 requests one
+    after another (pipelined ones in order) until the client closes, asks to close, or is idle
+    for REQUEST_TIMEOUT; otherwise (the gateway port, whose handshake timer would cut a long
+    connection) one request, then it closes. A request must be complete within REQUEST_TIMEOUT."""
 
-    def __init__(self, api: Api) -> None:
+    def __init__(self, api: Api, keep_alive: bool = False) -> None:
         self.api = api
+        self.keep_alive = keep_alive
         self.reader = RequestReader(api.settings.max_frame_bytes)
         self.transport: asyncio.Transport | None = None
-        self.done = False
+        self.busy = False  # a request is being served: later bytes wait in `pending`
+        self.pending = bytearray()
         self.timer: asyncio.TimerHandle | None = None
         self.peer: str | None = None
 
@@ -204,6 +220,11 @@ class ApiConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport
         addr = transport.get_extra_info("peername")
         self.peer = addr[0] if isinstance(addr, tuple) and addr else None
+        self._arm()
+
+    def _arm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
         self.timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, self._timeout)
 
     def _timeout(self) -> None:
@@ -211,30 +232,46 @@ class ApiConnection(asyncio.Protocol):
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
-        if self.done:
+        if self.busy:
+            self.pending += data
+            if len(self.pending) > MAX_HEAD + self.reader.max_body and self.transport is not None:
+                self.transport.abort()  # pipelining beyond one request's worth: not a client we serve
             return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         try:
             req = self.reader.feed(data)
         except HttpError as exc:
-            self.done = True
-            self._write(*self.api.error_response(exc, "invalid"))
+            self.busy = True
+            self._write(*self.api.error_response(exc, "invalid"), keep=False)
             return
         if req is not None:
-            self.done = True
-            task = asyncio.get_running_loop().create_task(self._serve(req))
+            self.busy = True
+            task = asyncio.get_running_loop().create_task(self._serve(req, self.reader.rest()))
             self.api.node.track(task)
 
-    async def _serve(self, req: HttpRequest) -> None:
+    async def _serve(self, req: HttpRequest, rest: bytes) -> None:
         status, body, extra = await self.api.dispatch(req)
-        self._write(status, body, extra)
+        keep = self.keep_alive and req.keep_alive
+        self._write(status, body, extra, keep)
+        if keep and self.transport is not None:
+            self._arm()
+            self.reader = RequestReader(self.api.settings.max_frame_bytes)
+            self.busy = False
+            more, self.pending = rest + bytes(self.pending), bytearray()
+            if more:
+                self._feed(more)
 
-    def _write(self, status: int, body: bytes, extra: list[tuple[str, str]] | None = None) -> None:
+    def _write(self, status: int, body: bytes, extra: list[tuple[str, str]] | None = None,
+               keep: bool = False) -> None:
         if self.timer is not None:
             self.timer.cancel()
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            transport.write(http_response(status, body, extra))
-            transport.close()
+            transport.write(http_response(status, body, extra, keep))
+            if not keep:
+                transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
@@ -381,8 +418,8 @@ class Api:
         return ApiConnection(self)
 
     async def serve(self, host: str, port: int) -> asyncio.Server:
-        """Listen on API_PORT."""
-        return await asyncio.get_running_loop().create_server(self.connection, host, port)
+        """Listen on API_PORT (keep-alive connections)."""
+        return await asyncio.get_running_loop().create_server(lambda: ApiConnection(self, keep_alive=True), host, port)
 
     # ------------------------------------------------------------ dispatch
 

@@ -4,8 +4,9 @@
 
 Per run: a fresh gateway (embedded, or one replica over an ephemeral Redis), a room created
 through the API, one WebSocket member that must receive every event, then `--concurrency`
-publishers each sending `POST /api/v1/rooms/{id}/events` one after another (one request per
-connection, as the API serves them) for `--duration` seconds. Reported: publishes/s (acked
+publishers each sending `POST /api/v1/rooms/{id}/events` one after another for `--duration`
+seconds: a new connection per request on the gateway port (modes `embedded`, `redis`), or one
+keep-alive connection per publisher on API_PORT (modes `*-keepalive`). Reported: publishes/s (acked
 200s ÷ window), the gateway's CPU per publish, and whether the member got every event in
 order. The median of `--runs` runs per mode; every run in test-output/api-bench-<time>.json.
 """
@@ -24,7 +25,7 @@ import orjson
 from websockets.asyncio.client import connect
 
 from . import procstat
-from .procs import HOST, OUTPUT, ROOT, GatewayProc
+from .procs import HOST, OUTPUT, ROOT, GatewayProc, free_port
 from .services import RedisServer
 
 SECRET = "bench-secret-0123456789"
@@ -43,8 +44,34 @@ async def _post(port: int, path: str, body: bytes) -> tuple[int, bytes]:
     return int(head.split(b" ", 2)[1]), payload
 
 
+class KeepAlive:
+    """One keep-alive connection to API_PORT: requests one after another on it."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.conn is None:
+            self.conn = await asyncio.open_connection(HOST, self.port)
+        reader, writer = self.conn
+        writer.write(b"POST %s HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer %s\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (path.encode(), SECRET.encode(), len(body), body))
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.split(b"Content-Length: ", 1)[1].split(b"\r\n", 1)[0])
+        return int(head.split(b" ", 2)[1]), await reader.readexactly(length)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn[1].close()
+
+
 async def one_run(mode: str, duration: float, concurrency: int, redis_url: str | None) -> dict[str, Any]:
     env = {"SERVER_API_KEYS": f"bench={SECRET}", "API_RATE": "1000000"}
+    keep_alive = mode.endswith("-keepalive")
+    if keep_alive:
+        env["API_PORT"] = str(free_port())
     if redis_url is not None:
         env["REDIS_URL"] = redis_url
     gw = GatewayProc(env, f"api-{mode}")
@@ -81,12 +108,20 @@ async def one_run(mode: str, duration: float, concurrency: int, redis_url: str |
             stop_at = time.monotonic() + duration
 
             async def publisher() -> None:
-                while time.monotonic() < stop_at:
-                    code, answer = await _post(gw.port, path, payload)
-                    if code == 200:
-                        acked.append(orjson.loads(answer)["seq"])
-                    else:
-                        errors.append(code)
+                conn = KeepAlive(int(env["API_PORT"])) if keep_alive else None
+                try:
+                    while time.monotonic() < stop_at:
+                        if conn is not None:
+                            code, answer = await conn.post(path, payload)
+                        else:
+                            code, answer = await _post(gw.port, path, payload)
+                        if code == 200:
+                            acked.append(orjson.loads(answer)["seq"])
+                        else:
+                            errors.append(code)
+                finally:
+                    if conn is not None:
+                        conn.close()
 
             cpu0, t0 = procstat.cpu_seconds(gw.pid), time.monotonic()
             await asyncio.gather(*(publisher() for _ in range(concurrency)))
@@ -113,11 +148,11 @@ async def main() -> None:
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--modes", default="embedded,redis")
+    ap.add_argument("--modes", default="embedded,redis,embedded-keepalive,redis-keepalive")
     args = ap.parse_args()
     results: list[dict[str, Any]] = []
     for mode in args.modes.split(","):
-        redis = RedisServer().start() if mode == "redis" else None
+        redis = RedisServer().start() if mode.startswith("redis") else None
         try:
             for i in range(args.runs):
                 r = await one_run(mode, args.duration, args.concurrency, redis.url if redis else None)
@@ -127,10 +162,10 @@ async def main() -> None:
         finally:
             if redis is not None:
                 redis.stop()
-    print("\nmode      median publishes/s   median server CPU µs/publish   all delivered")
+    print("\nmode                median publishes/s   median server CPU µs/publish   all delivered")
     for mode in args.modes.split(","):
         rs = [r for r in results if r["mode"] == mode]
-        print(f"{mode:9s} {statistics.median(r['publishes_per_s'] for r in rs):>18.0f}   "
+        print(f"{mode:19s} {statistics.median(r['publishes_per_s'] for r in rs):>18.0f}   "
               f"{statistics.median(r['server_cpu_us_per_publish'] for r in rs):>28.0f}   "
               f"{all(r['member_got_all_in_order'] and not r['errors'] for r in rs)}")
     OUTPUT.mkdir(exist_ok=True)

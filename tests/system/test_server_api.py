@@ -397,3 +397,35 @@ def test_a_bad_keys_file_stops_start_up_without_showing_a_secret(tmp_path: Any) 
                              capture_output=True, text=True, timeout=30 * UNIT, cwd=ROOT)
         assert out.returncode == 2, (env, out.stderr[-2000:])
         assert "SERVER_API_KEYS" in out.stderr and "tooshort-1" not in out.stderr, out.stderr
+
+
+def test_api_port_keeps_connections_alive(embedded: tuple[str, str, int]) -> None:
+    """API_PORT answers HTTP/1.1 requests on one connection, pipelined ones in order, until
+    `Connection: close`; the gateway port answers one request and closes."""
+    http, _, api_port = embedded
+
+    def req(path: str, close: bool = False) -> bytes:
+        return (f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SECRET}\r\n"
+                + ("Connection: close\r\n" if close else "") + "\r\n").encode()
+
+    async def run() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", api_port)
+
+        async def answer() -> tuple[int, bytes, bytes]:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5 * UNIT)
+            length = int(head.split(b"Content-Length: ", 1)[1].split(b"\r\n", 1)[0])
+            return int(head.split(b" ", 2)[1]), head, await reader.readexactly(length)
+
+        writer.write(req("/api/v1/rooms") + req("/api/v1/rooms/nope-" + unique()))  # pipelined
+        first, second = await answer(), await answer()
+        assert first[0] == 200 and b"Connection: keep-alive" in first[1]
+        assert second[0] == 404 and orjson.loads(second[2])["code"] == "not_found"
+        writer.write(req("/api/v1/rooms", close=True))
+        third = await answer()
+        assert third[0] == 200 and b"Connection: close" in third[1]
+        assert await asyncio.wait_for(reader.read(), 5 * UNIT) == b""  # closed after it
+        writer.close()
+
+    asyncio.run(run())
+    status, _, head = get(port_of(http), "/api/v1/rooms", f"Bearer {SECRET}")
+    assert status == 200 and "Connection: close" in head
