@@ -379,10 +379,6 @@ class Call:
     body: dict[str, Any]
 
 
-def _seg(name: str) -> str:
-    return "{" + name + "}"
-
-
 class Api:
     def __init__(self, settings: Settings, node: Node, batcher: Batcher | None = None) -> None:
         self.settings = settings
