@@ -293,11 +293,15 @@ async def _scenario(api_a: AdminClient, api_b: AdminClient, ws_a: str, ws_b: str
         part = await api_a.events(rid, since=first_seen, limit=2)
         assert [e["seq"] for e in part["events"]] == [first_seen + 1, first_seen + 2]
 
-        # Disconnect C's device (on replica B) through replica A: its socket sees the code.
-        closed = await api_a.disconnect(dev_c, code=4321, reason="bye")
-        assert closed == 1
-        assert await c.closed() == 4321
+        # Disconnect C's device, with a socket on each replica, through replica A: both see the code.
+        async with Client.open(ws_a) as c2:
+            await c2.hello(dev_c)
+            closed = await api_a.disconnect(dev_c, code=4321, reason="bye")
+            assert closed == 2
+            assert await c.closed() == 4321
+            assert await c2.closed() == 4321
         assert await api_b.disconnect(dev_c) == 0
+        assert (await a.request({"type": "ping"}))["type"] == "pong"  # other devices' sockets stay
 
         seq_close = await api_b.close_room(rid)
         ev = await a.expect(type="event", room_id=rid, event_type="room_closed")
