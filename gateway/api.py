@@ -30,7 +30,6 @@ from typing import Any, Final
 from urllib.parse import parse_qs, unquote
 
 import orjson
-from prometheus_client import Counter, Histogram
 
 from roomcast import keys
 from roomcast import protocol as p
@@ -385,12 +384,8 @@ class Api:
         self.node = node
         self.keys = ApiKeys(load_keys(settings))
         self.control = Control(node, batcher)
-        r = node.metrics.registry
-        self.requests = Counter("roomcast_api_requests", "Server API requests, by route and HTTP status.",
-                                ["route", "status"], registry=r)
-        self.latency = Histogram("roomcast_api_request_seconds", "Server API request handling time, by route.",
-                                 ["route"], registry=r,
-                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.requests = node.metrics.api_requests
+        self.latency = node.metrics.api_latency
         # (method, path pattern) -> handler; a pattern segment {x} matches one path segment.
         self.routes: list[tuple[str, list[str], str, Handler]] = []
         for method, pattern, handler in (
