@@ -433,3 +433,21 @@ def test_api_port_keeps_connections_alive(embedded: tuple[str, str, int]) -> Non
     asyncio.run(run())
     status, _, head = get(port_of(http), "/api/v1/rooms", f"Bearer {SECRET}")
     assert status == 200 and "Connection: close" in head
+
+
+def test_admin_client_keep_alive_reuses_its_connection(embedded: tuple[str, str, int]) -> None:
+    _, _, api_port = embedded
+
+    async def run() -> None:
+        async with AdminClient(f"http://127.0.0.1:{api_port}", SECRET, keep_alive=True) as api:
+            rid = (await api.create_room("keepalive"))["room"]["room_id"]
+            [(_, _, conn)] = api._idle
+            seqs = [await api.publish(rid, "tick", payload={"i": i}) for i in range(20)]
+            assert seqs == list(range(1, 21))
+            assert [w for _, _, w in api._idle] == [conn]  # the same connection all along
+            many = await asyncio.gather(*(api.publish(rid, "tock") for _ in range(5)))
+            assert sorted(many) == list(range(21, 26)) and 1 <= len(api._idle) <= 5
+            assert (await api.events(rid, since=20))["head"] == 25
+        assert api._idle == []
+
+    asyncio.run(run())

@@ -10,12 +10,18 @@ asyncio only, no dependency beyond the distribution's own (orjson): a small HTTP
 on asyncio streams, one request per connection. Every call returns the decoded JSON
 answer; an error answer raises `AdminError` with the API's `code`, `message` and HTTP
 status. https:// URLs use the default SSL context.
+
+With `keep_alive=True` (for the gateway's API_PORT, which keeps HTTP/1.1 connections alive)
+finished connections are reused for the next requests (at most `max_idle` kept, each for at
+most 5 s idle). A request is never resent by the client: if a connection fails, the call
+raises `AdminError` (status 0, `unavailable`), and a publish may or may not have been applied.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from types import TracebackType
 from typing import Any, Literal, TypedDict, cast
 from urllib.parse import quote, urlencode, urlsplit
@@ -24,6 +30,7 @@ import orjson
 
 RoomStatus = Literal["active", "waiting", "in_progress", "completed", "closed"]
 MAX_RESPONSE = 64 * 1024 * 1024
+IDLE_REUSE = 5.0  # s: an idle keep-alive connection older than this is not reused
 
 
 class AdminError(Exception):
@@ -55,7 +62,8 @@ class EventPage(TypedDict):
 class AdminClient:
     """Calls the server API of one gateway (any replica: every one serves all of it)."""
 
-    def __init__(self, base_url: str, secret: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, base_url: str, secret: str, *, timeout: float = 10.0, keep_alive: bool = False,
+                 max_idle: int = 8) -> None:
         u = urlsplit(base_url)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ValueError("base_url must be http(s)://host[:port]")
@@ -65,12 +73,23 @@ class AdminClient:
         self.prefix = u.path.rstrip("/") + "/api/v1"
         self._auth = f"Bearer {secret}"
         self.timeout = timeout
+        # keep_alive (for the gateway's API_PORT, which keeps connections): idle connections,
+        # reused for up to IDLE_REUSE seconds (the gateway closes them after 9 s idle).
+        self.keep_alive = keep_alive
+        self.max_idle = max_idle
+        self._idle: list[tuple[float, asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def __aenter__(self) -> AdminClient:
         return self
 
     async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        return None
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the idle keep-alive connections."""
+        idle, self._idle = self._idle, []
+        for _, _, writer in idle:
+            await _close(writer)
 
     # ------------------------------------------------------------ endpoints
 
@@ -159,15 +178,27 @@ class AdminClient:
                              retry if isinstance(retry, int) else None)
         raise AdminError(status, "internal", f"HTTP {status}")
 
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        now = time.monotonic()
+        while self._idle:
+            since, reader, writer = self._idle.pop()
+            if now - since < IDLE_REUSE and not reader.at_eof() and not writer.is_closing():
+                return reader, writer
+            await _close(writer)
+        return await asyncio.open_connection(self.host, self.port, ssl=self.ssl, limit=65_536)
+
     async def _exchange(self, method: str, path: str, body: dict[str, Any] | None,
                         query: dict[str, Any] | None) -> tuple[int, dict[str, str], bytes]:
         target = self.prefix + path + ("?" + urlencode(query) if query else "")
         payload = b"" if body is None else orjson.dumps(body)
         head = [f"{method} {target} HTTP/1.1", f"Host: {self.host}:{self.port}", "Accept: application/json",
-                f"Authorization: {self._auth}", "Connection: close", f"Content-Length: {len(payload)}"]
+                f"Authorization: {self._auth}", f"Content-Length: {len(payload)}"]
+        if not self.keep_alive:
+            head.append("Connection: close")
         if body is not None:
             head.append("Content-Type: application/json")
-        reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self.ssl, limit=65_536)
+        reader, writer = await self._connection()
+        keep = False
         try:
             writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
             await writer.drain()
@@ -187,12 +218,20 @@ class AdminClient:
                 if length > MAX_RESPONSE:
                     raise ValueError("response too large")
                 data = await reader.readexactly(length)
+                keep = self.keep_alive and headers.get("connection", "").lower() == "keep-alive"
             else:
                 data = await reader.read(MAX_RESPONSE)
             return status, headers, data
         finally:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except OSError:
-                pass
+            if keep and len(self._idle) < self.max_idle:
+                self._idle.append((time.monotonic(), reader, writer))
+            else:
+                await _close(writer)
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
