@@ -82,6 +82,12 @@ class Metrics:
         self.info = Gauge("roomcast_node_info", "Constant 1, labelled with this replica's node id.", ["node"],
                           registry=r)
         self.info.labels(node_id or "unknown").set(1)
+        # The server API (gateway/api.py); `route` is the endpoint's template, never an id.
+        self.api_requests = Counter("roomcast_api_requests", "Server API requests, by route and HTTP status.",
+                                    ["route", "status"], registry=r)
+        self.api_latency = Histogram("roomcast_api_request_seconds", "Server API request handling time, by route.",
+                                     ["route"], registry=r,
+                                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         # Bind hot-path children once.
         self.in_by_type = {t: self.messages_in.labels(t) for t in MESSAGE_TYPES}
         self.in_invalid = self.messages_in.labels("invalid")

@@ -134,6 +134,26 @@ def _default_node_id() -> str:
     return f"{host}-{os.getpid()}"
 
 
+API_KEY_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+MIN_API_SECRET = 16
+
+
+def parse_api_keys(entries: Sequence[str]) -> dict[str, str]:
+    """`name=secret` entries -> {name: secret}. The error never includes a secret."""
+    keys: dict[str, str] = {}
+    for i, entry in enumerate(entries, 1):
+        name, sep, secret = entry.strip().partition("=")
+        name, secret = name.strip(), secret.strip()
+        if not sep or not API_KEY_NAME_RE.fullmatch(name):
+            raise ValueError(f"entry {i} must be `name=secret`, the name 1-64 characters of [A-Za-z0-9._-]")
+        if len(secret) < MIN_API_SECRET or any(c in secret for c in " ,\t"):
+            raise ValueError(f"the secret of key {name!r} must be {MIN_API_SECRET}+ characters, no spaces or commas")
+        if name in keys:
+            raise ValueError(f"key {name!r} is given twice")
+        keys[name] = secret
+    return keys
+
+
 @dataclass(frozen=True, slots=True)
 class Spec:
     field: str
@@ -232,6 +252,10 @@ SPECS: tuple[Spec, ...] = (
     Spec("user_agent_storage", "USER_AGENT_STORAGE", _choice("encrypt", "drop", "clear"), "encrypt", "encrypt (needs PRIVACY_ENCRYPTION_KEYS, else dropped), drop, or clear (not recommended).", None),
     Spec("personal_data_retention_days", "PERSONAL_DATA_RETENTION_DAYS", _int(1, 36_500), 90, "Personal fields (address, user agent, fingerprint, device info) older than this are erased by the cleanup job.", None),
     Spec("log_level", "LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR.", "--log-level"),
+    Spec("api_port", "API_PORT", _int(0, 65535), 0, "Serve the server API (/api/v1/...) on this separate port too; 0 = only on the main port.", "--api-port"),
+    Spec("server_api_keys", "SERVER_API_KEYS", _csv, (), "Server API keys: comma-separated `name=secret` pairs (secrets of 16+ characters). No keys (and no SERVER_API_KEYS_FILE) = the API is off. Keep it in a Secret.", None),
+    Spec("server_api_keys_file", "SERVER_API_KEYS_FILE", _opt_str, None, "A file of `name=secret` lines (or comma-separated), read at start, added to SERVER_API_KEYS.", None),
+    Spec("api_rate", "API_RATE", _float(0.1, 1_000_000), 1000.0, "Server API requests per second per key, cluster-wide (burst: 2 seconds' worth); beyond it 429 `rate_limited`.", None),
 )
 
 
@@ -317,6 +341,10 @@ class Settings:
     user_agent_storage: str = "encrypt"
     personal_data_retention_days: int = 90
     log_level: str = "INFO"
+    api_port: int = 0
+    server_api_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False)  # secrets: never in a repr or log
+    server_api_keys_file: str | None = None
+    api_rate: float = 1000.0
 
     @classmethod
     def load(cls, env: Mapping[str, str], overrides: Mapping[str, str] | None = None) -> Settings:
@@ -367,6 +395,10 @@ class Settings:
                 ok = False
             if not ok:
                 raise SettingsError("PRIVACY_ENCRYPTION_KEYS", "<hidden>", "each entry must be 'kid:<base64 of 32 bytes>'")
+        try:
+            parse_api_keys(values["server_api_keys"])
+        except ValueError as exc:  # the value holds secrets: never echo it
+            raise SettingsError("SERVER_API_KEYS", "<hidden>", str(exc)) from None
         has_key_file = bool(values["jwt_public_key_file"] or values["jwt_jwks_file"] or values["jwt_jwks_url"])
         if "HS256" in values["jwt_algorithms"] and not values["jwt_secret"]:
             raise SettingsError("AUTH_JWT_ALGORITHMS", raw_seen["jwt_algorithms"], "HS256 needs AUTH_JWT_SECRET")

@@ -31,6 +31,7 @@ from roomcast.redis.client import tls_context
 from roomcast.redis.resp import RespError, encode_command
 
 log = logging.getLogger("roomcast.bus")
+_CONTROL = keys.CONTROL.encode()
 
 
 def _drop(room_id: str, seq: int, frame: bytes) -> None:
@@ -69,6 +70,8 @@ class _Protocol(asyncio.Protocol):
                     sink(room_id, event_seq_of(frame), frame)
                 elif value[1] == self.bus.probe_channel:
                     self.bus.probe_seen = time.monotonic()
+                elif value[1] == _CONTROL and self.bus.on_control is not None:
+                    self.bus.on_control(value[2])
             else:
                 self.bus.control(value)
 
@@ -109,6 +112,8 @@ class RedisBus:
         self.reconnects = 0
         self.on_resubscribed: Callable[[list[str]], None] | None = None
         self.on_state: Callable[[bool], None] | None = None
+        # The server API's control messages (keys.CONTROL), each as it arrives.
+        self.on_control: Callable[[bytes], None] | None = None
         self._auth: asyncio.Future[None] | None = None
         self.last_error: object = "connection lost"  # why the last session ended, for on_state(False)
 
@@ -216,6 +221,9 @@ class RedisBus:
         probe = asyncio.get_running_loop().create_future()
         self._confirm.setdefault(self.probe_channel, []).append(probe)
         self._send(b"SUBSCRIBE", self.probe_channel)
+        control = loop.create_future()
+        self._confirm.setdefault(_CONTROL, []).append(control)
+        self._send(b"SUBSCRIBE", _CONTROL)
         rooms = sorted(self.wanted)
         futs = []
         for room_id in rooms:
@@ -224,7 +232,7 @@ class RedisBus:
             self._confirm.setdefault(channel, []).append(fut)
             futs.append(fut)
             self._send(b"SUBSCRIBE", channel)
-        await asyncio.wait_for(asyncio.gather(probe, *futs), self.subscribe_timeout + len(rooms) * 0.001)
+        await asyncio.wait_for(asyncio.gather(probe, control, *futs), self.subscribe_timeout + len(rooms) * 0.001)
         if not first:
             log.debug("pub/sub reconnected; resubscribed %d rooms", len(rooms))
         if self.on_state is not None:

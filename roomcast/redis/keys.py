@@ -100,3 +100,14 @@ def node(node_id: str) -> str:
 def node_probe(node_id: str) -> str:
     """Pub/sub channel a replica publishes to itself to prove its subscription works."""
     return f"ws:node:{node_id}:probe"
+
+
+# Pub/sub channel every replica subscribes to: the server API's cluster-wide control
+# messages (kick a device's sockets out of a room, close a device's sockets).
+CONTROL = "ws:control"
+
+
+def control_reply(request_id: str) -> str:
+    """Hash (short TTL): how many replicas applied a control message (`replied`) and the
+    sockets they acted on (`n`)."""
+    return f"ws:control:reply:{request_id}"

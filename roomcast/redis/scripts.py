@@ -389,3 +389,87 @@ if freed > 0 and redis.call('HEXISTS', KEYS[1], 'hbytes') == 1 then
 end
 return freed
 """
+
+# ---- the server API: a service (an API key's name) acts on rooms without being a member.
+
+# A room owned by a service: no member, no host, no event (seq 0).
+# ARGV: room_id game_type max_players game_data now created_by password_hash epoch spectator_events
+SVC_CREATE = r"""
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'err', 'conflict'} end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('HSET', KEYS[1], 'room_id', ARGV[1], 'game_type', ARGV[2], 'status', 'waiting',
+  'max_players', ARGV[3], 'game_data', ARGV[4], 'created_at', ARGV[5], 'created_by', ARGV[6],
+  'password_hash', ARGV[7], 'epoch', ARGV[8], 'seq', 0, 'players', 0, 'gd_ver', 0, 'updated_at', ARGV[5],
+  'creator_user', '', 'spectator_events', ARGV[9], 'occupants', 0)
+return {'ok', 0, ARGV[8], '', -1, redis.call('HGETALL', KEYS[1]), {}, {}}
+"""
+
+# The room hash and its members, in one step. Returns {'ok', room pairs, member pairs}.
+ROOM_READ = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'err', 'not_found'} end
+return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+"""
+
+# ARGV: room_id tail now maxlen
+SVC_PUBLISH = PRELUDE + r"""
+local _, err = open_room()
+if err then return {'err', err} end
+return {'ok', emit(ARGV[1], ARGV[2], ARGV[3], ARGV[4])}
+"""
+
+# ARGV: room_id tail now maxlen status('') game_data('') expected_gd_ver max_game_data_bytes
+# Returns {'ok', seq, status before}.
+SVC_UPDATE = PRELUDE + r"""
+local old_status, err = open_room()
+if err then return {'err', err} end
+if ARGV[6] ~= '' then
+  if redis.call('HGET', KEYS[1], 'gd_ver') ~= ARGV[7] then return {'err', 'retry'} end
+  if #ARGV[6] > tonumber(ARGV[8]) then return {'err', 'bad_request'} end
+  redis.call('HSET', KEYS[1], 'game_data', ARGV[6])
+  redis.call('HINCRBY', KEYS[1], 'gd_ver', 1)
+end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[5]) end
+return {'ok', emit(ARGV[1], ARGV[2], ARGV[3], ARGV[4]), old_status}
+"""
+
+# ARGV: room_id tail now maxlen ttl_ms. Returns {'ok', seq, devices that left}.
+SVC_CLOSE = PRELUDE + r"""
+local _, err = open_room()
+if err then return {'err', err} end
+local seq = emit(ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+return {'ok', seq, close_room(ARGV[3], ARGV[5])}
+"""
+
+# A participant leaves with every socket it has there: `participant_left` (reason
+# `kicked`), then, if it was the host of a player-owned room, `host_changed`.
+# ARGV: room_id device now sender maxlen. Returns {'ok', seq of participant_left}.
+KICK = PRELUDE + r"""
+local room_id, device, now, sender, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local _, err = open_room()
+if err then return {'err', err} end
+local v = redis.call('HGET', KEYS[2], device)
+if not v then return {'err', 'not_member'} end
+local r, pst, socks = mparse(v)
+if pst == 'left' then return {'err', 'not_member'} end
+for s in string.gmatch(socks, '[^,]+') do redis.call('SREM', KEYS[3], s) end
+redis.call('HDEL', KEYS[2], device)
+redis.call('HINCRBY', KEYS[1], 'occupants', -1)
+if r ~= 'spectator' then redis.call('HINCRBY', KEYS[1], 'players', -1) end
+local seq = emit(room_id, ptail('participant_left', device, r, 'kicked', sender, now), now, maxlen)
+if r == 'host' then
+  local best, best_rank, best_v
+  local all = redis.call('HGETALL', KEYS[2])
+  for i = 1, #all, 2 do
+    local mr, ms, msock, mu, mj = mparse(all[i + 1])
+    if ms ~= 'left' and mr == 'player' then
+      local rank = (ms == 'active' and 0 or 1e15) + tonumber(mj)
+      if not best_rank or rank < best_rank then best, best_rank, best_v = all[i], rank, {msock, ms, mu, mj} end
+    end
+  end
+  if best then
+    redis.call('HSET', KEYS[2], best, mfmt('host', best_v[2], best_v[1], best_v[3], best_v[4]))
+    emit(room_id, ptail('host_changed', best, 'host', 'host_left', 'null', now), now, maxlen)
+  end
+end
+return {'ok', seq}
+"""

@@ -42,6 +42,7 @@ from roomcast.store.base import (
     JoinResult,
     NewRoom,
     RoomPage,
+    Service,
     fail,
 )
 
@@ -518,6 +519,68 @@ class MemoryStore:
                     self._remove(room, p, "room_closed", None, now_ms)
             closed.append(room.room_id)
         return closed
+
+    # ------------------------------------------------------------ the server API
+
+    async def create_service_room(self, service: Service, room: NewRoom, now_ms: int) -> JoinResult:
+        self._check_game_data(room.game_data)
+        if room.room_id in self.rooms:
+            raise fail(ErrorCode.CONFLICT, f"room {room.room_id!r} already exists")
+        if len(self.rooms) >= self.max_rooms:
+            raise fail(ErrorCode.UNAVAILABLE, f"this gateway holds {self.max_rooms} rooms (MAX_ROOMS); retry later")
+        r = Room(room_id=room.room_id, game_type=room.game_type, status="waiting", max_players=room.max_players,
+                 game_data=room.game_data, created_at=now_ms, created_by=service.created_by,
+                 password_hash=room.password_hash, epoch=new_epoch(), updated_at=now_ms,
+                 spectators_can_send=room.spectators_can_send)
+        self.rooms[r.room_id] = r
+        self.history[r.room_id] = deque()
+        self._index(r)
+        return JoinResult(room=r.wire(), participants=[], seq=0, epoch=r.epoch, role="", recovered=False,
+                          first_kept=1)
+
+    async def room_info(self, room_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        room = self._room(room_id)
+        return room.wire(), room.participants_wire()
+
+    async def service_publish(self, service: Service, room_id: str, tail: bytes, now_ms: int) -> int:
+        return self._emit(self._open_room(room_id), tail, now_ms)
+
+    async def service_update(
+        self, service: Service, room_id: str, status: str | None, patch: dict[str, Any] | None, now_ms: int
+    ) -> int:
+        room = self._open_room(room_id)
+        if patch is not None:
+            new_data = merge_patch.apply(room.game_data, patch)
+            self._check_game_data(new_data)
+            room.game_data = new_data
+        if status is not None:
+            self._set_status(room, status)
+        payload: dict[str, Any] = {}
+        if status is not None:
+            payload["status"] = status
+        if patch is not None:
+            payload["patch"] = patch
+        return self._emit(room, event_tail("state_change", None, payload, service.sender(), now_ms), now_ms)
+
+    async def service_close(self, service: Service, room_id: str, now_ms: int) -> int:
+        room = self._open_room(room_id)
+        seq = self._emit(room, event_tail("room_closed", None, None, service.sender(), now_ms), now_ms)
+        room.status_at_close = room.status
+        self._set_status(room, "closed")
+        room.closed_at = now_ms
+        for p in room.participants.values():
+            if p.status != LEFT:
+                self._remove(room, p, "room_closed", None, now_ms)
+        return seq
+
+    async def kick(self, service: Service, room_id: str, device_id: str, now_ms: int) -> int:
+        room = self._open_room(room_id)
+        p = room.participants.get(device_id)
+        if p is None or p.status == LEFT:
+            raise fail(ErrorCode.NOT_MEMBER, f"device {device_id!r} is not a participant of room {room_id!r}")
+        seq = room.seq + 1  # participant_left is the next event (host_changed may follow)
+        self._remove(room, p, "kicked", service.sender(), now_ms, forget=True)
+        return seq
 
     # ------------------------------------------------------------ room index (list_rooms)
 

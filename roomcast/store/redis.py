@@ -33,6 +33,7 @@ from roomcast.store.base import (
     JoinResult,
     NewRoom,
     RoomPage,
+    Service,
     fail,
 )
 from roomcast.store.redis_codec import _member, _pairs, _room_wire, _s
@@ -118,6 +119,12 @@ class RedisStore:
         self.s_restore = batcher.register(lua.RESTORE)
         self.index = RoomIndex(batcher)  # list_rooms
         self.s_device_token = batcher.register(lua.DEVICE_TOKEN_SET)
+        self.s_svc_create = batcher.register(lua.SVC_CREATE)
+        self.s_room_read = batcher.register(lua.ROOM_READ)
+        self.s_svc_publish = batcher.register(lua.SVC_PUBLISH)
+        self.s_svc_update = batcher.register(lua.SVC_UPDATE)
+        self.s_svc_close = batcher.register(lua.SVC_CLOSE)
+        self.s_kick = batcher.register(lua.KICK)
         # Looks a room up in Postgres (history mode): restore on join, conflict on create.
         self.stored_room: Callable[[str], Awaitable[StoredRoom | None]] | None = None
 
@@ -522,6 +529,106 @@ class RedisStore:
                 await self._reindex(room_id)
                 closed.append(room_id)
         return closed
+
+    # ------------------------------------------------------------ the server API
+
+    async def create_service_room(self, service: Service, room: NewRoom, now_ms: int) -> JoinResult:
+        if self.stored_room is not None and await self._lookup(room.room_id) is not None:
+            raise fail(ErrorCode.CONFLICT, f"room {room.room_id!r} already exists (in history)")
+        data = orjson.dumps(room.game_data)
+        self._check_game_data(data)
+        reserved = await self._reserve(room, now_ms)
+        try:
+            fut = self.b.eval(self.s_svc_create, self.room_keys(room.room_id), [
+                room.room_id, room.game_type, room.max_players, data, now_ms, service.created_by,
+                room.password_hash or "", new_epoch(), "1" if room.spectators_can_send else "0"])
+            self._dirty(room.room_id)
+            reply = _check(await fut)
+        except BaseException:
+            if reserved:
+                await self.b.call(cmd("zrem", keys.ROOMS_ALIVE, room.room_id))
+            raise
+        b = self.b
+        index = b.call(cmd("zadd", keys.ROOM_INDEX, {room.room_id: now_ms}))
+        if room.password_hash is None:
+            b.call(cmd("zadd", keys.rooms_by_status_game("waiting", room.game_type), {room.room_id: now_ms}))
+            index = b.call(cmd("zadd", keys.rooms_by_status("waiting"), {room.room_id: now_ms}))
+        await index
+        return self._join_result(reply)
+
+    async def room_info(self, room_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        reply = _check(await self.b.eval(self.s_room_read, self.room_keys(room_id), []))
+        members = _pairs(reply[2])
+        return _room_wire(_pairs(reply[1])), [
+            _member(d, v) for d, v in members.items() if v.split("|")[1] != LEFT]
+
+    async def service_publish(self, service: Service, room_id: str, tail: bytes, now_ms: int) -> int:
+        fut = self.b.eval(self.s_svc_publish, self.room_keys(room_id), [room_id, tail, now_ms, self.history])
+        self._dirty(room_id)
+        return int(_check(await fut)[1])
+
+    async def service_update(
+        self, service: Service, room_id: str, status: str | None, patch: dict[str, Any] | None, now_ms: int
+    ) -> int:
+        payload: dict[str, Any] = {}
+        if status is not None:
+            payload["status"] = status
+        if patch is not None:
+            payload["patch"] = patch
+        tail = event_tail("state_change", None, payload, service.sender(), now_ms)
+        for _ in range(16):
+            data, ver = b"", b""
+            if patch is not None:
+                gd, ver_raw = await self.b.call(cmd("hmget", keys.room(room_id), "game_data", "gd_ver"))
+                if gd is None:
+                    raise fail(ErrorCode.NOT_FOUND, "no such room")
+                data = orjson.dumps(merge_patch.apply(orjson.loads(gd), patch))
+                ver = ver_raw
+            try:
+                fut = self.b.eval(self.s_svc_update, self.room_keys(room_id), [
+                    room_id, tail, now_ms, self.history, status or "", data, ver, self.max_game_data_bytes])
+                self._dirty(room_id)
+                reply = _check(await fut)
+                if status is not None and _s(reply[2]) != status:
+                    await self._reindex(room_id)
+            except _Retry:
+                continue  # another update won the race: re-read and re-apply
+            except GatewayError as exc:
+                if exc.code is ErrorCode.BAD_REQUEST:
+                    self._check_game_data(data)
+                raise
+            return int(reply[1])
+        raise fail(ErrorCode.UNAVAILABLE, "room is being updated concurrently; retry")
+
+    async def service_close(self, service: Service, room_id: str, now_ms: int) -> int:
+        tail = event_tail("room_closed", None, None, service.sender(), now_ms)
+        fut = self.b.eval(self.s_svc_close, self.room_keys(room_id), [
+            room_id, tail, now_ms, self.history, self.room_ttl_ms])
+        self._dirty(room_id)
+        reply = _check(await fut)
+        self._closed(room_id, now_ms)
+        writes = []
+        for dev in reply[2]:
+            d = _s(dev)
+            writes.append(self.b.call(cmd("srem", keys.device_rooms(d), room_id)))
+            writes.append(self.b.call(cmd("zrem", keys.DISCONNECTED, f"{room_id}|{d}")))
+        await asyncio.gather(*writes, self._reindex(room_id))
+        return int(reply[1])
+
+    async def kick(self, service: Service, room_id: str, device_id: str, now_ms: int) -> int:
+        fut = self.b.eval(self.s_kick, self.room_keys(room_id), [
+            room_id, device_id, now_ms, orjson.dumps(service.sender()), self.history])
+        self._dirty(room_id)
+        try:
+            reply = _check(await fut)
+        except GatewayError as exc:
+            if exc.code is ErrorCode.NOT_MEMBER:
+                raise fail(ErrorCode.NOT_MEMBER, f"device {device_id!r} is not a participant of room {room_id!r}") from None
+            raise
+        b = self.b
+        b.call(cmd("srem", keys.device_rooms(device_id), room_id))
+        await b.call(cmd("zrem", keys.DISCONNECTED, f"{room_id}|{device_id}"))
+        return int(reply[1])
 
     # ------------------------------------------------------------ room index (list_rooms)
 

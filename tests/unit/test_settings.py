@@ -179,6 +179,11 @@ PARSED: list[tuple[str, str, str, Any]] = [
     ("PERSONAL_DATA_RETENTION_DAYS", "30", "personal_data_retention_days", 30),
     ("LOG_LEVEL", "debug", "log_level", "DEBUG"),
     ("LOG_LEVEL", " Warning ", "log_level", "WARNING"),
+    ("API_PORT", "9100", "api_port", 9100),
+    ("SERVER_API_KEYS", "quiz=0123456789abcdef, ops=fedcba9876543210", "server_api_keys",
+     ("quiz=0123456789abcdef", "ops=fedcba9876543210")),
+    ("SERVER_API_KEYS_FILE", "/run/secrets/api-keys", "server_api_keys_file", "/run/secrets/api-keys"),
+    ("API_RATE", "50", "api_rate", 50.0),
 ]
 
 
@@ -242,6 +247,8 @@ BAD: list[tuple[str, str]] = [
     ("NODE_TTL", "999"),
     ("COORDINATOR_LEASE_TTL", "0"),
     ("LOG_LEVEL", "TRACE"),
+    ("API_PORT", "70000"),
+    ("API_RATE", "0"),
     ("LOG_LEVEL", ""),
 ]
 
@@ -424,3 +431,20 @@ def test_gateway_and_coordinator_help_say_ms() -> None:
                              timeout=30, check=True).stdout
         assert "every duration is in milliseconds" in out, command
         assert re.search(r"^  \w+ \(default \d+ ms\)$", out, re.MULTILINE), command
+
+
+@pytest.mark.parametrize("raw", ["nameonly", "quiz=short", "bad name=0123456789abcdef",
+                                 "a=0123456789abcdef,a=fedcba9876543210"])
+def test_bad_api_keys_are_refused(raw: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.load({"SERVER_API_KEYS": raw})
+    assert info.value.var == "SERVER_API_KEYS" and raw not in str(info.value)
+
+
+def test_api_key_secrets_are_never_shown() -> None:
+    """A bad SERVER_API_KEYS is reported without its secrets, and settings never print them."""
+    with pytest.raises(SettingsError) as info:
+        Settings.load({"SERVER_API_KEYS": "quiz=0123456789abcdef,bad=short-secret"})
+    assert "0123456789abcdef" not in str(info.value) and "short-secret" not in str(info.value)
+    settings = Settings.load({"SERVER_API_KEYS": "quiz=0123456789abcdef"})
+    assert "0123456789abcdef" not in repr(settings)

@@ -43,6 +43,7 @@ from roomcast.store.base import (
     NewRoom,
     RoomOwner,
     RoomStore,
+    Service,
 )
 from roomcast.store.memory import MemoryStore
 from roomcast.store.redis import RedisStore
@@ -1302,3 +1303,105 @@ async def test_rooms_count_against_their_owners_while_they_exist(store: RoomStor
     await store.create_room(P1, NewRoom("r-b1", "t", 4, {}, None, owners=(other,)), T0)  # another owner
     await store.close_room(HOST, "r-a1", T0)  # closed but kept: still counts
     await refused(ErrorCode.FORBIDDEN, store.create_room(HOST, NewRoom("r-a3", "t", 4, {}, None, owners=(owner,)), T0))
+
+
+# ---------------------------------------------------------------- the server API (a service)
+
+SVC = Service("quizmaster")
+
+
+async def service_room(store: RoomStore, log: EventLog, room_id: str = ROOM, max_players: int = 2,
+                       now: int = T0) -> JoinResult:
+    await log.watch(room_id)
+    return await store.create_service_room(SVC, NewRoom(room_id, "quiz", max_players, {"round": 0}, None), now)
+
+
+async def test_a_service_room_has_no_member_no_host_and_no_event(store: RoomStore, log: EventLog) -> None:
+    result = await service_room(store, log)
+    assert result.room == {
+        "room_id": ROOM, "game_type": "quiz", "status": "waiting", "max_players": 2, "current_players": 0,
+        "game_data": {"round": 0}, "created_at": T0, "created_by": "service:quizmaster", "seq": 0,
+    }
+    assert result.participants == [] and result.seq == 0 and result.epoch
+    assert await log.events() == []
+    await refused(ErrorCode.CONFLICT, service_room(store, log))
+    await hello(store, HOST)
+    await refused(ErrorCode.CONFLICT, store.create_room(HOST, NewRoom(ROOM, "x", 2, {}, None), T0))
+    assert await store.room_info(ROOM) == (result.room, [])
+    await refused(ErrorCode.NOT_FOUND, store.room_info("nope"))
+
+
+async def test_the_service_holds_no_seat(store: RoomStore, log: EventLog) -> None:
+    await service_room(store, log, max_players=2)
+    await hello(store, P1, P2, P3, SPEC)
+    await join(store, P1)
+    await join(store, P2)
+    await refused(ErrorCode.ROOM_FULL, join(store, P3))
+    await join(store, SPEC, role="spectator")
+    room, participants = await store.room_info(ROOM)
+    assert room["current_players"] == 2 and room["seq"] == 3
+    assert [(p["device_id"], p["role"]) for p in participants] == [
+        (P1.device_id, "player"), (P2.device_id, "player"), (SPEC.device_id, "spectator")]
+
+
+async def test_service_publish_update_close_come_from_the_service(store: RoomStore, log: EventLog) -> None:
+    await service_room(store, log)
+    await hello(store, P1)
+    await join(store, P1)
+    tail = protocol.event_tail("question", "ask", {"q": 1}, SVC.sender(), T0 + 1)
+    assert await store.service_publish(SVC, ROOM, tail, T0 + 1) == 2
+    ev = await log.last()
+    assert (ev["event_type"], ev["action"], ev["payload"]) == ("question", "ask", {"q": 1})
+    assert ev["from"] == {"service": "quizmaster", "socket_id": None, "device_id": None, "user_id": None}
+    # A player cannot change a service room (it has no host), the service can.
+    await refused(ErrorCode.FORBIDDEN, store.update_room(P1, ROOM, "in_progress", None, T0 + 2))
+    assert await store.service_update(SVC, ROOM, "in_progress", {"round": 1}, T0 + 2) == 3
+    ev = await log.last()
+    assert ev["event_type"] == "state_change" and ev["payload"] == {"status": "in_progress", "patch": {"round": 1}}
+    assert ev["from"] == SVC.sender()
+    room, _ = await store.room_info(ROOM)
+    assert (room["status"], room["game_data"]) == ("in_progress", {"round": 1})
+    await refused(ErrorCode.BAD_REQUEST, store.service_update(SVC, ROOM, None, {"x": "y" * MAX_GAME_DATA_BYTES}, T0))
+    assert await store.service_close(SVC, ROOM, T0 + 3) == 4
+    assert (await log.last())["event_type"] == "room_closed"
+    room, participants = await store.room_info(ROOM)
+    assert room["status"] == "closed" and participants == []
+    await refused(ErrorCode.ROOM_CLOSED, store.service_publish(SVC, ROOM, tail, T0 + 4))
+    await refused(ErrorCode.ROOM_CLOSED, store.service_close(SVC, ROOM, T0 + 4))
+    await refused(ErrorCode.NOT_FOUND, store.service_publish(SVC, "nope", tail, T0 + 4))
+    assert await store.device_room_count(P1.device_id) == 0
+
+
+async def test_kick_removes_every_socket_and_never_hands_a_service_room_a_host(
+        store: RoomStore, log: EventLog) -> None:
+    await service_room(store, log, max_players=3)
+    p1b = person("p1", socket=2)
+    await hello(store, P1, p1b, P2)
+    await join(store, P1)
+    await join(store, p1b)
+    await join(store, P2)
+    seq = await store.kick(SVC, ROOM, P1.device_id, T0 + 1)
+    ev = await log.last()
+    assert ev["seq"] == seq and ev["event_type"] == "participant_left"
+    assert ev["payload"] == {"device_id": P1.device_id, "role": "player", "reason": "kicked"}
+    assert ev["from"] == SVC.sender()
+    for sock in (P1, p1b):  # both of its sockets are out
+        await refused(ErrorCode.NOT_MEMBER, publish(store, sock))
+    await refused(ErrorCode.NOT_MEMBER, store.kick(SVC, ROOM, P1.device_id, T0 + 2))
+    assert await store.device_room_count(P1.device_id) == 0
+    await store.kick(SVC, ROOM, P2.device_id, T0 + 2)
+    assert "host_changed" not in await log.types()
+    room, participants = await store.room_info(ROOM)
+    assert participants == [] and room["current_players"] == 0
+    await join(store, P1)  # a kicked device may come back (the backend decides: disconnect, webhooks)
+
+
+async def test_kicking_a_player_rooms_host_hands_the_room_over(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1)
+    await join(store, P1)
+    seq = await store.kick(SVC, ROOM, HOST.device_id, T0 + 1)
+    events = await log.events(after=seq - 1)
+    assert [(e["event_type"], e["payload"]["device_id"]) for e in events] == [
+        ("participant_left", HOST.device_id), ("host_changed", P1.device_id)]
+    assert events[0]["payload"]["reason"] == "kicked"
