@@ -6,12 +6,9 @@ which is the same contract the Redis scripts give a cluster.
 
 from __future__ import annotations
 
-import bisect
-import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +17,7 @@ import orjson
 from roomcast import merge_patch
 from roomcast.bus.memory import MemoryBus
 from roomcast.errors import ErrorCode
-from roomcast.protocol import ROOM_STATUSES, event_frame, event_tail
+from roomcast.protocol import event_frame, event_tail
 from roomcast.room import (
     ACTIVE,
     DISCONNECTED,
@@ -45,6 +42,7 @@ from roomcast.store.base import (
     Service,
     fail,
 )
+from roomcast.store.memory_index import MemoryRoomIndex
 
 # What one kept event costs beyond its frame: the bytes object, its tuple and deque slot.
 EVENT_OVERHEAD = 128
@@ -110,10 +108,8 @@ class MemoryStore:
         self.devices: dict[str, DeviceRecord] = {}
         self.sockets: dict[str, SocketRecord] = {}
         self.disconnected_since: dict[tuple[str, str], int] = {}  # (room, device) -> ms
-        # list_rooms indexes of public rooms: sorted (created_at, room_id) per status, and
-        # per (status, game_type).
-        self._by_status: dict[str, list[tuple[int, str]]] = {}
-        self._by_status_game: dict[tuple[str, str], list[tuple[int, str]]] = {}
+        # list_rooms indexes of public rooms (roomcast.store.memory_index)
+        self.index = MemoryRoomIndex()
         self.device_tokens: dict[str, tuple[str, int]] = {}  # device -> (token hash, expires at ms)
         # Kept history is bounded per room (count and bytes) and in total: `kept_order` has
         # every kept event in the order it was kept, so the oldest of all can go first.
@@ -584,54 +580,22 @@ class MemoryStore:
 
     # ------------------------------------------------------------ room index (list_rooms)
 
-    def _index_keys(self, room: Room) -> tuple[str, tuple[str, str]]:
-        return room.status, (room.status, room.game_type)
-
     def _index(self, room: Room) -> None:
-        """Put a public room in the indexes of its status (and game type)."""
-        if room.password_hash is not None:
-            return
-        entry = (room.created_at, room.room_id)
-        by_status, by_game = self._index_keys(room)
-        bisect.insort(self._by_status.setdefault(by_status, []), entry)
-        bisect.insort(self._by_status_game.setdefault(by_game, []), entry)
+        self.index.add(room)
 
     def _unindex(self, room: Room) -> None:
-        if room.password_hash is not None:
-            return
-        entry = (room.created_at, room.room_id)
-        by_status, by_game = self._index_keys(room)
-        if _drop_entry(self._by_status.get(by_status), entry):
-            del self._by_status[by_status]
-        if _drop_entry(self._by_status_game.get(by_game), entry):
-            del self._by_status_game[by_game]
+        self.index.remove(room)
 
     def _set_status(self, room: Room, status: str) -> None:
         if status != room.status:
-            self._unindex(room)
+            self.index.remove(room)
             room.status = status
-            self._index(room)
+            self.index.add(room)
 
     async def list_rooms(
         self, game_type: str | None, status: str | None, limit: int, after: tuple[int, str] | None = None
     ) -> RoomPage:
-        statuses = [status] if status is not None else [s for s in ROOM_STATUSES if s != "closed"]
-        lists = [self._by_status.get(s, []) if game_type is None else self._by_status_game.get((s, game_type), [])
-                 for s in statuses]
-
-        def newest_first(entries: list[tuple[int, str]]) -> Iterator[tuple[int, str]]:
-            end = len(entries) if after is None else bisect.bisect_left(entries, after)
-            for i in range(end - 1, -1, -1):
-                yield entries[i]
-
-        out: list[dict[str, Any]] = []
-        last = None
-        for entry in heapq.merge(*(newest_first(e) for e in lists), reverse=True):
-            if len(out) >= limit:
-                return RoomPage(out, last)
-            out.append(self.rooms[entry[1]].wire())
-            last = entry
-        return RoomPage(out, None)
+        return self.index.page(self.rooms, game_type, status, limit, after)
 
     # ------------------------------------------------------------ upkeep
 
@@ -663,13 +627,3 @@ class MemoryStore:
         for device_id, dev in list(self.devices.items()):
             if not dev.sockets and not dev.rooms and now_ms - dev.last_disconnect_ms >= self.connection_ttl_ms:
                 del self.devices[device_id]
-
-
-def _drop_entry(entries: list[tuple[int, str]] | None, entry: tuple[int, str]) -> bool:
-    """Remove `entry` from a sorted index list; True if the list is now empty."""
-    if entries is None:
-        return False
-    i = bisect.bisect_left(entries, entry)
-    if i < len(entries) and entries[i] == entry:
-        del entries[i]
-    return not entries

@@ -36,44 +36,14 @@ from roomcast.store.base import (
     Service,
     fail,
 )
-from roomcast.store.redis_codec import _member, _pairs, _room_wire, _s
+from roomcast.store.redis_codec import _check, _member, _pairs, _Retry, _room_wire, _s
 from roomcast.store.redis_index import RoomIndex
 
 LIFECYCLE = keys.LIFECYCLE
 log = logging.getLogger("roomcast.store")
-_ERRORS = {c.value: c for c in ErrorCode}
 # A room owner's index (keys.owned) outlives its last room creation by this much; rooms it
 # lists that no longer exist are dropped from it when the owner reaches its limit.
 OWNED_TTL_MS = 7 * 86_400_000
-
-
-def _check(reply: Any) -> list[Any]:
-    """Turn a script's {'err', code} reply into a GatewayError."""
-    if not isinstance(reply, list) or not reply:
-        raise GatewayError(ErrorCode.INTERNAL, "unexpected reply from redis")
-    if _s(reply[0]) == "err":
-        code = _s(reply[1])
-        if code == "retry":
-            raise _Retry()
-        if code == "forbidden_spectator":
-            raise GatewayError(ErrorCode.FORBIDDEN, _MESSAGES[code])
-        raise GatewayError(_ERRORS.get(code, ErrorCode.INTERNAL), _MESSAGES.get(code, code))
-    return reply
-
-
-class _Retry(Exception):
-    pass
-
-
-_MESSAGES = {
-    "forbidden_spectator": "spectators may not send events in this room",
-    "not_found": "no such room",
-    "room_closed": "the room is closed",
-    "room_full": "the room is full",
-    "conflict": "a room with this id already exists",
-    "not_member": "not a member of this room",
-    "forbidden": "only the host may do this",
-}
 
 
 class RedisStore:
