@@ -554,7 +554,7 @@ class Node:
     async def _event(self, session: Session, msg: p.Event) -> None:
         caller = self._local_member(session, msg.room_id)
         tail = p.event_tail(msg.event_type, msg.action, msg.payload, caller.sender(), now_ms())
-        seq = await self.store.publish(caller, msg.room_id, tail, now_ms())
+        seq = await self.store.publish(caller, msg.room_id, tail, now_ms(), msg.idempotency_key)
         self.reply(session, "ack", {"type": "ack", "re": msg.id, "seq": seq})
 
     async def _update_room(self, session: Session, msg: p.UpdateRoom) -> None:

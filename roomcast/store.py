@@ -187,8 +187,16 @@ class RoomStore(Protocol):
         with its last joined socket. `not_member` if this socket has not joined the room."""
         ...
 
-    async def publish(self, caller: Caller, room_id: str, tail: bytes, now_ms: int) -> int:
-        """Append a client event (tail from `protocol.event_tail`) and return its seq."""
+    async def publish(self, caller: Caller, room_id: str, tail: bytes, now_ms: int,
+                      idempotency_key: str | None = None) -> int:
+        """Append a client event (tail from `protocol.event_tail`) and return its seq.
+
+        With `idempotency_key`: if the same key was used in this room within
+        IDEMPOTENCY_WINDOW (by anyone, on any replica), return that event's seq and append
+        nothing. The check is part of the same atomic step that gives the seq (design
+        invariant 11); a refused publish (not a member, closed room) notes no key. A room
+        remembers at most IDEMPOTENCY_KEYS_PER_ROOM keys (the newest); its keys are forgotten
+        when it closes."""
         ...
 
     async def update_room(

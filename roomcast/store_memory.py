@@ -80,8 +80,14 @@ class MemoryStore:
         history_bytes: int = 131_072,
         history_bytes_total: int = 134_217_728,
         max_rooms: int = 10_000,
+        idempotency_window_ms: int = 600_000,
+        idempotency_max_keys: int = 10_000,
     ) -> None:
         self.bus = bus
+        # Idempotency keys per room: key -> (seq, first use ms), oldest first (see _emit_once).
+        self.idempotency_window_ms = idempotency_window_ms
+        self.idempotency_max_keys = idempotency_max_keys
+        self.idem: dict[str, dict[str, tuple[int, int]]] = {}
         self.max_participants = max_participants
         # History mode (embedded gateway with DATABASE_URL): every event and lifecycle
         # record also waits in an outbox until the in-process flusher has written it.
@@ -127,6 +133,28 @@ class MemoryStore:
         self.bus.publish(room.room_id, room.seq, frame)
         return room.seq
 
+    def _emit_once(self, room: Room, tail: bytes, now_ms: int, key: str | None) -> int:
+        """`_emit`, unless `key` was used in this room within the window: then its first seq.
+        The same rules as emit_once in redis_scripts (expiry by time, at most
+        `idempotency_max_keys` per room, the oldest going first)."""
+        if key is None:
+            return self._emit(room, tail, now_ms)
+        keys = self.idem.setdefault(room.room_id, {})
+        cutoff = now_ms - self.idempotency_window_ms
+        seen = keys.get(key)
+        if seen is not None and seen[1] > cutoff:
+            return seen[0]
+        seq = self._emit(room, tail, now_ms)
+        keys.pop(key, None)  # re-inserted last: the dict stays in order of first use
+        for old, (_, at) in list(itertools.islice(keys.items(), 8)):
+            if at > cutoff:
+                break
+            del keys[old]
+        while len(keys) >= self.idempotency_max_keys:
+            del keys[next(iter(keys))]
+        keys[key] = (seq, now_ms)
+        return seq
+
     def _keep(self, room_id: str, seq: int, frame: bytes) -> None:
         """Keep an event for replay, then drop the oldest beyond the room's and the total bounds."""
         kept = self.history[room_id]
@@ -157,6 +185,7 @@ class MemoryStore:
     def _forget(self, room_id: str) -> None:
         """A room's state is deleted: its kept history no longer counts."""
         kept = self.history.pop(room_id, None)
+        self.idem.pop(room_id, None)
         self.kept_total -= self.kept_bytes.pop(room_id, 0)
         self.kept_count -= len(kept) if kept is not None else 0
 
@@ -416,11 +445,12 @@ class MemoryStore:
                     heir.role = HOST
                     self._participant_event(room, "host_changed", heir, "host_left", None, now_ms)
 
-    async def publish(self, caller: Caller, room_id: str, tail: bytes, now_ms: int) -> int:
+    async def publish(self, caller: Caller, room_id: str, tail: bytes, now_ms: int,
+                      idempotency_key: str | None = None) -> int:
         room = self._open_room(room_id)
         if self._member(room, caller).role == SPECTATOR and not room.spectators_can_send:
             raise fail(ErrorCode.FORBIDDEN, "spectators may not send events in this room")
-        return self._emit(room, tail, now_ms)
+        return self._emit_once(room, tail, now_ms, idempotency_key)
 
     async def device_room_count(self, device_id: str, other_than: str | None = None) -> int:
         dev = self.devices.get(device_id)
@@ -482,6 +512,7 @@ class MemoryStore:
         room = self._open_room(room_id)
         self._host(room, caller)
         seq = self._emit(room, event_tail("room_closed", None, None, caller.sender(), now_ms), now_ms)
+        self.idem.pop(room_id, None)  # no event follows: no key to remember
         room.status_at_close = room.status
         self._set_status(room, "closed")
         room.closed_at = now_ms
@@ -500,6 +531,7 @@ class MemoryStore:
             if any(p.status == ACTIVE for p in room.participants.values()):
                 continue  # members online: a quiet lobby, not an abandoned room
             self._emit(room, event_tail("room_closed", None, {"reason": "abandoned"}, None, now_ms), now_ms)
+            self.idem.pop(room.room_id, None)
             room.status_at_close = room.status
             self._set_status(room, "closed")
             room.closed_at = now_ms
@@ -580,6 +612,9 @@ class MemoryStore:
         for sid, sock in list(self.sockets.items()):
             if sock.ended_at is not None and now_ms - sock.ended_at >= self.connection_ttl_ms:
                 del self.sockets[sid]
+        for room_id, used in list(self.idem.items()):
+            if not used or next(reversed(used.values()))[1] <= now_ms - self.idempotency_window_ms:
+                del self.idem[room_id]  # its newest key has expired: so have all the others
         for key, mine in list(self.owned.items()):
             mine.intersection_update(self.rooms)
             if not mine:
