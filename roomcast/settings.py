@@ -164,7 +164,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("history_bytes_total", "HISTORY_MAX_BYTES_TOTAL", _int(1_048_576, 1 << 40), 134_217_728, "Embedded gateway: bytes of kept history over all rooms (frames + 128 per event); beyond, the oldest events of any room go first. (Cluster: ROOM_HISTORY_MAX_BYTES x MAX_ROOMS.)", None),
     Spec("max_rooms", "MAX_ROOMS", _int(1, 10_000_000), 10_000, "Rooms that may exist at once (open, or closed and kept for WEBSOCKET_ROOM_TTL): per embedded gateway, per Redis in cluster mode. Beyond: `unavailable`.", None),
     Spec("idempotency_window_ms", "IDEMPOTENCY_WINDOW", _int(1000, 86_400_000, MS), 600_000, "An `event` (or API publish) whose `idempotency_key` was used in the same room within this window is not applied again: it gets the first seq.", None),
-    Spec("idempotency_max_keys", "IDEMPOTENCY_KEYS_PER_ROOM", _int(1, 1_000_000), 10_000, "Most idempotency keys a room remembers (the newest; about 250 bytes each in Redis, see docs/protocol.md); at high rates this, not IDEMPOTENCY_WINDOW, bounds how far back a resend is recognised.", None),
+    Spec("idempotency_max_keys", "IDEMPOTENCY_KEYS_PER_ROOM", _int(1, 1_000_000), 1000, "Most idempotency keys a room remembers, the newest (about 300 bytes each, in Redis or in memory: 300 KB per room at the cap); at high rates this, not IDEMPOTENCY_WINDOW, bounds how long a resend is recognised (1000 keys at 10 keyed events/s: 100 s).", None),
     Spec("max_game_data_bytes", "MAX_GAME_DATA_BYTES", _int(2, 1_048_576), 32_768, "Largest encoded game_data a room may hold (after a patch too).", None),
     Spec("default_max_players", "DEFAULT_MAX_PLAYERS", _int(1, 10_000), 16, "max_players of a room created without one.", None),
     Spec("participant_prune_ms", "PARTICIPANT_PRUNE_AFTER", _int(1000, 30 * 86_400_000, MS), 300_000, "A disconnected participant is removed (`participant_left`, reason `pruned`) after this.", None),
@@ -251,7 +251,7 @@ class Settings:
     history_bytes_total: int = 134_217_728
     max_rooms: int = 10_000
     idempotency_window_ms: int = 600_000
-    idempotency_max_keys: int = 10_000
+    idempotency_max_keys: int = 1000
     max_game_data_bytes: int = 32_768
     default_max_players: int = 16
     participant_prune_ms: int = 300_000

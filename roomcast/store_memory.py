@@ -81,7 +81,7 @@ class MemoryStore:
         history_bytes_total: int = 134_217_728,
         max_rooms: int = 10_000,
         idempotency_window_ms: int = 600_000,
-        idempotency_max_keys: int = 10_000,
+        idempotency_max_keys: int = 1000,
     ) -> None:
         self.bus = bus
         # Idempotency keys per room: key -> (seq, first use ms), oldest first (see _emit_once).

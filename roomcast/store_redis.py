@@ -118,7 +118,7 @@ class RedisStore:
         max_rooms: int = 10_000,
         closed_room_ttl_ms: int | None = None,
         idempotency_window_ms: int = 600_000,
-        idempotency_max_keys: int = 10_000,
+        idempotency_max_keys: int = 1000,
     ) -> None:
         self.b = batcher
         # Idempotency keys of a room (emit_once in redis_scripts): how long, and how many.
