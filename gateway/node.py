@@ -38,6 +38,7 @@ from . import auth, passwords
 from .hub import Hub
 from .metrics import Metrics
 from .session import Session
+from .webhooks import Webhooks
 
 log = logging.getLogger("roomcast.node")
 
@@ -73,6 +74,10 @@ class Node:
             store, settings.device_token_secret, settings.require_device_token, settings.device_token_ttl_ms)
         self.privacy = Privacy(settings.privacy_hash_key, settings.privacy_encryption_keys, settings.ip_storage,
                                settings.user_agent_storage, persistent=settings.database_url is not None)
+        # Backend webhooks (BACKEND_CONNECT_URL, BACKEND_JOIN_URL), if configured.
+        self.webhooks = None if not (settings.backend_connect_url or settings.backend_join_url) else Webhooks(
+            settings.backend_connect_url, settings.backend_join_url, settings.backend_webhook_secret,
+            settings.backend_timeout_ms, metrics, settings.node_id)
         self.store = store
         self.bus = bus
         self.presence = presence
@@ -276,6 +281,16 @@ class Node:
         if await self.limited("connect_device", device_id, s.connect_rate_per_device, 10):
             session.close(CloseCode.RATE_LIMITED, "this device connects too often")
             return
+        if self.webhooks is not None:
+            # The backend's word, after our own checks (a refused one never reaches it): it may
+            # refuse (`unauthorized`), set the user id; no answer in time is `unavailable`.
+            verdict = await self.webhooks.connect({
+                "event": "connect", "device_id": device_id, "user_id": user_id, "room_id": None, "role": None,
+                "socket_id": session.socket_id, "node": s.node_id, "ip": session.ip, "metadata": msg.metadata})
+            if verdict.user_id is not None:
+                user_id = verdict.user_id
+            if session.closing:
+                return
         caller = Caller(session.socket_id, device_id, user_id)
         # Reduce what we keep about the connection before it leaves this process.
         try:
@@ -348,6 +363,11 @@ class Node:
         if wait:
             raise GatewayError(ErrorCode.RATE_LIMITED, "creating rooms too fast", retry_after_ms=wait)
         await self._check_device_rooms(caller.device_id)
+        if self.webhooks is not None:
+            await self.webhooks.join({
+                "event": "create_room", "device_id": caller.device_id, "user_id": caller.user_id,
+                "room_id": msg.room_id, "role": "host", "socket_id": caller.socket_id, "node": s.node_id,
+                "game_type": msg.game_type, "max_players": msg.max_players, "has_password": msg.password is not None})
         # Rooms that still exist, per client address and per user (anonymous: per device).
         owners: tuple[RoomOwner, ...] = (RoomOwner(self._bucket("rooms_user", caller.user_id or "device:" + caller.device_id),
                             s.max_rooms_per_user, "user" if caller.user_id else "device"),)
@@ -396,9 +416,16 @@ class Node:
             if msg.password is None:
                 raise GatewayError(ErrorCode.FORBIDDEN, "this room needs a password")
             await self._check_password(caller.device_id, room_id, msg.password, stored)
+        role = msg.role
+        if self.webhooks is not None:
+            # Every join asks, resumes included (the backend may have revoked access meanwhile).
+            verdict = await self.webhooks.join({
+                "event": "join", "device_id": caller.device_id, "user_id": caller.user_id, "room_id": room_id,
+                "role": msg.role, "socket_id": caller.socket_id, "node": s.node_id, "since": msg.since})
+            role = verdict.role or role
         await self.hub.begin_join(room_id, session)
         try:
-            result = await self.store.join(caller, room_id, msg.role, msg.since, msg.epoch, now_ms())
+            result = await self.store.join(caller, room_id, role, msg.since, msg.epoch, now_ms())
         except BaseException:
             if room_id not in session.rooms:
                 await self.hub.abort_join(room_id, session)
@@ -722,6 +749,8 @@ class Node:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         with contextlib.suppress(GatewayError):
             await self.presence.flush()  # what we owe the backend
+        if self.webhooks is not None:
+            await self.webhooks.close()
         self.metrics.drain_remaining.set(0)
 
 

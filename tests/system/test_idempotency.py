@@ -36,7 +36,7 @@ async def answers_upto(client: Client, room: str, seq: int) -> list[dict[str, An
     `seq`, once that one has arrived, in arrival order; plus any that came after it."""
     last = await client.expect(type="event", room_id=room, seq=seq)
     rest = await client.drain(0.3 * UNIT)
-    return sorted(answers(rest, room) + [last], key=lambda e: e["seq"])
+    return sorted([*answers(rest, room), last], key=lambda e: e["seq"])
 
 
 @pytest.mark.parametrize("mode", ["cluster", "embedded"])
