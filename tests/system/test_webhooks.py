@@ -63,7 +63,7 @@ def backend_server() -> Iterator[tuple[Backend, str]]:
             with backend.lock:
                 backend.connections += 1
 
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with backend.lock:
                 backend.calls.append((self.path, body, self.headers.get("Authorization")))
@@ -74,7 +74,7 @@ def backend_server() -> Iterator[tuple[Backend, str]]:
             self.end_headers()
             self.wfile.write(reply)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             return None
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
