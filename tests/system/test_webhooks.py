@@ -26,6 +26,7 @@ class Backend:
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any], str | None]] = []  # (path, body, Authorization)
         self.connections = 0
+        self.flaky_calls = 0
         self.release = threading.Event()  # lets a "slow" answer go (at teardown)
         self.lock = threading.Lock()
 
@@ -36,6 +37,11 @@ class Backend:
             return 200, b'{"allow": true}'
         if "broken" in device:
             return 500, b"oops"
+        if "flaky" in device:
+            with self.lock:
+                self.flaky_calls += 1
+                if self.flaky_calls <= 2:
+                    return 503, b"busy"  # the first two hellos: the backend is not up yet
         if "garbled" in device:
             return 200, b'{"allowed": "yes"}'
         if path == "/connect":
@@ -219,3 +225,18 @@ async def test_an_unreachable_backend_fails_closed() -> None:
             reply = await c.request({"type": "hello", "device_id": unique("dev-any")})
             assert reply["type"] == "error" and reply["code"] == "unavailable", reply
         assert gw.metrics()['roomcast_webhook_calls_total{hook="connect",outcome="error"}'] == 1
+
+
+async def test_clients_retry_a_hello_the_backend_could_not_decide() -> None:
+    """roomcast_client gets `unavailable` twice (the backend answers 503), gives those sockets
+    up and connects with backoff instead of stopping: the third hello is welcomed."""
+    from roomcast_client import RoomcastClient
+
+    with hooked_gateway(join=False) as (gw, backend):
+        client = RoomcastClient([gw.url], device_id=unique("dev-flaky"), backoff=(0.05 * UNIT, 0.2 * UNIT))
+        try:
+            welcome = await client.connect(timeout=10 * UNIT)
+            assert welcome["type"] == "welcome" and client.state == "open"
+        finally:
+            await client.close()
+        assert backend.flaky_calls == 3

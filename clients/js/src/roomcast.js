@@ -1332,6 +1332,10 @@ export class RoomcastClient extends Emitter {
         if (gen !== this._gen || this._stopped) return;
         if (err.code === "rate_limited") {
           setTimeout(() => gen === this._gen && this._ws && this._sendHello(gen), err.retryAfterMs ?? 1000);
+        } else if (err.code === "unavailable") {
+          // The gateway's backend (Redis, or the game backend's connect webhook) cannot decide
+          // now: a new socket after the usual backoff, not a refusal.
+          this._giveUp(`hello not answered for now: ${err.message}`);
         } else if (err.code !== "disconnected") this._fatal(err);
       },
       onReply: (/** @type {any} */ m) => m,
