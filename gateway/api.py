@@ -275,9 +275,11 @@ class Api:
             raise HttpError(400, ErrorCode.BAD_REQUEST, f"`event_type` {event_type!r} is reserved for the server")
         action = f.string("action", required=False, max_len=p.MAX_ACTION)
         payload = f.json_object("payload")
+        key = f.pattern("idempotency_key", p.IDEMPOTENCY_KEY_RE, "1-64 characters of [A-Za-z0-9_-]", required=False)
         now = now_ms()
         tail = p.event_tail(event_type, action, payload, call.service.sender(), now)
-        seq = await self.node.store.service_publish(call.service, room_id, tail, now)
+        # The key is decided in the step that gives the seq (as a client's event): exactly once.
+        seq = await self.node.store.service_publish(call.service, room_id, tail, now, key)
         return 200, {"seq": seq}
 
     async def update_room(self, call: Call) -> tuple[int, Any]:

@@ -66,7 +66,11 @@ def _openapi() -> dict[str, Any]:
                              "event_type": {"type": "string", "minLength": 1, "maxLength": 100,
                                             "description": "not one of the reserved types"},
                              "action": {"type": ["string", "null"], "maxLength": 255},
-                             "payload": {"type": ["object", "null"]}}}),
+                             "payload": {"type": ["object", "null"]},
+                             "idempotency_key": {
+                                 "type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$",
+                                 "description": "the same key in the same room within IDEMPOTENCY_WINDOW returns "
+                                                "the first seq and makes no second event"}}}),
                          "responses": {"200": seq} | errors},
                 "get": {"operationId": "readEvents", "summary": "Events after `since` (stream, then Postgres)",
                         "parameters": [

@@ -142,6 +142,8 @@ def memory_node(settings: Settings, metrics: Metrics) -> Node:
         history_bytes=settings.room_history_bytes,
         history_bytes_total=settings.history_bytes_total,
         max_rooms=settings.max_rooms,
+        idempotency_window_ms=settings.idempotency_window_ms,
+        idempotency_max_keys=settings.idempotency_max_keys,
     )
 
     def room_counts() -> None:
@@ -175,6 +177,8 @@ class RedisLink:
             max_participants=settings.max_participants_per_room,
             history_bytes=settings.room_history_bytes,
             max_rooms=settings.max_rooms,
+            idempotency_window_ms=settings.idempotency_window_ms,
+            idempotency_max_keys=settings.idempotency_max_keys,
         )
         self.presence = RedisPresence(self.batcher)
         self.bus = RedisBus(

@@ -63,6 +63,16 @@ class Handshake(NodeBase):
         if await self.limited("connect_device", device_id, s.connect_rate_per_device, 10):
             session.close(CloseCode.RATE_LIMITED, "this device connects too often")
             return
+        if self.webhooks is not None:
+            # The backend's word, after our own checks (a refused one never reaches it): it may
+            # refuse (`unauthorized`), set the user id; no answer in time is `unavailable`.
+            verdict = await self.webhooks.connect({
+                "event": "connect", "device_id": device_id, "user_id": user_id, "room_id": None, "role": None,
+                "socket_id": session.socket_id, "node": s.node_id, "ip": session.ip, "metadata": msg.metadata})
+            if verdict.user_id is not None:
+                user_id = verdict.user_id
+            if session.closing:
+                return
         caller = Caller(session.socket_id, device_id, user_id)
         # Reduce what we keep about the connection before it leaves this process.
         try:

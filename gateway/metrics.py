@@ -78,6 +78,16 @@ class Metrics:
             "roomcast_rooms_by_game_type", "Open rooms by game type (the 20 most common; the rest as 'other').",
             ["game_type"], registry=r)
         self.rooms_by_game_type_seen: set[str] = set()
+        self.webhook_calls = Counter(
+            "roomcast_webhook_calls", "Backend webhook calls (BACKEND_CONNECT_URL, BACKEND_JOIN_URL), by hook and "
+            "outcome: allow, deny, timeout, error (unreachable, cut off), bad_answer (not 200 or not a valid body).",
+            ["hook", "outcome"], registry=r)
+        self.webhook_seconds = Histogram(
+            "roomcast_webhook_seconds", "Time of a backend webhook call, by hook (timeouts included).", ["hook"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=r)
+        for hook in ("connect", "join"):  # exported at 0 from the start, for rate() and alerts
+            for outcome in ("allow", "deny", "timeout", "error", "bad_answer"):
+                self.webhook_calls.labels(hook, outcome)
         self.ready = Gauge("roomcast_ready", "1 while this replica accepts new sockets.", registry=r)
         self.info = Gauge("roomcast_node_info", "Constant 1, labelled with this replica's node id.", ["node"],
                           registry=r)

@@ -279,4 +279,6 @@ class Node(Handshake, RoomCommands):
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         with contextlib.suppress(GatewayError):
             await self.presence.flush()  # what we owe the backend
+        if self.webhooks is not None:
+            await self.webhooks.close()
         self.metrics.drain_remaining.set(0)

@@ -26,6 +26,7 @@ from . import auth
 from .hub import Hub
 from .metrics import Metrics
 from .session import Session
+from .webhooks import Webhooks
 
 log = logging.getLogger("roomcast.node")
 
@@ -64,6 +65,10 @@ class NodeBase:
             store, settings.device_token_secret, settings.require_device_token, settings.device_token_ttl_ms)
         self.privacy = Privacy(settings.privacy_hash_key, settings.privacy_encryption_keys, settings.ip_storage,
                                settings.user_agent_storage, persistent=settings.database_url is not None)
+        # Backend webhooks (BACKEND_CONNECT_URL, BACKEND_JOIN_URL), if configured.
+        self.webhooks = None if not (settings.backend_connect_url or settings.backend_join_url) else Webhooks(
+            settings.backend_connect_url, settings.backend_join_url, settings.backend_webhook_secret,
+            settings.backend_timeout_ms, metrics, settings.node_id)
         self.store = store
         self.bus = bus
         self.presence = presence

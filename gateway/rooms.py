@@ -36,6 +36,11 @@ class RoomCommands(NodeBase):
         if wait:
             raise GatewayError(ErrorCode.RATE_LIMITED, "creating rooms too fast", retry_after_ms=wait)
         await self._check_device_rooms(caller.device_id)
+        if self.webhooks is not None:
+            await self.webhooks.join({
+                "event": "create_room", "device_id": caller.device_id, "user_id": caller.user_id,
+                "room_id": msg.room_id, "role": "host", "socket_id": caller.socket_id, "node": s.node_id,
+                "game_type": msg.game_type, "max_players": msg.max_players, "has_password": msg.password is not None})
         # Rooms that still exist, per client address and per user (anonymous: per device).
         owners: tuple[RoomOwner, ...] = (RoomOwner(self._bucket("rooms_user", caller.user_id or "device:" + caller.device_id),
                             s.max_rooms_per_user, "user" if caller.user_id else "device"),)
@@ -84,9 +89,16 @@ class RoomCommands(NodeBase):
             if msg.password is None:
                 raise GatewayError(ErrorCode.FORBIDDEN, "this room needs a password")
             await self._check_password(caller.device_id, room_id, msg.password, stored)
+        role = msg.role
+        if self.webhooks is not None:
+            # Every join asks, resumes included (the backend may have revoked access meanwhile).
+            verdict = await self.webhooks.join({
+                "event": "join", "device_id": caller.device_id, "user_id": caller.user_id, "room_id": room_id,
+                "role": msg.role, "socket_id": caller.socket_id, "node": s.node_id, "since": msg.since})
+            role = verdict.role or role
         await self.hub.begin_join(room_id, session)
         try:
-            result = await self.store.join(caller, room_id, msg.role, msg.since, msg.epoch, now_ms())
+            result = await self.store.join(caller, room_id, role, msg.since, msg.epoch, now_ms())
         except BaseException:
             if room_id not in session.rooms:
                 await self.hub.abort_join(room_id, session)
@@ -242,7 +254,7 @@ class RoomCommands(NodeBase):
     async def _event(self, session: Session, msg: p.Event) -> None:
         caller = self._local_member(session, msg.room_id)
         tail = p.event_tail(msg.event_type, msg.action, msg.payload, caller.sender(), now_ms())
-        seq = await self.store.publish(caller, msg.room_id, tail, now_ms())
+        seq = await self.store.publish(caller, msg.room_id, tail, now_ms(), msg.idempotency_key)
         self.reply(session, "ack", {"type": "ack", "re": msg.id, "seq": seq})
 
     async def _update_room(self, session: Session, msg: p.UpdateRoom) -> None:

@@ -71,6 +71,14 @@ def _opt_str(raw: str) -> str | None:
     return raw or None
 
 
+def _opt_http_url(raw: str) -> str | None:
+    if not raw:
+        return None
+    if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", raw):
+        raise ValueError("must be an http:// or https:// URL")
+    return raw
+
+
 _NODE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -193,6 +201,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("room_history_bytes", "ROOM_HISTORY_MAX_BYTES", _int(65_536, 1 << 30), 131_072, "Bytes of event frames kept per room for `join` with `since` (the oldest go first; the newest event is always kept). With Postgres only events already persisted go (replays then read them from Postgres).", None),
     Spec("history_bytes_total", "HISTORY_MAX_BYTES_TOTAL", _int(1_048_576, 1 << 40), 134_217_728, "Embedded gateway: bytes of kept history over all rooms (frames + 128 per event); beyond, the oldest events of any room go first. (Cluster: ROOM_HISTORY_MAX_BYTES x MAX_ROOMS.)", None),
     Spec("max_rooms", "MAX_ROOMS", _int(1, 10_000_000), 10_000, "Rooms that may exist at once (open, or closed and kept for WEBSOCKET_ROOM_TTL): per embedded gateway, per Redis in cluster mode. Beyond: `unavailable`.", None),
+    Spec("idempotency_window_ms", "IDEMPOTENCY_WINDOW", _int(1000, 86_400_000, MS), 600_000, "An `event` (or API publish) whose `idempotency_key` was used in the same room within this window is not applied again: it gets the first seq.", None),
+    Spec("idempotency_max_keys", "IDEMPOTENCY_KEYS_PER_ROOM", _int(1, 1_000_000), 1000, "Most idempotency keys a room remembers, the newest (about 300 bytes each, in Redis or in memory: 300 KB per room at the cap); at high rates this, not IDEMPOTENCY_WINDOW, bounds how long a resend is recognised (1000 keys at 10 keyed events/s: 100 s).", None),
     Spec("max_game_data_bytes", "MAX_GAME_DATA_BYTES", _int(2, 1_048_576), 32_768, "Largest encoded game_data a room may hold (after a patch too).", None),
     Spec("default_max_players", "DEFAULT_MAX_PLAYERS", _int(1, 10_000), 16, "max_players of a room created without one.", None),
     Spec("participant_prune_ms", "PARTICIPANT_PRUNE_AFTER", _int(1000, 30 * 86_400_000, MS), 300_000, "A disconnected participant is removed (`participant_left`, reason `pruned`) after this.", None),
@@ -209,6 +219,10 @@ SPECS: tuple[Spec, ...] = (
     Spec("jwt_jwks_min_interval_ms", "AUTH_JWT_JWKS_MIN_INTERVAL", _int(100, 86_400_000, MS), 10_000, "Least time between two fetches of AUTH_JWT_JWKS_URL (per replica), however many tokens with unknown `kid`s arrive.", None),
     Spec("jwt_jwks_timeout_ms", "AUTH_JWT_JWKS_TIMEOUT", _int(100, 60_000, MS), 5_000, "Time a fetch of AUTH_JWT_JWKS_URL may take; a hello waiting on a failed fetch gets `unavailable`.", None),
     Spec("require_auth", "REQUIRE_AUTH", _bool, False, "Refuse hello without a valid token (`unauthorized`). Needs a secret or a public key.", None),
+    Spec("backend_connect_url", "BACKEND_CONNECT_URL", _opt_http_url, None, "Your backend's connect webhook: every hello is POSTed to it ({device_id, user_id, ...}) and refused (`unauthorized`) unless it answers {\"allow\": true}. See docs/security.md.", None),
+    Spec("backend_join_url", "BACKEND_JOIN_URL", _opt_http_url, None, "Your backend's join webhook: every join and create_room is POSTed to it ({device_id, user_id, room_id, role, ...}) and refused (`forbidden`) unless it allows it.", None),
+    Spec("backend_webhook_secret", "BACKEND_WEBHOOK_SECRET", _opt_str, None, "Sent as `Authorization: Bearer <secret>` with every webhook call, so the backend knows the gateway.", None),
+    Spec("backend_timeout_ms", "BACKEND_TIMEOUT_MS", _int(50, 60_000, MS), 2000, "A webhook call not answered within this fails closed: the hello or join gets `unavailable`.", None),
     Spec("redis_url", "REDIS_URL", _opt_str, None, "Redis for cluster mode: redis://[:password@]host:port/db, or rediss://… for TLS with redis-py's query parameters (ssl_ca_certs=<file>, ssl_cert_reqs=required|optional|none, ssl_check_hostname=true|false, ssl_certfile, ssl_keyfile). Unset = embedded single node.", "--redis-url"),
     Spec("redis_pubsub_url", "REDIS_PUBSUB_URL", _opt_str, None, "Redis for the pub/sub subscription, if not REDIS_URL (e.g. a separate instance); same URL forms, TLS included.", None),
     Spec("database_url", "DATABASE_URL", _opt_str, None, "Postgres for history and analytics (postgresql://user@host:port/db). Unset = no history.", "--database-url"),
@@ -283,6 +297,8 @@ class Settings:
     room_history_bytes: int = 131_072
     history_bytes_total: int = 134_217_728
     max_rooms: int = 10_000
+    idempotency_window_ms: int = 600_000
+    idempotency_max_keys: int = 1000
     max_game_data_bytes: int = 32_768
     default_max_players: int = 16
     participant_prune_ms: int = 300_000
@@ -299,6 +315,10 @@ class Settings:
     jwt_jwks_min_interval_ms: int = 10_000
     jwt_jwks_timeout_ms: int = 5_000
     require_auth: bool = False
+    backend_connect_url: str | None = None
+    backend_join_url: str | None = None
+    backend_webhook_secret: str | None = None
+    backend_timeout_ms: int = 2000
     redis_url: str | None = None
     redis_pubsub_url: str | None = None
     database_url: str | None = None

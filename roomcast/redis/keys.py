@@ -57,6 +57,16 @@ def stream(room_id: str) -> str:
     return f"ws:room:{{{room_id}}}:stream"
 
 
+def idempotency(room_id: str) -> str:
+    """Hash: idempotency key -> the seq its event got (IDEMPOTENCY_WINDOW; see redis_scripts)."""
+    return f"ws:room:{{{room_id}}}:idem"
+
+
+def idempotency_at(room_id: str) -> str:
+    """Zset: idempotency key -> when it was first used (ms), to expire and cap the keys."""
+    return f"ws:room:{{{room_id}}}:idem:at"
+
+
 def channel(room_id: str) -> str:
     """Pub/sub channel of the room's live events."""
     return f"ws:room:{{{room_id}}}:events"

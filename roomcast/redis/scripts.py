@@ -15,6 +15,11 @@ the comma-separated list of the device's sockets that joined the room and are st
 and a socket acts in a room only while it is in that list. A participant that leaves is
 removed from the members hash (its history is in the stream / Postgres).
 Every script returns a table whose first element is 'ok' or 'err' (then an error code).
+
+Idempotency keys (design invariant 11): KEYS[5] hash key -> seq, KEYS[6] zset key -> first
+use (ms). `emit_once` below is the one place that decides whether a key was used: any
+script that emits on behalf of a sender (PUBLISH; a server API publish too) calls it with the
+room's six keys (RedisStore.room_keys), so the check and the seq are one atomic step.
 """
 
 from __future__ import annotations
@@ -54,6 +59,43 @@ local function emit(room_id, tail, now, maxlen)
   redis.call('PUBLISH', 'ws:room:{' .. room_id .. '}:events', frame)
   return seq
 end
+-- Idempotency (KEYS[5] hash key -> seq, KEYS[6] zset key -> first use in ms). A key used
+-- within `window` ms returns its first seq and emits nothing. Each keyed emit first drops
+-- up to 8 expired keys (so the set follows the rate), then, at `cap` keys, the oldest ones:
+-- the room's keys are then those of the last `cap` keyed events (the documented memory
+-- bound); both keys expire `window` after the last keyed emit. ikey '' = no key.
+local function idem_seen(ikey, now, window)
+  if ikey == '' then return nil end
+  local at = redis.call('ZSCORE', KEYS[6], ikey)
+  if at and tonumber(at) > tonumber(now) - tonumber(window) then
+    return tonumber(redis.call('HGET', KEYS[5], ikey))
+  end
+  return nil
+end
+local function idem_note(ikey, seq, now, window, cap)
+  local old = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', tonumber(now) - tonumber(window), 'LIMIT', 0, 8)
+  if #old > 0 then
+    redis.call('ZREM', KEYS[6], unpack(old))
+    redis.call('HDEL', KEYS[5], unpack(old))
+  end
+  local over = redis.call('ZCARD', KEYS[6]) - tonumber(cap) + 1
+  if over > 0 then
+    local popped = redis.call('ZPOPMIN', KEYS[6], math.min(over, 64))
+    for i = 1, #popped, 2 do redis.call('HDEL', KEYS[5], popped[i]) end
+  end
+  redis.call('HSET', KEYS[5], ikey, seq)
+  redis.call('ZADD', KEYS[6], now, ikey)
+  redis.call('PEXPIRE', KEYS[5], window)
+  redis.call('PEXPIRE', KEYS[6], window)
+end
+-- emit, unless `ikey` was used within the window: returns (seq, 1 if it was a duplicate).
+local function emit_once(room_id, tail, now, maxlen, ikey, window, cap)
+  local seen = idem_seen(ikey, now, window)
+  if seen then return seen, 1 end
+  local seq = emit(room_id, tail, now, maxlen)
+  if ikey ~= '' then idem_note(ikey, seq, now, window, cap) end
+  return seq, 0
+end
 local function ptail(kind, device, role, reason, sender, now)
   local payload = '{"device_id":"' .. device .. '","role":"' .. role .. '"'
   if reason ~= '' then payload = payload .. ',"reason":"' .. reason .. '"' end
@@ -76,6 +118,7 @@ local function close_room(now, ttl)
     end
   end
   redis.call('DEL', KEYS[3])
+  if KEYS[6] then redis.call('DEL', KEYS[5], KEYS[6]) end  -- no event follows: no key to remember
   if ttl ~= '0' then  -- history mode passes '0': the flusher expires the room once persisted
     for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
   end
@@ -112,7 +155,7 @@ end
 CREATE = PRELUDE + r"""
 local room_id, now, device = ARGV[1], ARGV[5], ARGV[6]
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'err', 'conflict'} end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 redis.call('HSET', KEYS[1], 'room_id', room_id, 'game_type', ARGV[2], 'status', 'waiting',
   'max_players', ARGV[3], 'game_data', ARGV[4], 'created_at', now, 'created_by', device,
   'password_hash', ARGV[10], 'epoch', ARGV[11], 'seq', 0, 'players', 1, 'gd_ver', 0, 'updated_at', now,
@@ -233,7 +276,8 @@ end
 return {'ok', 1}
 """
 
-# ARGV: room_id device tail now maxlen socket
+# ARGV: room_id device tail now maxlen socket idempotency_key('') window_ms max_keys
+# Returns {'ok', seq, duplicate(0/1)}.
 PUBLISH = PRELUDE + SOCKETS + r"""
 local _, err = open_room()
 if err then return {'err', err} end
@@ -244,7 +288,8 @@ if pst == 'left' or not has_sock(socks, ARGV[6]) then return {'err', 'not_member
 if string.sub(v, 1, 10) == 'spectator|' and redis.call('HGET', KEYS[1], 'spectator_events') ~= '1' then
   return {'err', 'forbidden_spectator'}
 end
-return {'ok', emit(ARGV[1], ARGV[3], ARGV[4], ARGV[5])}
+local seq, dup = emit_once(ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[7] or '', ARGV[8] or '0', ARGV[9] or '1')
+return {'ok', seq, dup}
 """
 
 # ARGV: room_id device tail now maxlen status('') game_data('') expected_gd_ver max_game_data_bytes socket
@@ -410,11 +455,12 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return {'err', 'not_found'} end
 return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
 """
 
-# ARGV: room_id tail now maxlen
+# ARGV: room_id tail now maxlen idempotency_key('') window_ms max_keys  -> {'ok', seq, dup}
 SVC_PUBLISH = PRELUDE + r"""
 local _, err = open_room()
 if err then return {'err', err} end
-return {'ok', emit(ARGV[1], ARGV[2], ARGV[3], ARGV[4])}
+local seq, dup = emit_once(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5] or '', ARGV[6] or '0', ARGV[7] or '1')
+return {'ok', seq, dup}
 """
 
 # ARGV: room_id tail now maxlen status('') game_data('') expected_gd_ver max_game_data_bytes

@@ -199,8 +199,16 @@ class RoomStore(Protocol):
         with its last joined socket. `not_member` if this socket has not joined the room."""
         ...
 
-    async def publish(self, caller: Caller, room_id: str, tail: bytes, now_ms: int) -> int:
-        """Append a client event (tail from `protocol.event_tail`) and return its seq."""
+    async def publish(self, caller: Caller, room_id: str, tail: bytes, now_ms: int,
+                      idempotency_key: str | None = None) -> int:
+        """Append a client event (tail from `protocol.event_tail`) and return its seq.
+
+        With `idempotency_key`: if the same key was used in this room within
+        IDEMPOTENCY_WINDOW (by anyone, on any replica), return that event's seq and append
+        nothing. The check is part of the same atomic step that gives the seq (design
+        invariant 11); a refused publish (not a member, closed room) notes no key. A room
+        remembers at most IDEMPOTENCY_KEYS_PER_ROOM keys (the newest); its keys are forgotten
+        when it closes."""
         ...
 
     async def update_room(
@@ -242,9 +250,11 @@ class RoomStore(Protocol):
         atomic step; `not_found`."""
         ...
 
-    async def service_publish(self, service: Service, room_id: str, tail: bytes, now_ms: int) -> int:
+    async def service_publish(self, service: Service, room_id: str, tail: bytes, now_ms: int,
+                              idempotency_key: str | None = None) -> int:
         """Append an event from the service (tail from `protocol.event_tail` with the
-        service's sender); `not_found`, `room_closed`."""
+        service's sender); `not_found`, `room_closed`. With `idempotency_key`, as `publish`:
+        a key already used in the room within the window returns its seq, and no event."""
         ...
 
     async def service_update(

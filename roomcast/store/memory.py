@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -42,7 +41,9 @@ from roomcast.store.base import (
     Service,
     fail,
 )
+from roomcast.store.memory_idem import IdempotencyKeys
 from roomcast.store.memory_index import MemoryRoomIndex
+from roomcast.store.memory_records import DeviceRecord, SocketRecord
 
 # What one kept event costs beyond its frame: the bytes object, its tuple and deque slot.
 EVENT_OVERHEAD = 128
@@ -50,28 +51,6 @@ EVENT_OVERHEAD = 128
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-@dataclass(slots=True)
-class DeviceRecord:
-    """`ws:connections:{device_id}`: a device's sockets and how often it connected."""
-
-    connections: int = 0
-    sockets: set[str] = field(default_factory=set)
-    rooms: set[str] = field(default_factory=set)
-    last_disconnect_ms: int = 0
-    info: ConnectionInfo | None = None
-
-
-@dataclass(slots=True)
-class SocketRecord:
-    """`ws:socket:{socket_id}`: which device a socket belongs to, and its state."""
-
-    device_id: str
-    user_id: str | None
-    connected_at: int
-    status: str = ACTIVE
-    ended_at: int | None = None
 
 
 class MemoryStore:
@@ -89,8 +68,11 @@ class MemoryStore:
         history_bytes: int = 131_072,
         history_bytes_total: int = 134_217_728,
         max_rooms: int = 10_000,
+        idempotency_window_ms: int = 600_000,
+        idempotency_max_keys: int = 1000,
     ) -> None:
         self.bus = bus
+        self.idem = IdempotencyKeys(idempotency_window_ms, idempotency_max_keys)  # see _emit_once
         self.max_participants = max_participants
         # History mode (embedded gateway with DATABASE_URL): every event and lifecycle
         # record also waits in an outbox until the in-process flusher has written it.
@@ -134,6 +116,19 @@ class MemoryStore:
         self.bus.publish(room.room_id, room.seq, frame)
         return room.seq
 
+    def _emit_once(self, room: Room, tail: bytes, now_ms: int, key: str | None) -> int:
+        """`_emit`, unless `key` was used in this room within the window: then its first seq.
+        The same rules as emit_once in redis_scripts (expiry by time, at most
+        `idempotency_max_keys` per room, the oldest going first)."""
+        if key is None:
+            return self._emit(room, tail, now_ms)
+        seen = self.idem.seen(room.room_id, key, now_ms)
+        if seen is not None:
+            return seen
+        seq = self._emit(room, tail, now_ms)
+        self.idem.note(room.room_id, key, seq, now_ms)
+        return seq
+
     def _keep(self, room_id: str, seq: int, frame: bytes) -> None:
         """Keep an event for replay, then drop the oldest beyond the room's and the total bounds."""
         kept = self.history[room_id]
@@ -164,6 +159,7 @@ class MemoryStore:
     def _forget(self, room_id: str) -> None:
         """A room's state is deleted: its kept history no longer counts."""
         kept = self.history.pop(room_id, None)
+        self.idem.forget(room_id)
         self.kept_total -= self.kept_bytes.pop(room_id, 0)
         self.kept_count -= len(kept) if kept is not None else 0
 
@@ -423,11 +419,12 @@ class MemoryStore:
                     heir.role = HOST
                     self._participant_event(room, "host_changed", heir, "host_left", None, now_ms)
 
-    async def publish(self, caller: Caller, room_id: str, tail: bytes, now_ms: int) -> int:
+    async def publish(self, caller: Caller, room_id: str, tail: bytes, now_ms: int,
+                      idempotency_key: str | None = None) -> int:
         room = self._open_room(room_id)
         if self._member(room, caller).role == SPECTATOR and not room.spectators_can_send:
             raise fail(ErrorCode.FORBIDDEN, "spectators may not send events in this room")
-        return self._emit(room, tail, now_ms)
+        return self._emit_once(room, tail, now_ms, idempotency_key)
 
     async def device_room_count(self, device_id: str, other_than: str | None = None) -> int:
         dev = self.devices.get(device_id)
@@ -489,6 +486,7 @@ class MemoryStore:
         room = self._open_room(room_id)
         self._host(room, caller)
         seq = self._emit(room, event_tail("room_closed", None, None, caller.sender(), now_ms), now_ms)
+        self.idem.forget(room_id)  # no event follows: no key to remember
         room.status_at_close = room.status
         self._set_status(room, "closed")
         room.closed_at = now_ms
@@ -507,6 +505,7 @@ class MemoryStore:
             if any(p.status == ACTIVE for p in room.participants.values()):
                 continue  # members online: a quiet lobby, not an abandoned room
             self._emit(room, event_tail("room_closed", None, {"reason": "abandoned"}, None, now_ms), now_ms)
+            self.idem.forget(room.room_id)
             room.status_at_close = room.status
             self._set_status(room, "closed")
             room.closed_at = now_ms
@@ -538,8 +537,9 @@ class MemoryStore:
         room = self._room(room_id)
         return room.wire(), room.participants_wire()
 
-    async def service_publish(self, service: Service, room_id: str, tail: bytes, now_ms: int) -> int:
-        return self._emit(self._open_room(room_id), tail, now_ms)
+    async def service_publish(self, service: Service, room_id: str, tail: bytes, now_ms: int,
+                              idempotency_key: str | None = None) -> int:
+        return self._emit_once(self._open_room(room_id), tail, now_ms, idempotency_key)
 
     async def service_update(
         self, service: Service, room_id: str, status: str | None, patch: dict[str, Any] | None, now_ms: int
@@ -617,6 +617,7 @@ class MemoryStore:
         for sid, sock in list(self.sockets.items()):
             if sock.ended_at is not None and now_ms - sock.ended_at >= self.connection_ttl_ms:
                 del self.sockets[sid]
+        self.idem.sweep(now_ms)
         for key, mine in list(self.owned.items()):
             mine.intersection_update(self.rooms)
             if not mine:

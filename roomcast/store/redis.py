@@ -61,8 +61,13 @@ class RedisStore:
         history_bytes: int = 131_072,
         max_rooms: int = 10_000,
         closed_room_ttl_ms: int | None = None,
+        idempotency_window_ms: int = 600_000,
+        idempotency_max_keys: int = 1000,
     ) -> None:
         self.b = batcher
+        # Idempotency keys of a room (emit_once in redis_scripts): how long, and how many.
+        self.idempotency_window_ms = idempotency_window_ms
+        self.idempotency_max_keys = idempotency_max_keys
         self.max_participants = max_participants
         # In history mode (Postgres configured) streams are not trimmed and closed rooms
         # not expired here: the flusher does both once the rows are in Postgres.
@@ -100,7 +105,8 @@ class RedisStore:
 
     @staticmethod
     def room_keys(room_id: str) -> list[str]:
-        return [keys.room(room_id), keys.members(room_id), keys.participants(room_id), keys.stream(room_id)]
+        return [keys.room(room_id), keys.members(room_id), keys.participants(room_id), keys.stream(room_id),
+                keys.idempotency(room_id), keys.idempotency_at(room_id)]
 
     def _dirty(self, room_id: str) -> None:
         """Tell the flusher this room has new events (same pipeline as the event)."""
@@ -418,9 +424,12 @@ class RedisStore:
                 return False
             raise
 
-    async def publish(self, caller: Caller, room_id: str, tail: bytes, now_ms: int) -> int:
-        fut = self.b.eval(self.s_publish, self.room_keys(room_id), [room_id, caller.device_id, tail, now_ms,
-                                                                    self.history, caller.socket_id])
+    async def publish(self, caller: Caller, room_id: str, tail: bytes, now_ms: int,
+                      idempotency_key: str | None = None) -> int:
+        # The key is checked in the same script that gives the seq (emit_once): no extra round trip.
+        fut = self.b.eval(self.s_publish, self.room_keys(room_id), [
+            room_id, caller.device_id, tail, now_ms, self.history, caller.socket_id, idempotency_key or "",
+            self.idempotency_window_ms, self.idempotency_max_keys])
         self._dirty(room_id)
         return int(_check(await fut)[1])
 
@@ -532,8 +541,11 @@ class RedisStore:
         return _room_wire(_pairs(reply[1])), [
             _member(d, v) for d, v in members.items() if v.split("|")[1] != LEFT]
 
-    async def service_publish(self, service: Service, room_id: str, tail: bytes, now_ms: int) -> int:
-        fut = self.b.eval(self.s_svc_publish, self.room_keys(room_id), [room_id, tail, now_ms, self.history])
+    async def service_publish(self, service: Service, room_id: str, tail: bytes, now_ms: int,
+                              idempotency_key: str | None = None) -> int:
+        fut = self.b.eval(self.s_svc_publish, self.room_keys(room_id), [
+            room_id, tail, now_ms, self.history, idempotency_key or "", self.idempotency_window_ms,
+            self.idempotency_max_keys])
         self._dirty(room_id)
         return int(_check(await fut)[1])
 

@@ -247,11 +247,17 @@ async def _scenario(api_a: AdminClient, api_b: AdminClient, ws_a: str, ws_b: str
         assert info["room"]["current_players"] == 2
 
         # A publish through B reaches members on both replicas, from the service.
-        seq = await api_b.publish(rid, "question", action="ask", payload={"q": "2+2?"})
+        key = unique("ask-1").replace(".", "_")
+        seq = await api_b.publish(rid, "question", action="ask", payload={"q": "2+2?"}, idempotency_key=key)
         for cl in (a, b, c):
             ev = await cl.expect(type="event", room_id=rid, event_type="question")
             assert ev["seq"] == seq and ev["payload"] == {"q": "2+2?"} and ev["action"] == "ask"
             assert ev["from"] == {"service": KEY_NAME, "socket_id": None, "device_id": None, "user_id": None}
+        # The same idempotency key again, through the other replica: the first seq, no second event.
+        assert await api_a.publish(rid, "question", action="ask", payload={"q": "2+2?"}, idempotency_key=key) == seq
+        with pytest.raises(AdminError) as bad_key:
+            await api_a.publish(rid, "question", idempotency_key="not a key!")
+        assert (bad_key.value.status, bad_key.value.code) == (400, "bad_request")
         # Players answer; only the service may change the room (there is no host).
         ans = await a.request({"type": "event", "room_id": rid, "event_type": "answer", "payload": {"a": 4}})
         assert ans["type"] == "ack"
@@ -287,6 +293,8 @@ async def _scenario(api_a: AdminClient, api_b: AdminClient, ws_a: str, ws_b: str
         page = await api_b.events(rid, since=0, limit=1000)
         assert page["head"] == last
         assert [e["seq"] for e in page["events"]] == list(range(1, last + 1))
+        # The publish sent twice with one idempotency key made one event.
+        assert [e["seq"] for e in page["events"] if e["event_type"] == "question"] == [seq]
         by_seq = {e["seq"]: e for e in page["events"]}
         for m in seen_a:
             assert by_seq[m["seq"]] == m

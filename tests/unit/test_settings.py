@@ -178,6 +178,12 @@ PARSED: list[tuple[str, str, str, Any]] = [
     ("USER_AGENT_STORAGE", "drop", "user_agent_storage", "drop"),
     ("PERSONAL_DATA_RETENTION_DAYS", "30", "personal_data_retention_days", 30),
     ("LOG_LEVEL", "debug", "log_level", "DEBUG"),
+    ("IDEMPOTENCY_WINDOW", "60000", "idempotency_window_ms", 60_000),
+    ("IDEMPOTENCY_KEYS_PER_ROOM", "500", "idempotency_max_keys", 500),
+    ("BACKEND_CONNECT_URL", "http://127.0.0.1:9000/connect", "backend_connect_url", "http://127.0.0.1:9000/connect"),
+    ("BACKEND_JOIN_URL", "https://backend.example/join?x=1", "backend_join_url", "https://backend.example/join?x=1"),
+    ("BACKEND_WEBHOOK_SECRET", "s3cret", "backend_webhook_secret", "s3cret"),
+    ("BACKEND_TIMEOUT_MS", "500", "backend_timeout_ms", 500),
     ("LOG_LEVEL", " Warning ", "log_level", "WARNING"),
     ("API_PORT", "9100", "api_port", 9100),
     ("SERVER_API_KEYS", "quiz=0123456789abcdef, ops=fedcba9876543210", "server_api_keys",
@@ -250,6 +256,11 @@ BAD: list[tuple[str, str]] = [
     ("API_PORT", "70000"),
     ("API_RATE", "0"),
     ("LOG_LEVEL", ""),
+    ("IDEMPOTENCY_WINDOW", "999"),
+    ("IDEMPOTENCY_KEYS_PER_ROOM", "0"),
+    ("BACKEND_JOIN_URL", "ftp://backend/join"),
+    ("BACKEND_CONNECT_URL", "backend:9000"),
+    ("BACKEND_TIMEOUT_MS", "10"),
 ]
 
 

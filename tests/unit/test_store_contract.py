@@ -55,6 +55,8 @@ PRUNE_MS = 60_000
 ROOM_TTL_MS = 120_000
 CONNECTION_TTL_MS = 30_000
 MAX_GAME_DATA_BYTES = 200
+IDEM_WINDOW_MS = 600_000
+IDEM_MAX_KEYS = 5
 
 ROOM = "room-1"
 ROOM_KEYS = {"room_id", "game_type", "status", "max_players", "current_players", "game_data",
@@ -98,6 +100,8 @@ async def memory_backend(request: pytest.FixtureRequest) -> AsyncIterator[Backen
         connection_ttl_ms=CONNECTION_TTL_MS,
         participant_prune_ms=PRUNE_MS,
         max_game_data_bytes=MAX_GAME_DATA_BYTES,
+        idempotency_window_ms=IDEM_WINDOW_MS,
+        idempotency_max_keys=IDEM_MAX_KEYS,
     )
 
     async def member_records(room_id: str) -> int:
@@ -230,6 +234,8 @@ async def redis_backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend
         room_ttl_ms=ROOM_TTL_MS,
         connection_ttl_ms=CONNECTION_TTL_MS,
         max_game_data_bytes=MAX_GAME_DATA_BYTES,
+        idempotency_window_ms=IDEM_WINDOW_MS,
+        idempotency_max_keys=IDEM_MAX_KEYS,
     )
     await batcher.load_scripts()
     # Heartbeat timeouts are the reaper's other job; none of these tests heartbeats, so
@@ -381,8 +387,9 @@ async def refused(code: ErrorCode, action: Awaitable[Any]) -> None:
 
 
 async def publish(store: RoomStore, c: Caller, event_type: str = "move", payload: dict[str, Any] | None = None,
-                  room_id: str = ROOM, now: int = T0) -> int:
-    return await store.publish(c, room_id, protocol.event_tail(event_type, None, payload, c.sender(), now), now)
+                  room_id: str = ROOM, now: int = T0, key: str | None = None) -> int:
+    return await store.publish(c, room_id, protocol.event_tail(event_type, None, payload, c.sender(), now), now,
+                               idempotency_key=key)
 
 
 async def replayed(store: RoomStore, result: JoinResult, room_id: str = ROOM, chunk: int = 3) -> list[bytes]:
@@ -802,6 +809,77 @@ async def test_publish_needs_membership(store: RoomStore, log: EventLog) -> None
     await refused(ErrorCode.NOT_MEMBER, publish(store, P1))
     await refused(ErrorCode.NOT_FOUND, publish(store, P1, room_id="no-such-room"))
     assert "move" not in await log.types()
+
+
+# ---------------------------------------------------------------- idempotency keys
+
+
+async def test_a_key_used_again_gets_the_first_seq_and_makes_no_event(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1)
+    await join(store, P1)
+    first = await publish(store, P1, "answer", {"a": 1}, key="k-1")
+    # A resend (another payload, even) from another socket of the device, later: not applied.
+    P1b = person("p1", socket=2)
+    await hello(store, P1b)
+    await join(store, P1b)
+    assert await publish(store, P1b, "answer", {"a": 2}, now=T0 + 1000, key="k-1") == first
+    assert await publish(store, P1, "answer", {"a": 3}, key="k-1") == first
+    events = await log.events()
+    assert [e["payload"] for e in events if e["event_type"] == "answer"] == [{"a": 1}]
+    # Another key, or none, is a new event; the same key in another room too.
+    assert await publish(store, P1, "answer", key="k-2") == events[-1]["seq"] + 1
+    assert await publish(store, P1, "answer") == events[-1]["seq"] + 2
+    await create(store, log, "room-2", host=P1, connect=False)
+    assert await publish(store, P1, "answer", room_id="room-2", key="k-1") == 2
+
+
+async def test_a_key_is_shared_by_the_room_not_by_the_sender(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1)
+    await join(store, P1)
+    first = await publish(store, HOST, "tick", key="shared")
+    assert await publish(store, P1, "move", key="shared") == first
+    assert "move" not in await log.types()
+
+
+async def test_a_refused_publish_notes_no_key(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1)
+    await refused(ErrorCode.NOT_MEMBER, publish(store, P1, key="k"))
+    await join(store, P1)
+    seq = await publish(store, P1, key="k")
+    assert (await log.last())["seq"] == seq and (await log.last())["from"] == P1.sender()
+
+
+async def test_a_key_is_forgotten_after_the_window(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    first = await publish(store, HOST, key="k")
+    assert await publish(store, HOST, now=T0 + IDEM_WINDOW_MS - 1, key="k") == first
+    again = await publish(store, HOST, now=T0 + IDEM_WINDOW_MS, key="k")
+    assert again == first + 1
+    # ... and the new use starts a new window.
+    assert await publish(store, HOST, now=T0 + IDEM_WINDOW_MS + 10, key="k") == again
+
+
+async def test_a_room_remembers_at_most_max_keys_the_newest(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    seqs = [await publish(store, HOST, key=f"k{i}") for i in range(IDEM_MAX_KEYS + 2)]
+    # the newest IDEM_MAX_KEYS are remembered, the two oldest are not
+    for i in range(2, IDEM_MAX_KEYS + 2):
+        assert await publish(store, HOST, key=f"k{i}") == seqs[i]
+    head = seqs[-1]
+    assert await publish(store, HOST, key="k0") == head + 1
+
+
+async def test_a_closed_room_forgets_its_keys(backend: Backend, store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await publish(store, HOST, key="k")
+    await store.close_room(HOST, ROOM, T0)
+    if isinstance(store, RedisStore):
+        assert not await store.b.call(cmd("exists", keys.idempotency(ROOM), keys.idempotency_at(ROOM)))
+    else:
+        assert isinstance(store, MemoryStore) and ROOM not in store.idem
 
 
 # ---------------------------------------------------------------- update_room

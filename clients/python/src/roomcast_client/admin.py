@@ -117,9 +117,13 @@ class AdminClient:
         return cast(RoomInfo, await self.request("GET", f"/rooms/{quote(room_id)}"))
 
     async def publish(self, room_id: str, event_type: str, *, action: str | None = None,
-                      payload: dict[str, Any] | None = None) -> int:
-        """Send an event to every member; returns its seq."""
+                      payload: dict[str, Any] | None = None, idempotency_key: str | None = None) -> int:
+        """Send an event to every member; returns its seq. With `idempotency_key` (1-64 of
+        [A-Za-z0-9_-]) a resend of the same publish (after a lost reply) is applied once: the
+        gateway answers the first seq and makes no second event, from any replica."""
         body: dict[str, Any] = {"event_type": event_type}
+        if idempotency_key is not None:
+            body["idempotency_key"] = idempotency_key
         if action is not None:
             body["action"] = action
         if payload is not None:

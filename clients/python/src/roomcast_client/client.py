@@ -432,6 +432,11 @@ class RoomcastClient(Outbox, Emitter):
                 if err.code == "rate_limited":
                     await asyncio.sleep((err.retry_after_ms or 1000) / 1000)
                     continue
+                if err.code == "unavailable":
+                    # The gateway's backend (Redis, or the game backend's connect webhook) cannot
+                    # decide now: a new socket after the usual backoff, not a refusal.
+                    conn.give_up(f"hello not answered for now: {err}")
+                    return
                 if err.code != "disconnected":
                     self._fatal(err)
                 return
