@@ -7,12 +7,8 @@ the rooms (`roomcast_client.room.Room`) reach it only through the `RoomHost` int
 clients/python/README.md describes the behaviour (requests, heartbeat, reconnects, resume,
 sends whose reply was lost) and the events.
 
-Client events (`client.on(name, callback)`; a callback may be a coroutine function):
-`state` (connecting, open, reconnecting, closed), `welcome` (the welcome message), `open` (no
-argument), `close` (`{"code", "reason", "will_reconnect"}` for every socket that ends or could
-not open), `reconnecting` (`{"attempt", "delay"}`: attempt 0 is the first retry after a working
-connection), `error` (a `RoomcastError`), `room` (a `Room` adopted from `welcome.rooms`).
-Room events: see `Room`.
+Client events (`client.on(name, callback)`: state, welcome, open, close, reconnecting, error,
+room) and room events: clients/python/README.md, "Events".
 """
 
 from __future__ import annotations
