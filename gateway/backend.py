@@ -180,7 +180,7 @@ class RedisLink:
         self.bus = RedisBus(
             settings.redis_pubsub_url or settings.redis_url,
             settings.node_id,
-            lambda channel, data: self.batcher.call(cmd("publish", channel, data)),
+            lambda channel, data: self.batcher.call(cmd("spublish", channel, data)),
             probe_interval=settings.pubsub_probe_ms / 1000,
             probe_timeout=settings.pubsub_probe_timeout_ms / 1000,
         )
@@ -189,6 +189,7 @@ class RedisLink:
         self.node.hub.gap_source = self.store.read_since
         self.bus.on_resubscribed = self.node.hub.repair
         self.bus.on_state = self._bus_state
+        metrics.before_scrape.append(lambda: metrics.observe_shards(self.bus.shard_stats()))
         self.node.on_stall = self._stalled
         self.redis_ok = False
         self.bus_ok = False
