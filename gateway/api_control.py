@@ -60,7 +60,7 @@ class Control:
         b = self.batcher
         msg["id"] = uuid.uuid4().hex
         reply = keys.control_reply(msg["id"])
-        receivers = int(await b.call(cmd("publish", keys.CONTROL, orjson.dumps(msg))))
+        receivers = int(await b.call(cmd("spublish", keys.CONTROL, orjson.dumps(msg))))
         deadline = time.monotonic() + CONTROL_TIMEOUT
         delay = 0.002
         done, total = 0, 0

@@ -114,7 +114,11 @@ def node_probe(node_id: str) -> str:
 
 # Pub/sub channel every replica subscribes to: the server API's cluster-wide control
 # messages (kick a device's sockets out of a room, close a device's sockets).
-CONTROL = "ws:control"
+# The server API's control messages (kick, disconnect) to every replica: a sharded channel
+# shaped like a room's, of a room id no client can have (room ids are [A-Za-z0-9_-]), so the
+# bus subscribes it on the shard that owns its slot like any room.
+CONTROL_ROOM = "~control"
+CONTROL = channel(CONTROL_ROOM)
 
 
 def control_reply(request_id: str) -> str:

@@ -56,7 +56,7 @@ local function emit(room_id, tail, now, maxlen)
     end
     if n == 1 then redis.call('HSET', KEYS[1], 'hbytes', #frame) end  -- resync after any drift
   end
-  redis.call('PUBLISH', 'ws:room:{' .. room_id .. '}:events', frame)
+  redis.call('SPUBLISH', 'ws:room:{' .. room_id .. '}:events', frame)
   return seq
 end
 -- Idempotency (KEYS[5] hash key -> seq, KEYS[6] zset key -> first use in ms). A key used

@@ -245,7 +245,7 @@ async def redis_backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend
     async def prune(now_ms: int) -> None:
         await reaper.run_once(now_ms)
 
-    bus = RedisBus(server.url, "contract-test", lambda ch, data: batcher.call(cmd("publish", ch, data)))
+    bus = RedisBus(server.url, "contract-test", lambda ch, data: batcher.call(cmd("spublish", ch, data)))
     task = asyncio.get_running_loop().create_task(bus.run())
     try:
         await asyncio.wait_for(bus.connected.wait(), 5 * UNIT)
