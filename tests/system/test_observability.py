@@ -64,6 +64,7 @@ from tests.harness import (
     unique,
     wait_http_ready,
 )
+from tests.system.test_webhooks import backend_server
 
 pytestmark = pytest.mark.system
 
@@ -527,6 +528,7 @@ def _check(prom: Prometheus, c: Cluster) -> None:
     assert total('roomcast_errors_total{code="not_found"}') >= 1
     assert total('roomcast_api_requests_total{route="POST /api/v1/rooms/{room_id}/events", status="200"}') >= 5
     assert total('roomcast_api_requests_total{status="401"}') >= 1
+    assert total('roomcast_webhook_calls_total{hook="join", outcome="allow"}') >= 2
     assert total('roomcast_messages_in_total{type="invalid"}') >= 1
     assert total('roomcast_rate_limited_total{limit="connections_per_device"}') >= 1
     assert total('roomcast_connections_closed_total{code="4008"}') >= 1
@@ -547,7 +549,9 @@ async def test_dashboard_and_rules_return_data_from_a_real_cluster(tmp_path: Pat
     pg = PostgresServer().init()
     try:
         dsn = pg.create_database(unique("obs").replace("-", "_"))
-        with cluster(2, 1, ENV | {"DATABASE_URL": dsn}) as c:
+        # A game backend that allows every join and room creation: the webhook panels get data.
+        with backend_server() as (_backend, hooks), cluster(2, 1, ENV | {
+                "DATABASE_URL": dsn, "BACKEND_JOIN_URL": hooks + "/join"}) as c:
             scrape = {GATEWAY_JOB: [f"127.0.0.1:{g.port}" for g in c.gateways],
                       COORDINATOR_JOB: [f"127.0.0.1:{c.coordinators[0].port}"]}
             with prometheus(tmp_path, scrape) as prom:
