@@ -108,7 +108,7 @@ class Coordinator:
             with contextlib.suppress(Exception):
                 await self.lease.release()
             http.close()
-            await self.client.aclose()
+            await self.batcher.aclose()
             if self.pool is not None:
                 await self.pool.close()
         return self.exit_code

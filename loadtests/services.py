@@ -9,7 +9,7 @@ import os
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ class RedisServer:
     proc: subprocess.Popen[bytes] | None = None
     tls: dict[str, Path] | None = None
     password: str | None = None
+    extra: tuple[str, ...] = ()  # more redis-server arguments (a cluster node's)
 
     @property
     def url(self) -> str:
@@ -71,6 +72,7 @@ class RedisServer:
                      "--tls-auth-clients", "no"]
         if self.password:
             args += ["--requirepass", self.password]
+        args += list(self.extra)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10 * TIME_SCALE
         while time.monotonic() < deadline:
@@ -86,6 +88,13 @@ class RedisServer:
         stop_process(self.proc, 5)
         self.proc = None
 
+    def kill(self) -> None:
+        """SIGKILL (a crash, for failover tests)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
     def cli(self, *args: str) -> str:
         cmd = ["redis-cli", "-p", str(self.port)]
         if self.tls is not None:
@@ -96,6 +105,106 @@ class RedisServer:
         return out.stdout.strip()
 
 
+def free_cluster_port(taken: set[int]) -> int:
+    """A free 127.0.0.1 port below 55536 whose cluster bus port (port + 10000) is free too."""
+    import random
+
+    for _ in range(1000):
+        port = random.randrange(20000, 55000)
+        if port in taken or port + 10000 in taken:
+            continue
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+@dataclass
+class RedisClusterServer:
+    """A throwaway Redis Cluster: `primaries` primaries with `replicas` replicas each, every
+    node a `redis-server --cluster-enabled yes` on a free 127.0.0.1 port below 55536 (the bus
+    is on port + 10000), its dir (nodes.conf) in a temporary folder, joined with
+    `redis-cli --cluster create`, stopped by pid. `url` names one node, as a user's would."""
+
+    primaries: int = 3
+    replicas: int = 1
+    node_timeout_ms: int = 2000
+    nodes: list[RedisServer] = field(default_factory=list)
+    base: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self) -> RedisClusterServer:
+        import tempfile
+
+        self.base = Path(tempfile.mkdtemp(prefix="roomcast-rcluster-"))
+        taken: set[int] = set()
+        try:
+            for _ in range(self.primaries * (1 + self.replicas)):
+                port = free_cluster_port(taken)
+                taken |= {port, port + 10000}
+                folder = self.base / str(port)
+                folder.mkdir()
+                node = RedisServer(port=port, extra=(
+                    "--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf"),
+                    "--cluster-node-timeout", str(self.node_timeout_ms), "--dir", str(folder),
+                    "--cluster-require-full-coverage", "no", "--cluster-allow-reads-when-down", "no"))
+                self.nodes.append(node.start())
+            out = subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
+                                  "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                                 capture_output=True, text=True, timeout=60)
+            if out.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed: {out.stdout}{out.stderr}")
+            self.wait_ok()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every running node says cluster_state:ok and knows every node."""
+        deadline = time.monotonic() + timeout * TIME_SCALE
+        while time.monotonic() < deadline:
+            running = [n for n in self.nodes if n.proc is not None]
+            if all("cluster_state:ok" in n.cli("CLUSTER", "INFO") for n in running) and all(
+                    n.cli("CLUSTER", "NODES").count("connected") >= len(running) for n in running):
+                return
+            time.sleep(0.1)
+        raise TimeoutError("the Redis Cluster did not become ok")
+
+    def primary_nodes(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.proc is not None and "role:master" in n.cli("INFO", "replication")]
+
+    def node_of(self, key: str) -> RedisServer:
+        """The running primary that owns `key`'s slot."""
+        slot = int(self.nodes[0].cli("CLUSTER", "KEYSLOT", key))
+        for n in self.primary_nodes():
+            for line in n.cli("CLUSTER", "NODES").splitlines():
+                f = line.split()
+                if "myself" in f[2]:
+                    for r in f[8:]:
+                        lo, _, hi = r.partition("-")
+                        if r[0] != "[" and int(lo) <= slot <= int(hi or lo):
+                            return n
+        raise LookupError(f"no running primary owns slot {slot}")
+
+    def flushall(self) -> None:
+        for n in self.primary_nodes():
+            n.cli("FLUSHALL")
+
+    def stop(self) -> None:
+        import shutil
+
+        for n in self.nodes:
+            n.stop()
+        if self.base is not None:
+            shutil.rmtree(self.base, ignore_errors=True)
 
 # ---------------------------------------------------------------- postgres
 

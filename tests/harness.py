@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed
 # The throwaway servers live in loadtests/ (the benchmark uses them and must not import tests/);
 # re-exported here under their old names.
 from loadtests.services import PostgresServer as PostgresServer
+from loadtests.services import RedisClusterServer as RedisClusterServer
 from loadtests.services import RedisServer as RedisServer
 from loadtests.services import _as_postgres as _as_postgres
 from loadtests.services import _pg_bin as _pg_bin

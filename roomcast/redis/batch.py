@@ -3,6 +3,12 @@
 Calls are executed in the order they were made, one pipeline in flight at a time, so a
 socket's requests keep their order while many sockets share each round trip
 (conventions 8). A connection failure fails every call of the batch with `unavailable`.
+
+Redis Cluster: before its first batch the batcher asks the server whether it is a cluster
+node (roomcast/redis/client.py); if so every batch goes through redis-py's cluster
+pipeline, which splits it per node (one pipeline per primary, sent concurrently) and
+follows MOVED/ASK/TRYAGAIN; scripts are loaded on every primary. `spread` is then the
+number of buckets the global keys are spread over (roomcast/redis/keys.py), 0 on one Redis.
 """
 
 from __future__ import annotations
@@ -10,25 +16,42 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import (
+    ClusterDownError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from roomcast.errors import ErrorCode, GatewayError
+from roomcast.redis.client import is_cluster, make_cluster_client
 
 log = logging.getLogger("roomcast.redis")
 
 Op = Callable[[Pipeline], Any]
 UNAVAILABLE = "redis unavailable; retry"
+# In a Redis Cluster the global keys (presence, indexes, the flusher's queues) are spread
+# over this many buckets, each its own hash tag (roomcast/redis/keys.py).
+CLUSTER_SPREAD = 16
+_DOWN = (RedisConnectionError, RedisTimeoutError, ClusterDownError, OSError)
 
 
 def cmd(name: str, *args: Any, **kwargs: Any) -> Op:
     """An op that adds one named redis-py command to the pipeline."""
+    if name == "publish":
+        # redis-py blocks the named method in cluster pipelines; the raw command is the same
+        # PUBLISH on one Redis, and on a cluster goes to one node (which broadcasts it).
+        return lambda pipe: pipe.execute_command("PUBLISH", *args)
     return lambda pipe: getattr(pipe, name)(*args, **kwargs)
 
 
@@ -42,7 +65,11 @@ class Script:
 
 class Batcher:
     def __init__(self, client: Redis, max_batch: int = 512) -> None:
-        self.client = client
+        self.single = client
+        # The client batches go through: `single`, or the RedisCluster made by detect().
+        self.client: Any = client
+        self.cluster: bool | None = None  # not known until detect()
+        self.spread = 0
         self.max_batch = max_batch
         self._queue: list[tuple[Op, asyncio.Future[Any]]] = []
         self._running = False
@@ -56,9 +83,43 @@ class Batcher:
         self.scripts.append(script)
         return script
 
+    async def detect(self) -> bool:
+        """Ask the server once whether it is a Redis Cluster node; switch to the cluster client
+        if so. True in cluster mode. Raises (and asks again next time) if Redis is down."""
+        if self.cluster is None:
+            if await is_cluster(self.single):
+                url = getattr(self.single, "url", "")
+                if not url:
+                    raise RedisError("a Redis Cluster needs a client made by make_client(url)")
+                self.client = make_cluster_client(url)
+                await self.client.initialize()
+                self.spread = CLUSTER_SPREAD
+                self.cluster = True
+                log.info("Redis Cluster mode: %d primaries", len(self.client.get_primaries()))
+            else:
+                self.cluster = False
+        return self.cluster
+
+    def bucket(self, entity: str) -> int | None:
+        """The bucket of a global key an entity's entry goes to (None on one Redis: one key)."""
+        if not self.spread:
+            return None
+        return zlib.crc32(entity.encode()) % self.spread
+
+    def buckets(self) -> list[int | None]:
+        """Every bucket of a spread key: readers enumerate these ([None] on one Redis)."""
+        return list(range(self.spread)) if self.spread else [None]
+
     async def load_scripts(self) -> None:
+        await self.detect()
         for script in self.scripts:
+            # On a cluster redis-py sends SCRIPT LOAD to every primary.
             await self.client.script_load(script.source)
+
+    async def aclose(self) -> None:
+        if self.client is not self.single:
+            await self.client.aclose()
+        await self.single.aclose()
 
     def call(self, op: Op) -> asyncio.Future[Any]:
         """Queue one command (added to the pipeline by `op`); the future gets its result."""
@@ -71,7 +132,8 @@ class Batcher:
 
     def eval(self, script: Script, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
         """Queue one script run; the future gets its reply."""
-        return self.call(lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args))
+        # The raw command: redis-py blocks `evalsha` in cluster pipelines (it routes EVALSHA by its keys).
+        return self.call(lambda pipe: pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args))
 
     async def _drain(self) -> None:
         try:
@@ -94,6 +156,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
+            if self.cluster is None:
+                await self.detect()
             results = await self._execute(batch)
             missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
             if missing:
@@ -102,7 +166,7 @@ class Batcher:
                 again = await self._execute([batch[i] for i in missing])
                 for i, r in zip(missing, again, strict=True):
                     results[i] = r
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except _DOWN as exc:
             # Not a warning: the owner of the connection (gateway, coordinator) logs the outage once.
             log.debug("redis batch of %d failed: %s", len(batch), exc)
             for _, fut in batch:
@@ -110,7 +174,7 @@ class Batcher:
                     fut.set_exception(GatewayError(ErrorCode.UNAVAILABLE, UNAVAILABLE))
                     fut.exception()  # fire-and-forget calls (index updates) need not be awaited
             return
-        except RedisError as exc:
+        except Exception as exc:  # RedisError, or a command the pipeline refused: fail this batch only
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
@@ -123,7 +187,11 @@ class Batcher:
         for (_, fut), result in zip(batch, results, strict=True):
             if fut.done():
                 continue
-            if isinstance(result, Exception):
+            if isinstance(result, (ClusterDownError, TryAgainError, SlotNotCoveredError)):
+                # A shard failing over (or a slot moving) outlasted redis-py's retries: retryable.
+                fut.set_exception(GatewayError(ErrorCode.UNAVAILABLE, UNAVAILABLE))
+                fut.exception()
+            elif isinstance(result, Exception):
                 fut.set_exception(result)
                 if not isinstance(result, ResponseError):
                     fut.exception()

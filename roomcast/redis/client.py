@@ -1,19 +1,35 @@
 """One place that makes redis-py clients, with failure behaviour suited to a gateway:
 short timeouts and a single immediate retry (a pooled connection that died with a Redis
-restart is replaced once; a Redis that is really down fails fast with `unavailable`)."""
+restart is replaced once; a Redis that is really down fails fast with `unavailable`).
+
+Redis Cluster: `REDIS_URL` may name any one node. `is_cluster` asks the server
+(`INFO cluster`, `cluster_enabled:1`); then `make_cluster_client` makes redis-py's
+`RedisCluster` from the same URL (TLS and password included), which discovers the other
+nodes, routes every command by slot, follows MOVED/ASK, waits out TRYAGAIN and refreshes
+its slot map on CLUSTERDOWN or a dead node (a short exponential backoff, few attempts: a
+shard that is really down fails fast with `unavailable`, like a single Redis).
+"""
 
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import RedisSSLContext, parse_url
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.crc import key_slot as _key_slot
 from redis.retry import Retry
 
 
-def make_client(url: str) -> Redis:
-    client: Redis = Redis.from_url(
+class UrlRedis(Redis):
+    """A redis-py client that remembers its URL (to make the cluster client from it)."""
+
+    url: str = ""
+
+
+def make_client(url: str) -> UrlRedis:
+    client = UrlRedis.from_url(
         url,
         socket_timeout=2.0,
         socket_connect_timeout=1.0,
@@ -21,7 +37,47 @@ def make_client(url: str) -> Redis:
         health_check_interval=0,
         max_connections=64,
     )
+    assert isinstance(client, UrlRedis)
+    client.url = url
     return client
+
+
+async def is_cluster(client: Redis) -> bool:
+    """Whether the server behind `client` is a Redis Cluster node (`cluster_enabled:1`)."""
+    info: dict[str, Any] = await client.info("cluster")
+    return int(info.get("cluster_enabled", 0)) == 1
+
+
+def make_cluster_client(url: str) -> RedisCluster:
+    """redis-py's RedisCluster from the URL of any one node. Coverage is not required:
+    while one shard fails over, the others keep serving."""
+    client: RedisCluster = RedisCluster.from_url(
+        url,
+        socket_timeout=2.0,
+        socket_connect_timeout=1.0,
+        retry=Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), 2),
+        require_full_coverage=False,
+        health_check_interval=0,
+        max_connections=64,
+    )
+    return client
+
+
+def key_slot(key: str | bytes) -> int:
+    """The Redis Cluster slot of a key (its hash tag's, if it has one)."""
+    return int(_key_slot(key.encode() if isinstance(key, str) else key))
+
+
+def slot_owner(client: RedisCluster, key: str | bytes) -> tuple[str, int]:
+    """(host, port) of the primary that owns `key`'s slot in `client`'s current slot map
+    (the sharded pub/sub subscriber connects there for a room's channel)."""
+    node = client.nodes_manager.get_node_from_slot(key_slot(key))
+    return str(node.host), int(node.port)
+
+
+def primaries(client: RedisCluster) -> list[tuple[str, int]]:
+    """(host, port) of every primary in `client`'s current slot map."""
+    return [(str(n.host), int(n.port)) for n in client.get_primaries()]
 
 
 def tls_context(url: str) -> ssl.SSLContext | None:
