@@ -140,6 +140,26 @@ class RedisClusterServer:
     def url(self) -> str:
         return self.nodes[0].url
 
+    @property
+    def port(self) -> int:
+        """The port of the node `url` names."""
+        return self.nodes[0].port
+
+    def cli(self, *args: str) -> str:
+        """A key command, sent to a running node and redirected (`redis-cli -c`) to its owner."""
+        node = next(n for n in self.nodes if n.proc is not None)
+        out = subprocess.run(["redis-cli", "-c", "-p", str(node.port), *args], capture_output=True, text=True,
+                             timeout=10)
+        return out.stdout.strip()
+
+    def cli_all(self, *args: str) -> list[str]:
+        """A server command on every running node."""
+        return [n.cli(*args) for n in self.nodes if n.proc is not None]
+
+    def keys(self) -> dict[int, list[str]]:
+        """Every key of every running primary, by the primary's port."""
+        return {n.port: n.cli("--scan").split() for n in self.primary_nodes()}
+
     def start(self) -> RedisClusterServer:
         import tempfile
 

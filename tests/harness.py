@@ -352,6 +352,20 @@ def redis_server() -> Iterator[RedisServer]:
         server.stop()
 
 
+@contextlib.contextmanager
+def redis_of_kind(kind: str) -> Iterator[RedisServer | RedisClusterServer]:
+    """A fresh single Redis ("redis") or Redis Cluster of 3 primaries + 3 replicas ("redis-cluster")."""
+    server: RedisServer | RedisClusterServer = RedisServer() if kind == "redis" else RedisClusterServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+REDIS_KINDS = ("redis", "redis-cluster")
+
+
 @dataclass
 class CoordinatorProcess:
     port: int
@@ -394,7 +408,7 @@ class CoordinatorProcess:
 
 @dataclass
 class Cluster:
-    redis: RedisServer
+    redis: RedisServer | RedisClusterServer
     gateways: list[GatewayProcess]
     coordinators: list[CoordinatorProcess]
     env: dict[str, str]
@@ -408,8 +422,9 @@ class Cluster:
 
 @contextlib.contextmanager
 def cluster(n_gateways: int = 3, n_coordinators: int = 1, extra_env: Mapping[str, str] | None = None,
-            redis: RedisServer | None = None) -> Iterator[Cluster]:
-    """Redis + coordinators + gateways, all on 127.0.0.1; everything stopped afterwards."""
+            redis: RedisServer | RedisClusterServer | None = None) -> Iterator[Cluster]:
+    """Redis (a single one, or the Redis Cluster given) + coordinators + gateways, all on
+    127.0.0.1; everything stopped afterwards."""
     own_redis = redis is None
     server = redis or RedisServer().start()
     env = gateway_env(extra_env)

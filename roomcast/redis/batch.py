@@ -8,7 +8,7 @@ Redis Cluster: before its first batch the batcher asks the server whether it is 
 node (roomcast/redis/client.py); if so every batch goes through redis-py's cluster
 pipeline, which splits it per node (one pipeline per primary, sent concurrently) and
 follows MOVED/ASK/TRYAGAIN; scripts are loaded on every primary. `spread` is then the
-number of buckets the global keys are spread over (roomcast/redis/keys.py), 0 on one Redis.
+number of buckets the global keys are spread over (keys.SPREAD), 0 on one Redis.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import (
     ClusterDownError,
     NoScriptError,
@@ -34,25 +35,29 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from roomcast.errors import ErrorCode, GatewayError
+from roomcast.redis import keys
 from roomcast.redis.client import is_cluster, make_cluster_client
 
 log = logging.getLogger("roomcast.redis")
 
 Op = Callable[[Pipeline], Any]
 UNAVAILABLE = "redis unavailable; retry"
-# In a Redis Cluster the global keys (presence, indexes, the flusher's queues) are spread
-# over this many buckets, each its own hash tag (roomcast/redis/keys.py).
-CLUSTER_SPREAD = 16
 _DOWN = (RedisConnectionError, RedisTimeoutError, ClusterDownError, OSError)
 
 
 def cmd(name: str, *args: Any, **kwargs: Any) -> Op:
     """An op that adds one named redis-py command to the pipeline."""
-    if name == "publish":
-        # redis-py blocks the named method in cluster pipelines; the raw command is the same
-        # PUBLISH on one Redis, and on a cluster goes to one node (which broadcasts it).
-        return lambda pipe: pipe.execute_command("PUBLISH", *args)
+    if name in ("publish", "ping"):
+        return lambda pipe: _keyless(pipe, name, *args)
     return lambda pipe: getattr(pipe, name)(*args, **kwargs)
+
+
+def _keyless(pipe: Any, name: str, *args: Any) -> Any:
+    """PUBLISH and PING: redis-py blocks these methods in cluster pipelines; there the raw
+    command goes to the client's default node (a PUBLISH is broadcast to every node)."""
+    if isinstance(pipe, ClusterPipeline):
+        return pipe.execute_command(name.upper(), *args, target_nodes=RedisCluster.DEFAULT_NODE)
+    return getattr(pipe, name)(*args)
 
 
 class Script:
@@ -91,9 +96,14 @@ class Batcher:
                 url = getattr(self.single, "url", "")
                 if not url:
                     raise RedisError("a Redis Cluster needs a client made by make_client(url)")
-                self.client = make_cluster_client(url)
-                await self.client.initialize()
-                self.spread = CLUSTER_SPREAD
+                client = make_cluster_client(url)
+                try:
+                    await client.initialize()  # discovers the nodes and the slot map
+                except BaseException:
+                    await client.aclose()
+                    raise
+                self.client = client
+                self.spread = keys.SPREAD
                 self.cluster = True
                 log.info("Redis Cluster mode: %d primaries", len(self.client.get_primaries()))
             else:
