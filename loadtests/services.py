@@ -135,15 +135,16 @@ class RedisClusterServer:
     node_timeout_ms: int = 2000
     nodes: list[RedisServer] = field(default_factory=list)
     base: Path | None = None
+    entry: int = 0  # the node `url` names
 
     @property
     def url(self) -> str:
-        return self.nodes[0].url
+        return self.nodes[self.entry].url
 
     @property
     def port(self) -> int:
         """The port of the node `url` names."""
-        return self.nodes[0].port
+        return self.nodes[self.entry].port
 
     def cli(self, *args: str) -> str:
         """A key command, sent to a running node and redirected (`redis-cli -c`) to its owner."""
@@ -174,7 +175,9 @@ class RedisClusterServer:
                 node = RedisServer(port=port, extra=(
                     "--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf"),
                     "--cluster-node-timeout", str(self.node_timeout_ms), "--dir", str(folder),
-                    "--cluster-require-full-coverage", "no", "--cluster-allow-reads-when-down", "no"))
+                    "--cluster-require-full-coverage", "no", "--cluster-allow-reads-when-down", "no",
+                    # Replicas in sync at once (no 5 s diskless delay), and always eligible to take over.
+                    "--repl-diskless-sync-delay", "0", "--cluster-replica-validity-factor", "0"))
                 self.nodes.append(node.start())
             out = subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
                                   "--cluster-replicas", str(self.replicas), "--cluster-yes"],
@@ -188,12 +191,15 @@ class RedisClusterServer:
         return self
 
     def wait_ok(self, timeout: float = 30.0) -> None:
-        """Until every running node says cluster_state:ok and knows every node."""
+        """Until every running node says cluster_state:ok and knows every node, and every
+        primary's replicas are in sync (so a failover can promote one)."""
         deadline = time.monotonic() + timeout * TIME_SCALE
         while time.monotonic() < deadline:
             running = [n for n in self.nodes if n.proc is not None]
             if all("cluster_state:ok" in n.cli("CLUSTER", "INFO") for n in running) and all(
-                    n.cli("CLUSTER", "NODES").count("connected") >= len(running) for n in running):
+                    n.cli("CLUSTER", "NODES").count("connected") >= len(running) for n in running) and all(
+                    n.cli("INFO", "replication").count("state=online") >= self.replicas
+                    for n in self.primary_nodes()):
                 return
             time.sleep(0.1)
         raise TimeoutError("the Redis Cluster did not become ok")
@@ -203,7 +209,8 @@ class RedisClusterServer:
 
     def node_of(self, key: str) -> RedisServer:
         """The running primary that owns `key`'s slot."""
-        slot = int(self.nodes[0].cli("CLUSTER", "KEYSLOT", key))
+        running = next(n for n in self.nodes if n.proc is not None)
+        slot = int(running.cli("CLUSTER", "KEYSLOT", key))
         for n in self.primary_nodes():
             for line in n.cli("CLUSTER", "NODES").splitlines():
                 f = line.split()

@@ -36,7 +36,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from roomcast.errors import ErrorCode, GatewayError
 from roomcast.redis import keys
-from roomcast.redis.client import is_cluster, make_cluster_client
+from roomcast.redis.client import is_cluster, key_slot, make_cluster_client
 
 log = logging.getLogger("roomcast.redis")
 
@@ -74,6 +74,8 @@ class Batcher:
         # The client batches go through: `single`, or the RedisCluster made by detect().
         self.client: Any = client
         self.cluster: bool | None = None  # not known until detect()
+        self._stale_map = False  # a node failed: refresh the slot map (at most every 0.25 s)
+        self._next_refresh = 0.0
         self.spread = 0
         self.max_batch = max_batch
         self._queue: list[tuple[Op, asyncio.Future[Any]]] = []
@@ -156,10 +158,69 @@ class Batcher:
             self._running = False
 
     async def _execute(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> list[Any]:
+        if self.cluster:
+            return await self._execute_per_node(batch)
         pipe = self.client.pipeline(transaction=False)
         for op, _ in batch:
             op(pipe)
         results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
+
+    async def _execute_per_node(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> list[Any]:
+        """A Redis Cluster: one pipeline per primary, sent concurrently; a node that is down
+        (or failing over) fails only its own commands (`unavailable`), not the batch's others.
+        The commands are recorded by a cluster pipeline, then grouped by their slot's node."""
+        client = self.client
+        now = asyncio.get_running_loop().time()
+        if (client._initialize or self._stale_map) and now >= self._next_refresh:
+            # Refresh the slot map from a live node (after a node failed: until its replica
+            # takes over, its slots fail fast). Not client.initialize(): that also asks COMMAND
+            # of the first primary of the map, which may be the dead one.
+            self._next_refresh = now + 0.25
+            await client.nodes_manager.initialize()
+            client._initialize = self._stale_map = False
+        recorder = client.pipeline(transaction=False)
+        for op, _ in batch:
+            op(recorder)
+        queued = list(recorder._execution_strategy._command_queue)
+        await recorder.reset()
+        if len(queued) != len(batch):
+            raise RedisError("an op must add exactly one command")
+        groups: dict[str, list[int]] = {}
+        nodes: dict[str, Any] = {}
+        for i, command in enumerate(queued):
+            name = "*"  # not in the slot map now: sent anywhere, redirected (MOVED) from there
+            verb = str(command.args[0]).upper()
+            try:
+                # Keyless: PUBLISH to its channel's slot owner, PING to the heartbeat's (ws:nodes).
+                slot = (key_slot(command.args[1]) if verb == "PUBLISH" else key_slot(keys.NODES) if verb == "PING"
+                        else await client._determine_slot(*command.args))
+                node = client.nodes_manager.get_node_from_slot(slot)
+                name, nodes[node.name] = node.name, node
+            except SlotNotCoveredError:
+                pass
+            groups.setdefault(name, []).append(i)
+
+        async def run(name: str, indexes: list[int]) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for i in indexes:
+                kwargs = dict(queued[i].kwargs)
+                if "target_nodes" in kwargs and name in nodes:
+                    kwargs["target_nodes"] = nodes[name]
+                pipe.execute_command(*queued[i].args, **kwargs)
+            try:
+                out: list[Any] = await pipe.execute(raise_on_error=False)
+                return out
+            except Exception as exc:  # this node's commands only (a dead node: `unavailable` below)
+                log.debug("redis node batch of %d failed: %s", len(indexes), exc)
+                self._stale_map = self._stale_map or isinstance(exc, _DOWN)
+                return [exc] * len(indexes)
+
+        results: list[Any] = [None] * len(batch)
+        replies = await asyncio.gather(*(run(name, indexes) for name, indexes in groups.items()))
+        for indexes, reply in zip(groups.values(), replies, strict=True):
+            for i, r in zip(indexes, reply, strict=True):
+                results[i] = r
         return results
 
     async def _run(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
@@ -197,7 +258,7 @@ class Batcher:
         for (_, fut), result in zip(batch, results, strict=True):
             if fut.done():
                 continue
-            if isinstance(result, (ClusterDownError, TryAgainError, SlotNotCoveredError)):
+            if isinstance(result, (*_DOWN, TryAgainError, SlotNotCoveredError)):
                 # A shard failing over (or a slot moving) outlasted redis-py's retries: retryable.
                 fut.set_exception(GatewayError(ErrorCode.UNAVAILABLE, UNAVAILABLE))
                 fut.exception()

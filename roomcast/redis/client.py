@@ -5,9 +5,10 @@ restart is replaced once; a Redis that is really down fails fast with `unavailab
 Redis Cluster: `REDIS_URL` may name any one node. `is_cluster` asks the server
 (`INFO cluster`, `cluster_enabled:1`); then `make_cluster_client` makes redis-py's
 `RedisCluster` from the same URL (TLS and password included), which discovers the other
-nodes, routes every command by slot, follows MOVED/ASK, waits out TRYAGAIN and refreshes
-its slot map on CLUSTERDOWN or a dead node (a short exponential backoff, few attempts: a
-shard that is really down fails fast with `unavailable`, like a single Redis).
+nodes, routes every command by slot, follows MOVED/ASK and waits out TRYAGAIN; on a dead
+node or CLUSTERDOWN the Batcher fails that node's commands fast with `unavailable` (like a
+single Redis that is down) and refreshes the slot map (at most every 0.25 s) until the
+node's replica has taken over.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import RedisSSLContext, parse_url
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.backoff import NoBackoff
 from redis.crc import key_slot as _key_slot
 from redis.retry import Retry
 
@@ -55,7 +56,9 @@ def make_cluster_client(url: str) -> RedisCluster:
         url,
         socket_timeout=2.0,
         socket_connect_timeout=1.0,
-        retry=Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), 2),
+        # No retry inside redis-py: its retry closes every node's connections and re-asks the
+        # first primary (maybe the dead one); the Batcher refreshes the slot map itself.
+        retry=Retry(NoBackoff(), 0),
         require_full_coverage=False,
         health_check_interval=0,
         max_connections=64,

@@ -457,3 +457,101 @@ async def test_rooms_on_every_shard_with_members_on_two_replicas_and_no_hot_key(
             assert redis.cli("--scan", "--pattern", "ws:*{ws:b*") == ""
     finally:
         await _close(*hosts, *far)
+
+
+async def test_coordinator_survives_a_failover_of_its_lease_node() -> None:
+    """SIGKILL of the primary that holds the coordinator's lease: its replica takes over,
+    the coordinator (not restarted) leads again and reaps across every shard, and rooms
+    created afterwards work, wherever their slot is."""
+    env = {"COORDINATOR_LEASE_TTL": "1500", "WEBSOCKET_HEARTBEAT_TIMEOUT": "1500"}
+    with redis_of_kind("redis-cluster") as redis:
+        assert isinstance(redis, RedisClusterServer)
+        # REDIS_URL names another node: the classic pub/sub of this branch subscribes on that
+        # one node only (the sharded bus, issue 13 part B, subscribes on every primary).
+        lease_node = redis.node_of("ws:lease:coordinator")
+        redis.entry = next(i for i, n in enumerate(redis.nodes) if n is not lease_node)
+        with cluster(1, 1, env, redis=redis) as c:
+            await _lease_failover(redis, c)
+
+
+async def _lease_failover(redis: RedisClusterServer, c: Cluster) -> None:
+    if True:  # (indented as the test's body)
+        coord = c.coordinators[0]
+        deadline = time.monotonic() + 10 * UNIT
+        while coord.metric("roomcast_coordinator_leader") != 1:
+            assert time.monotonic() < deadline, "the coordinator never led"
+            await asyncio.sleep(0.1)
+        victim = redis.node_of("ws:lease:coordinator")
+        victim.kill()
+        killed = time.monotonic()
+        while True:  # the lease's slot is served by the promoted replica
+            assert time.monotonic() - killed < 20 * UNIT, "no failover"
+            try:
+                if redis.node_of("ws:lease:coordinator").port != victim.port:
+                    break
+            except LookupError:
+                pass
+            await asyncio.sleep(0.2)
+        while coord.metric("roomcast_coordinator_leader") != 1 or \
+                (await ahttp_get(c.gateways[0].http + "/readyz"))[0] != 200:
+            assert time.monotonic() - killed < 25 * UNIT, "the coordinator or gateway did not come back"
+            await asyncio.sleep(0.2)
+        assert coord.proc is not None and coord.proc.poll() is None
+        # The reaper works across every shard again: a silent socket is timed out.
+        async with Client.open(c.gateways[0].url) as watcher, Client.open(c.gateways[0].url) as silent:
+            room_id = unique("lease-fo")
+            await watcher.hello(unique("w"))
+            watcher.start_pinging()
+            for _ in range(100):  # requests on the failed shard may get `unavailable` for a moment
+                reply = await watcher.request({"type": "create_room", "room_id": room_id, "game_type": "g"})
+                if reply["type"] == "room_created":
+                    break
+                assert reply["code"] == "unavailable", reply
+                await asyncio.sleep(0.2)
+            await silent.hello(unique("s"))
+            assert (await silent.request({"type": "join", "room_id": room_id}))["type"] == "joined"
+            evt = await watcher.expect(8 * UNIT, type="event", event_type="participant_disconnected")
+            assert evt["payload"]["reason"] == "timeout"
+
+
+async def test_batcher_fails_only_a_dead_shards_commands_and_follows_its_failover() -> None:
+    """One batch with commands for every shard while a primary is SIGKILLed: the others'
+    commands succeed throughout, the dead shard's get `unavailable` (retryable), and once its
+    replica has taken over they succeed again, with no new client."""
+    from roomcast.errors import ErrorCode, GatewayError
+    from roomcast.redis.batch import Batcher, cmd
+    from roomcast.redis.client import make_client
+
+    with redis_of_kind("redis-cluster") as redis:
+        assert isinstance(redis, RedisClusterServer)
+        batcher = Batcher(make_client(redis.url))
+        try:
+            assert await batcher.detect()
+            by_node: dict[int, str] = {}
+            for n in range(1000):  # one key per primary
+                by_node.setdefault(redis.node_of(f"k{{{n}}}").port, f"k{{{n}}}")
+                if len(by_node) == 3:
+                    break
+            victim = next(n for n in redis.primary_nodes() if n.port != redis.port)
+            victim.kill()
+            killed = time.monotonic()
+            recovered = False
+            while time.monotonic() - killed < 20 * UNIT:
+                futs = {port: batcher.call(cmd("incr", key)) for port, key in by_node.items()}
+                for port, fut in futs.items():
+                    try:
+                        await fut
+                        ok = True
+                    except GatewayError as exc:
+                        assert exc.code is ErrorCode.UNAVAILABLE
+                        ok = False
+                    if port != victim.port:
+                        assert ok, "a live shard's command failed during the failover"
+                    elif ok:
+                        recovered = True
+                if recovered:
+                    break
+                await asyncio.sleep(0.2)
+            assert recovered, "the failed shard's slots never came back"
+        finally:
+            await batcher.aclose()
