@@ -136,6 +136,8 @@ class RedisClusterServer:
     nodes: list[RedisServer] = field(default_factory=list)
     base: Path | None = None
     entry: int = 0  # the node `url` names
+    tls: dict[str, Path] | None = None  # TLS only (clients, the cluster bus, replication)
+    password: str | None = None
 
     @property
     def url(self) -> str:
@@ -149,9 +151,7 @@ class RedisClusterServer:
     def cli(self, *args: str) -> str:
         """A key command, sent to a running node and redirected (`redis-cli -c`) to its owner."""
         node = next(n for n in self.nodes if n.proc is not None)
-        out = subprocess.run(["redis-cli", "-c", "-p", str(node.port), *args], capture_output=True, text=True,
-                             timeout=10)
-        return out.stdout.strip()
+        return node.cli("-c", *args)
 
     def cli_all(self, *args: str) -> list[str]:
         """A server command on every running node."""
@@ -172,14 +172,21 @@ class RedisClusterServer:
                 taken |= {port, port + 10000}
                 folder = self.base / str(port)
                 folder.mkdir()
-                node = RedisServer(port=port, extra=(
+                secure: tuple[str, ...] = ("--tls-cluster", "yes", "--tls-replication", "yes") if self.tls else ()
+                if self.password:
+                    secure += ("--masterauth", self.password)
+                node = RedisServer(port=port, tls=self.tls, password=self.password, extra=(*secure,
                     "--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf"),
                     "--cluster-node-timeout", str(self.node_timeout_ms), "--dir", str(folder),
                     "--cluster-require-full-coverage", "no", "--cluster-allow-reads-when-down", "no",
                     # Replicas in sync at once (no 5 s diskless delay), and always eligible to take over.
                     "--repl-diskless-sync-delay", "0", "--cluster-replica-validity-factor", "0"))
                 self.nodes.append(node.start())
-            out = subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
+            auth = ["--tls", "--cacert", str(self.tls["ca"])] if self.tls else []
+            if self.password:
+                auth += ["--no-auth-warning", "-a", self.password]
+            out = subprocess.run(["redis-cli", *auth, "--cluster", "create",
+                                  *[f"127.0.0.1:{n.port}" for n in self.nodes],
                                   "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                                  capture_output=True, text=True, timeout=60)
             if out.returncode != 0:
