@@ -15,6 +15,7 @@ import asyncpg
 from roomcast.bus.memory import MemoryBus
 from roomcast.bus.redis import RedisBus
 from roomcast.device_tokens import PostgresTokenHistory
+from roomcast.errors import GatewayError
 from roomcast.history.base import StoredRoom
 from roomcast.history.flusher import Flusher, FlusherMetrics
 from roomcast.history.jobs import update_heartbeats
@@ -142,6 +143,8 @@ def memory_node(settings: Settings, metrics: Metrics) -> Node:
         history_bytes=settings.room_history_bytes,
         history_bytes_total=settings.history_bytes_total,
         max_rooms=settings.max_rooms,
+        idempotency_window_ms=settings.idempotency_window_ms,
+        idempotency_max_keys=settings.idempotency_max_keys,
     )
 
     def room_counts() -> None:
@@ -175,12 +178,14 @@ class RedisLink:
             max_participants=settings.max_participants_per_room,
             history_bytes=settings.room_history_bytes,
             max_rooms=settings.max_rooms,
+            idempotency_window_ms=settings.idempotency_window_ms,
+            idempotency_max_keys=settings.idempotency_max_keys,
         )
         self.presence = RedisPresence(self.batcher)
         self.bus = RedisBus(
             settings.redis_pubsub_url or settings.redis_url,
             settings.node_id,
-            lambda channel, data: self.batcher.call(cmd("publish", channel, data)),
+            lambda channel, data: self.batcher.call(cmd("spublish", channel, data)),
             probe_interval=settings.pubsub_probe_ms / 1000,
             probe_timeout=settings.pubsub_probe_timeout_ms / 1000,
         )
@@ -189,6 +194,7 @@ class RedisLink:
         self.node.hub.gap_source = self.store.read_since
         self.bus.on_resubscribed = self.node.hub.repair
         self.bus.on_state = self._bus_state
+        metrics.before_scrape.append(lambda: metrics.observe_shards(self.bus.shard_stats()))
         self.node.on_stall = self._stalled
         self.redis_ok = False
         self.bus_ok = False
@@ -209,11 +215,24 @@ class RedisLink:
         self.bus_ok = up
         if up:
             self.metrics.pubsub_reconnects.inc(0)
+            if keys.CONTROL_ROOM not in self.bus.wanted and not self.closing:
+                # The server API's kick/disconnect reach every replica on this channel.
+                self._tasks.append(asyncio.get_running_loop().create_task(self._subscribe_control()))
         else:
             self.metrics.pubsub_reconnects.inc()
             if not self.closing:
                 self.outage.failed(f"pub/sub: {self.bus.last_error}", _CONSEQUENCE)
         self._update()
+
+    async def _subscribe_control(self) -> None:
+        for attempt in range(1_000_000):  # until subscribed (or the link closes and cancels it)
+            if keys.CONTROL_ROOM in self.bus.wanted:
+                return
+            try:
+                await self.bus.subscribe(keys.CONTROL_ROOM)
+                return
+            except GatewayError:
+                await asyncio.sleep(min(0.1 * 2 ** min(attempt, 5), 2.0))
 
     def _update(self) -> None:
         ok = self.redis_ok and self.bus_ok

@@ -17,6 +17,7 @@ from roomcast import __version__
 from roomcast.http_mini import serve_http
 from roomcast.settings import Settings, SettingsError, add_arguments, environment_help
 
+from .api import load_keys
 from .auth import KeyFileError, Verifier
 from .backend import open_node
 from .node import Node
@@ -92,6 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         Verifier.from_settings(settings)  # unreadable or unusable key files stop start-up here
     except KeyFileError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    try:
+        load_keys(settings)  # SERVER_API_KEYS_FILE: unreadable or bad, start-up stops (never showing a secret)
+    except (OSError, ValueError) as exc:
+        print(f"gateway: SERVER_API_KEYS_FILE: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=settings.log_level,

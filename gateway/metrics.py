@@ -6,6 +6,7 @@ device ids. Hot-path label children are bound once in __init__.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -63,6 +64,21 @@ class Metrics:
         self.redis_rtt = Histogram(
             "roomcast_redis_rtt_seconds", "Round trip of this replica's periodic Redis ping.",
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0), registry=r)
+        # Per Redis shard (label: the slot range the shard served when first seen, e.g. "0-5460"; a
+        # single Redis is "0-16383"): as many values as the cluster has shards, never per node address.
+        self.pubsub_shard_connected = Gauge(
+            "roomcast_pubsub_shard_connected",
+            "1 while this replica's pub/sub subscriber connection to the shard's primary is up, by shard.",
+            ["shard"], registry=r)
+        self.pubsub_shard_resubscribes = Counter(
+            "roomcast_pubsub_shard_resubscribes",
+            "Rooms resubscribed on a shard after a reconnect, failover or slot move (then repaired), by shard.",
+            ["shard"], registry=r)
+        self.pubsub_shard_failovers = Counter(
+            "roomcast_pubsub_shard_failovers",
+            "Times this replica saw another node take over a shard's slots (a replica promoted), by shard.",
+            ["shard"], registry=r)
+        self._shard_totals: dict[str, tuple[int, int]] = {}
         self.pubsub_lag = Histogram(
             "roomcast_pubsub_lag_seconds", "Time from an event's creation (its ts) to its fan-out on this replica.",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0), registry=r)
@@ -78,10 +94,26 @@ class Metrics:
             "roomcast_rooms_by_game_type", "Open rooms by game type (the 20 most common; the rest as 'other').",
             ["game_type"], registry=r)
         self.rooms_by_game_type_seen: set[str] = set()
+        self.webhook_calls = Counter(
+            "roomcast_webhook_calls", "Backend webhook calls (BACKEND_CONNECT_URL, BACKEND_JOIN_URL), by hook and "
+            "outcome: allow, deny, timeout, error (unreachable, cut off), bad_answer (not 200 or not a valid body).",
+            ["hook", "outcome"], registry=r)
+        self.webhook_seconds = Histogram(
+            "roomcast_webhook_seconds", "Time of a backend webhook call, by hook (timeouts included).", ["hook"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=r)
+        for hook in ("connect", "join"):  # exported at 0 from the start, for rate() and alerts
+            for outcome in ("allow", "deny", "timeout", "error", "bad_answer"):
+                self.webhook_calls.labels(hook, outcome)
         self.ready = Gauge("roomcast_ready", "1 while this replica accepts new sockets.", registry=r)
         self.info = Gauge("roomcast_node_info", "Constant 1, labelled with this replica's node id.", ["node"],
                           registry=r)
         self.info.labels(node_id or "unknown").set(1)
+        # The server API (gateway/api.py); `route` is the endpoint's template, never an id.
+        self.api_requests = Counter("roomcast_api_requests", "Server API requests, by route and HTTP status.",
+                                    ["route", "status"], registry=r)
+        self.api_latency = Histogram("roomcast_api_request_seconds", "Server API request handling time, by route.",
+                                     ["route"], registry=r,
+                                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         # Bind hot-path children once.
         self.in_by_type = {t: self.messages_in.labels(t) for t in MESSAGE_TYPES}
         self.in_invalid = self.messages_in.labels("invalid")
@@ -101,3 +133,16 @@ class Metrics:
     def refresh(self) -> None:
         for hook in self.before_scrape:
             hook()
+
+    def observe_shards(self, stats: list[tuple[str, bool, int, int]]) -> None:
+        """The bus's per-shard state (RedisBus.shard_stats: label, connected, resubscribes, failovers)."""
+        for gone in set(self._shard_totals) - {label for label, *_ in stats}:
+            # A shard the bus closed (its slots went to another): no stale "down" for the alert.
+            with contextlib.suppress(KeyError):
+                self.pubsub_shard_connected.remove(gone)
+        for label, connected, resubscribes, failovers in stats:
+            self.pubsub_shard_connected.labels(label).set(1 if connected else 0)
+            seen_resub, seen_fo = self._shard_totals.get(label, (0, 0))
+            self.pubsub_shard_resubscribes.labels(label).inc(max(0, resubscribes - seen_resub))
+            self.pubsub_shard_failovers.labels(label).inc(max(0, failovers - seen_fo))
+            self._shard_totals[label] = (max(seen_resub, resubscribes), max(seen_fo, failovers))

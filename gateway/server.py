@@ -1,4 +1,5 @@
-"""The I/O shell: a websockets server on one port for /ws, /healthz, /readyz and /metrics."""
+"""The I/O shell: a websockets server on one port for /ws, /healthz, /readyz and /metrics,
+and the server API (/api/v1/..., gateway/api.py) on the same port and on API_PORT."""
 
 from __future__ import annotations
 
@@ -18,9 +19,12 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from roomcast import SUBPROTOCOL
+from roomcast.bus.redis import RedisBus
 from roomcast.errors import CloseCode, GatewayError
 from roomcast.settings import Settings
+from roomcast.store.redis import RedisStore
 
+from .api import Api, ApiConnection
 from .backend import open_node
 from .node import Node
 from .session import Session
@@ -59,6 +63,44 @@ def _text(status: int, body: str) -> Response:
                     Headers([("Content-Type", "text/plain; charset=utf-8")]), body.encode())
 
 
+_API_LINE = (b"GET /api/", b"POST /api/", b"PATCH /api/", b"DELETE /api/", b"PUT /api/", b"HEAD /api/",
+             b"OPTIONS /api/")
+_SNIFF_MAX = 16
+
+
+class _SniffingConnection(ServerConnection):
+    """websockets reads no request bodies: a connection whose request line targets /api/
+    is handed to the server API's own HTTP reader before websockets sees a byte."""
+
+    api: Api | None = None
+    _sniff: bytes | None = b""
+    _api_conn: ApiConnection | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._sniff is None:
+            super().data_received(data)
+            return
+        if self._api_conn is not None:
+            self._api_conn.data_received(data)
+            return
+        head = self._sniff + data
+        if len(head) < _SNIFF_MAX and any(len(head) < len(line) and line.startswith(head) for line in _API_LINE):
+            self._sniff = head  # could still be an API request: wait for more
+            return
+        if self.api is not None and head.startswith(_API_LINE):
+            self._api_conn = self.api.connection()
+            self._api_conn.connection_made(self.transport)
+            self._api_conn.data_received(head)
+            return
+        self._sniff = None
+        super().data_received(head)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._api_conn is not None:
+            self._api_conn.connection_lost(exc)
+        super().connection_lost(exc)
+
+
 class Gateway:
     """Composes the node with the websockets server; an async context manager."""
 
@@ -69,6 +111,12 @@ class Gateway:
         self._upkeep: asyncio.Task[None] | None = None
         # The browser client (/lib/roomcast.js) and the trivia demo (/demo/).
         self.static = load_static() if settings.serve_static else {}
+        # The server API (SERVER_API_KEYS): on the gateway port, and on API_PORT when set.
+        store = node.store
+        self.api = Api(settings, node, store.b if isinstance(store, RedisStore) else None)
+        if isinstance(node.bus, RedisBus):
+            node.bus.on_control = self.api.control.on_message
+        self.api_server: asyncio.Server | None = None
 
     def metrics_response(self) -> Response:
         self.node.metrics.refresh()
@@ -152,9 +200,17 @@ class Gateway:
             max_queue=8,
             close_timeout=5,
             server_header=None,
+            create_connection=self._connection_class(),
         )
+        if s.api_port and self.api.enabled:
+            self.api_server = await self.api.serve(s.host, s.api_port)
         self._upkeep = asyncio.get_running_loop().create_task(self.node.run_upkeep())
         self._upkeep.add_done_callback(_crash_on_error)
+
+    def _connection_class(self) -> type[ServerConnection]:
+        if not self.api.enabled:
+            return ServerConnection
+        return type("GatewayConnection", (_SniffingConnection,), {"api": self.api})
 
     @property
     def port(self) -> int:
@@ -165,6 +221,8 @@ class Gateway:
 
     async def stop(self) -> None:
         """Readiness false, close every socket (1001, or 1012 over DRAIN_WINDOW), stop listening."""
+        if self.api_server is not None:
+            self.api_server.close()
         await self.node.drain(self.settings.drain_window_ms / 1000)
         if self.server is not None:
             self.server.close(close_connections=True)

@@ -5,7 +5,7 @@ optionally a coordinator (--coordinator). --rooms rooms of --room-members socket
 evenly over the gateways (25 + 25 for 50 members and 2 gateways). One member of each room, its
 host, publishes; the rooms alternate their publisher's gateway. Together they send
 ~--cluster-event-bytes payloads at --cluster-rate events/s. Every event goes publisher → its
-gateway → Lua script (EVALSHA: seq, XADD, PUBLISH) → every gateway's pub/sub subscription →
+gateway → Lua script (EVALSHA: seq, XADD, SPUBLISH) → every gateway's pub/sub subscription →
 local fan-out, so with 2 gateways half of the deliveries cross replicas. Reported: deliveries/s
 (every member gap-free), latency p50/p99 (publisher's timestamp to receive; local and
 cross-replica members separately), CPU of all gateways per delivery, redis-server CPU per event

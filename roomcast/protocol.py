@@ -35,6 +35,7 @@ RESERVED_EVENT_TYPES: Final = frozenset(
 )
 
 ROOM_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+IDEMPOTENCY_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")  # event.idempotency_key
 LIST_CURSOR_RE: Final = re.compile(r"[0-9]{1,16}\.[A-Za-z0-9_-]{1,64}")  # list_cursor()
 DEVICE_ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{8,128}")
 MAX_ID_CHARS: Final = 64
@@ -115,6 +116,8 @@ class Event:
     event_type: str
     action: str | None
     payload: dict[str, Any] | None
+    # extension: the same key in the same room within IDEMPOTENCY_WINDOW is applied once
+    idempotency_key: str | None = None
 
 
 @dataclass(slots=True)
@@ -356,6 +359,7 @@ def _event(f: _Fields) -> Event:
         event_type,
         f.string("action", required=False, max_len=MAX_ACTION),
         f.json_object("payload"),
+        f.pattern("idempotency_key", IDEMPOTENCY_KEY_RE, "1-64 characters of [A-Za-z0-9_-]", required=False),
     )
 
 

@@ -71,6 +71,14 @@ def _opt_str(raw: str) -> str | None:
     return raw or None
 
 
+def _opt_http_url(raw: str) -> str | None:
+    if not raw:
+        return None
+    if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", raw):
+        raise ValueError("must be an http:// or https:// URL")
+    return raw
+
+
 _NODE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -134,6 +142,26 @@ def _default_node_id() -> str:
     return f"{host}-{os.getpid()}"
 
 
+API_KEY_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+MIN_API_SECRET = 16
+
+
+def parse_api_keys(entries: Sequence[str]) -> dict[str, str]:
+    """`name=secret` entries -> {name: secret}. The error never includes a secret."""
+    keys: dict[str, str] = {}
+    for i, entry in enumerate(entries, 1):
+        name, sep, secret = entry.strip().partition("=")
+        name, secret = name.strip(), secret.strip()
+        if not sep or not API_KEY_NAME_RE.fullmatch(name):
+            raise ValueError(f"entry {i} must be `name=secret`, the name 1-64 characters of [A-Za-z0-9._-]")
+        if len(secret) < MIN_API_SECRET or any(c in secret for c in " ,\t"):
+            raise ValueError(f"the secret of key {name!r} must be {MIN_API_SECRET}+ characters, no spaces or commas")
+        if name in keys:
+            raise ValueError(f"key {name!r} is given twice")
+        keys[name] = secret
+    return keys
+
+
 @dataclass(frozen=True, slots=True)
 class Spec:
     field: str
@@ -173,6 +201,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("room_history_bytes", "ROOM_HISTORY_MAX_BYTES", _int(65_536, 1 << 30), 131_072, "Bytes of event frames kept per room for `join` with `since` (the oldest go first; the newest event is always kept). With Postgres only events already persisted go (replays then read them from Postgres).", None),
     Spec("history_bytes_total", "HISTORY_MAX_BYTES_TOTAL", _int(1_048_576, 1 << 40), 134_217_728, "Embedded gateway: bytes of kept history over all rooms (frames + 128 per event); beyond, the oldest events of any room go first. (Cluster: ROOM_HISTORY_MAX_BYTES x MAX_ROOMS.)", None),
     Spec("max_rooms", "MAX_ROOMS", _int(1, 10_000_000), 10_000, "Rooms that may exist at once (open, or closed and kept for WEBSOCKET_ROOM_TTL): per embedded gateway, per Redis in cluster mode. Beyond: `unavailable`.", None),
+    Spec("idempotency_window_ms", "IDEMPOTENCY_WINDOW", _int(1000, 86_400_000, MS), 600_000, "An `event` (or API publish) whose `idempotency_key` was used in the same room within this window is not applied again: it gets the first seq.", None),
+    Spec("idempotency_max_keys", "IDEMPOTENCY_KEYS_PER_ROOM", _int(1, 1_000_000), 1000, "Most idempotency keys a room remembers, the newest (about 300 bytes each, in Redis or in memory: 300 KB per room at the cap); at high rates this, not IDEMPOTENCY_WINDOW, bounds how long a resend is recognised (1000 keys at 10 keyed events/s: 100 s).", None),
     Spec("max_game_data_bytes", "MAX_GAME_DATA_BYTES", _int(2, 1_048_576), 32_768, "Largest encoded game_data a room may hold (after a patch too).", None),
     Spec("default_max_players", "DEFAULT_MAX_PLAYERS", _int(1, 10_000), 16, "max_players of a room created without one.", None),
     Spec("participant_prune_ms", "PARTICIPANT_PRUNE_AFTER", _int(1000, 30 * 86_400_000, MS), 300_000, "A disconnected participant is removed (`participant_left`, reason `pruned`) after this.", None),
@@ -189,6 +219,10 @@ SPECS: tuple[Spec, ...] = (
     Spec("jwt_jwks_min_interval_ms", "AUTH_JWT_JWKS_MIN_INTERVAL", _int(100, 86_400_000, MS), 10_000, "Least time between two fetches of AUTH_JWT_JWKS_URL (per replica), however many tokens with unknown `kid`s arrive.", None),
     Spec("jwt_jwks_timeout_ms", "AUTH_JWT_JWKS_TIMEOUT", _int(100, 60_000, MS), 5_000, "Time a fetch of AUTH_JWT_JWKS_URL may take; a hello waiting on a failed fetch gets `unavailable`.", None),
     Spec("require_auth", "REQUIRE_AUTH", _bool, False, "Refuse hello without a valid token (`unauthorized`). Needs a secret or a public key.", None),
+    Spec("backend_connect_url", "BACKEND_CONNECT_URL", _opt_http_url, None, "Your backend's connect webhook: every hello is POSTed to it ({device_id, user_id, ...}) and refused (`unauthorized`) unless it answers {\"allow\": true}. See docs/security.md.", None),
+    Spec("backend_join_url", "BACKEND_JOIN_URL", _opt_http_url, None, "Your backend's join webhook: every join and create_room is POSTed to it ({device_id, user_id, room_id, role, ...}) and refused (`forbidden`) unless it allows it.", None),
+    Spec("backend_webhook_secret", "BACKEND_WEBHOOK_SECRET", _opt_str, None, "Sent as `Authorization: Bearer <secret>` with every webhook call, so the backend knows the gateway.", None),
+    Spec("backend_timeout_ms", "BACKEND_TIMEOUT_MS", _int(50, 60_000, MS), 2000, "A webhook call not answered within this fails closed: the hello or join gets `unavailable`.", None),
     Spec("redis_url", "REDIS_URL", _opt_str, None, "Redis for cluster mode: redis://[:password@]host:port/db, or rediss://… for TLS with redis-py's query parameters (ssl_ca_certs=<file>, ssl_cert_reqs=required|optional|none, ssl_check_hostname=true|false, ssl_certfile, ssl_keyfile). May name any one node of a Redis Cluster: cluster mode is detected from the server and the other nodes discovered (docs/redis-layout.md). Unset = embedded single node.", "--redis-url"),
     Spec("redis_pubsub_url", "REDIS_PUBSUB_URL", _opt_str, None, "Redis for the pub/sub subscription, if not REDIS_URL (e.g. a separate instance); same URL forms, TLS included.", None),
     Spec("database_url", "DATABASE_URL", _opt_str, None, "Postgres for history and analytics (postgresql://user@host:port/db). Unset = no history.", "--database-url"),
@@ -232,6 +266,10 @@ SPECS: tuple[Spec, ...] = (
     Spec("user_agent_storage", "USER_AGENT_STORAGE", _choice("encrypt", "drop", "clear"), "encrypt", "encrypt (needs PRIVACY_ENCRYPTION_KEYS, else dropped), drop, or clear (not recommended).", None),
     Spec("personal_data_retention_days", "PERSONAL_DATA_RETENTION_DAYS", _int(1, 36_500), 90, "Personal fields (address, user agent, fingerprint, device info) older than this are erased by the cleanup job.", None),
     Spec("log_level", "LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR.", "--log-level"),
+    Spec("api_port", "API_PORT", _int(0, 65535), 0, "Serve the server API (/api/v1/...) on this separate port too; 0 = only on the main port.", "--api-port"),
+    Spec("server_api_keys", "SERVER_API_KEYS", _csv, (), "Server API keys: comma-separated `name=secret` pairs (secrets of 16+ characters). No keys (and no SERVER_API_KEYS_FILE) = the API is off. Keep it in a Secret.", None),
+    Spec("server_api_keys_file", "SERVER_API_KEYS_FILE", _opt_str, None, "A file of `name=secret` lines (or comma-separated), read at start, added to SERVER_API_KEYS.", None),
+    Spec("api_rate", "API_RATE", _float(0.1, 1_000_000), 1000.0, "Server API requests per second per key, cluster-wide (burst: 2 seconds' worth); beyond it 429 `rate_limited`.", None),
 )
 
 
@@ -259,6 +297,8 @@ class Settings:
     room_history_bytes: int = 131_072
     history_bytes_total: int = 134_217_728
     max_rooms: int = 10_000
+    idempotency_window_ms: int = 600_000
+    idempotency_max_keys: int = 1000
     max_game_data_bytes: int = 32_768
     default_max_players: int = 16
     participant_prune_ms: int = 300_000
@@ -275,6 +315,10 @@ class Settings:
     jwt_jwks_min_interval_ms: int = 10_000
     jwt_jwks_timeout_ms: int = 5_000
     require_auth: bool = False
+    backend_connect_url: str | None = None
+    backend_join_url: str | None = None
+    backend_webhook_secret: str | None = None
+    backend_timeout_ms: int = 2000
     redis_url: str | None = None
     redis_pubsub_url: str | None = None
     database_url: str | None = None
@@ -317,6 +361,10 @@ class Settings:
     user_agent_storage: str = "encrypt"
     personal_data_retention_days: int = 90
     log_level: str = "INFO"
+    api_port: int = 0
+    server_api_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False)  # secrets: never in a repr or log
+    server_api_keys_file: str | None = None
+    api_rate: float = 1000.0
 
     @classmethod
     def load(cls, env: Mapping[str, str], overrides: Mapping[str, str] | None = None) -> Settings:
@@ -367,6 +415,10 @@ class Settings:
                 ok = False
             if not ok:
                 raise SettingsError("PRIVACY_ENCRYPTION_KEYS", "<hidden>", "each entry must be 'kid:<base64 of 32 bytes>'")
+        try:
+            parse_api_keys(values["server_api_keys"])
+        except ValueError as exc:  # the value holds secrets: never echo it
+            raise SettingsError("SERVER_API_KEYS", "<hidden>", str(exc)) from None
         has_key_file = bool(values["jwt_public_key_file"] or values["jwt_jwks_file"] or values["jwt_jwks_url"])
         if "HS256" in values["jwt_algorithms"] and not values["jwt_secret"]:
             raise SettingsError("AUTH_JWT_ALGORITHMS", raw_seen["jwt_algorithms"], "HS256 needs AUTH_JWT_SECRET")

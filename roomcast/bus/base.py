@@ -1,6 +1,6 @@
 """The bus's contract: room events from the replica that made them to every replica with
 a local member of the room. `roomcast.bus.memory` serves the embedded single node,
-`roomcast.bus.redis` a cluster (Redis pub/sub)."""
+`roomcast.bus.redis` a cluster (Redis sharded pub/sub, on one Redis or a Redis Cluster)."""
 
 from __future__ import annotations
 

@@ -142,6 +142,9 @@ def room_args(snapshot: dict[str, str]) -> tuple[Any, ...]:
     )
 
 
+SERVICE_PREFIX = "service:"
+
+
 def event_rows(room_id: str, seq: int, frame: bytes) -> tuple[tuple[Any, ...], tuple[Any, ...] | None]:
     """(game_events row, participant change or None) for one event frame."""
     e = orjson.loads(frame)
@@ -154,14 +157,19 @@ def event_rows(room_id: str, seq: int, frame: bytes) -> tuple[tuple[Any, ...], t
         raise TypeError("event `from` and `payload` must be JSON objects or null")
     kind = e["event_type"]
     device = sender.get("device_id") or (payload or {}).get("device_id")
+    socket = sender.get("socket_id")
+    if isinstance(sender.get("service"), str):
+        # An event of the server API: its service in socket_id as `service:<name>` (socket ids
+        # never contain ':'), so the frame read back (history_read.frame_of) is the one sent.
+        socket = SERVICE_PREFIX + sender["service"]
     event = (
-        room_id, kind, sender.get("socket_id"), device, _uuid(sender.get("user_id")), ts(e["ts"]),
+        room_id, kind, socket, device, _uuid(sender.get("user_id")), ts(e["ts"]),
         e.get("action"), None if payload is None else orjson.dumps(payload).decode(), seq,
     )
     change = None
     if kind in PARTICIPANT_KINDS:
         p = payload or {}
-        change = (kind, room_id, p.get("device_id"), sender.get("socket_id"), _uuid(sender.get("user_id")),
+        change = (kind, room_id, p.get("device_id"), socket, _uuid(sender.get("user_id")),
                   p.get("role"), ts(e["ts"]))
     return event, change
 

@@ -27,8 +27,11 @@ SELECT count(*) FROM game_events WHERE room_id = $1 AND sequence_number > $2 AND
 
 def frame_of(room_id: str, row: Any) -> bytes:
     """Rebuild an event frame from its game_events row (payload key order may differ)."""
-    sender = None
-    if row["socket_id"] is not None:
+    sender: dict[str, Any] | None = None
+    if row["socket_id"] is not None and row["socket_id"].startswith("service:"):  # history.SERVICE_PREFIX
+        sender = {"service": row["socket_id"][len("service:"):], "socket_id": None, "device_id": None,
+                  "user_id": None}
+    elif row["socket_id"] is not None:
         user = row["user_id"]
         sender = {"socket_id": row["socket_id"], "device_id": row["device_id"],
                   "user_id": None if user is None else str(user)}

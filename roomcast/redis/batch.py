@@ -122,6 +122,10 @@ class Batcher:
         """Every bucket of a spread key: readers enumerate these ([None] on one Redis)."""
         return list(range(self.spread)) if self.spread else [None]
 
+    def across(self, name: str, verb: str, *args: Any, **kwargs: Any) -> asyncio.Future[list[Any]]:
+        """One command on every bucket of spread key `name`, queued now (one batch): the replies."""
+        return asyncio.gather(*(self.call(cmd(verb, keys.spread(name, b), *args, **kwargs)) for b in self.buckets()))
+
     async def load_scripts(self) -> None:
         await self.detect()
         for script in self.scripts:

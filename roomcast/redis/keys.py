@@ -88,6 +88,16 @@ def stream(room_id: str) -> str:
     return f"ws:room:{{{room_id}}}:stream"
 
 
+def idempotency(room_id: str) -> str:
+    """Hash: idempotency key -> the seq its event got (IDEMPOTENCY_WINDOW; see redis_scripts)."""
+    return f"ws:room:{{{room_id}}}:idem"
+
+
+def idempotency_at(room_id: str) -> str:
+    """Zset: idempotency key -> when it was first used (ms), to expire and cap the keys."""
+    return f"ws:room:{{{room_id}}}:idem:at"
+
+
 def channel(room_id: str) -> str:
     """Pub/sub channel of the room's live events."""
     return f"ws:room:{{{room_id}}}:events"
@@ -131,3 +141,18 @@ def node(node_id: str) -> str:
 def node_probe(node_id: str) -> str:
     """Pub/sub channel a replica publishes to itself to prove its subscription works."""
     return f"ws:node:{node_id}:probe"
+
+
+# Pub/sub channel every replica subscribes to: the server API's cluster-wide control
+# messages (kick a device's sockets out of a room, close a device's sockets).
+# The server API's control messages (kick, disconnect) to every replica: a sharded channel
+# shaped like a room's, of a room id no client can have (room ids are [A-Za-z0-9_-]), so the
+# bus subscribes it on the shard that owns its slot like any room.
+CONTROL_ROOM = "~control"
+CONTROL = channel(CONTROL_ROOM)
+
+
+def control_reply(request_id: str) -> str:
+    """Hash (short TTL): how many replicas applied a control message (`replied`) and the
+    sockets they acted on (`n`)."""
+    return f"ws:control:reply:{request_id}"

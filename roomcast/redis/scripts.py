@@ -15,6 +15,11 @@ the comma-separated list of the device's sockets that joined the room and are st
 and a socket acts in a room only while it is in that list. A participant that leaves is
 removed from the members hash (its history is in the stream / Postgres).
 Every script returns a table whose first element is 'ok' or 'err' (then an error code).
+
+Idempotency keys (design invariant 11): KEYS[5] hash key -> seq, KEYS[6] zset key -> first
+use (ms). `emit_once` below is the one place that decides whether a key was used: any
+script that emits on behalf of a sender (PUBLISH; a server API publish too) calls it with the
+room's six keys (RedisStore.room_keys), so the check and the seq are one atomic step.
 """
 
 from __future__ import annotations
@@ -51,8 +56,45 @@ local function emit(room_id, tail, now, maxlen)
     end
     if n == 1 then redis.call('HSET', KEYS[1], 'hbytes', #frame) end  -- resync after any drift
   end
-  redis.call('PUBLISH', 'ws:room:{' .. room_id .. '}:events', frame)
+  redis.call('SPUBLISH', 'ws:room:{' .. room_id .. '}:events', frame)
   return seq
+end
+-- Idempotency (KEYS[5] hash key -> seq, KEYS[6] zset key -> first use in ms). A key used
+-- within `window` ms returns its first seq and emits nothing. Each keyed emit first drops
+-- up to 8 expired keys (so the set follows the rate), then, at `cap` keys, the oldest ones:
+-- the room's keys are then those of the last `cap` keyed events (the documented memory
+-- bound); both keys expire `window` after the last keyed emit. ikey '' = no key.
+local function idem_seen(ikey, now, window)
+  if ikey == '' then return nil end
+  local at = redis.call('ZSCORE', KEYS[6], ikey)
+  if at and tonumber(at) > tonumber(now) - tonumber(window) then
+    return tonumber(redis.call('HGET', KEYS[5], ikey))
+  end
+  return nil
+end
+local function idem_note(ikey, seq, now, window, cap)
+  local old = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', tonumber(now) - tonumber(window), 'LIMIT', 0, 8)
+  if #old > 0 then
+    redis.call('ZREM', KEYS[6], unpack(old))
+    redis.call('HDEL', KEYS[5], unpack(old))
+  end
+  local over = redis.call('ZCARD', KEYS[6]) - tonumber(cap) + 1
+  if over > 0 then
+    local popped = redis.call('ZPOPMIN', KEYS[6], math.min(over, 64))
+    for i = 1, #popped, 2 do redis.call('HDEL', KEYS[5], popped[i]) end
+  end
+  redis.call('HSET', KEYS[5], ikey, seq)
+  redis.call('ZADD', KEYS[6], now, ikey)
+  redis.call('PEXPIRE', KEYS[5], window)
+  redis.call('PEXPIRE', KEYS[6], window)
+end
+-- emit, unless `ikey` was used within the window: returns (seq, 1 if it was a duplicate).
+local function emit_once(room_id, tail, now, maxlen, ikey, window, cap)
+  local seen = idem_seen(ikey, now, window)
+  if seen then return seen, 1 end
+  local seq = emit(room_id, tail, now, maxlen)
+  if ikey ~= '' then idem_note(ikey, seq, now, window, cap) end
+  return seq, 0
 end
 local function ptail(kind, device, role, reason, sender, now)
   local payload = '{"device_id":"' .. device .. '","role":"' .. role .. '"'
@@ -76,6 +118,7 @@ local function close_room(now, ttl)
     end
   end
   redis.call('DEL', KEYS[3])
+  if KEYS[6] then redis.call('DEL', KEYS[5], KEYS[6]) end  -- no event follows: no key to remember
   if ttl ~= '0' then  -- history mode passes '0': the flusher expires the room once persisted
     for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
   end
@@ -112,7 +155,7 @@ end
 CREATE = PRELUDE + r"""
 local room_id, now, device = ARGV[1], ARGV[5], ARGV[6]
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'err', 'conflict'} end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 redis.call('HSET', KEYS[1], 'room_id', room_id, 'game_type', ARGV[2], 'status', 'waiting',
   'max_players', ARGV[3], 'game_data', ARGV[4], 'created_at', now, 'created_by', device,
   'password_hash', ARGV[10], 'epoch', ARGV[11], 'seq', 0, 'players', 1, 'gd_ver', 0, 'updated_at', now,
@@ -233,7 +276,8 @@ end
 return {'ok', 1}
 """
 
-# ARGV: room_id device tail now maxlen socket
+# ARGV: room_id device tail now maxlen socket idempotency_key('') window_ms max_keys
+# Returns {'ok', seq, duplicate(0/1)}.
 PUBLISH = PRELUDE + SOCKETS + r"""
 local _, err = open_room()
 if err then return {'err', err} end
@@ -244,7 +288,8 @@ if pst == 'left' or not has_sock(socks, ARGV[6]) then return {'err', 'not_member
 if string.sub(v, 1, 10) == 'spectator|' and redis.call('HGET', KEYS[1], 'spectator_events') ~= '1' then
   return {'err', 'forbidden_spectator'}
 end
-return {'ok', emit(ARGV[1], ARGV[3], ARGV[4], ARGV[5])}
+local seq, dup = emit_once(ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[7] or '', ARGV[8] or '0', ARGV[9] or '1')
+return {'ok', seq, dup}
 """
 
 # ARGV: room_id device tail now maxlen status('') game_data('') expected_gd_ver max_game_data_bytes socket
@@ -388,4 +433,89 @@ if freed > 0 and redis.call('HEXISTS', KEYS[1], 'hbytes') == 1 then
   redis.call('HINCRBY', KEYS[1], 'hbytes', -freed)
 end
 return freed
+"""
+
+# ---- the server API: a service (an API key's name) acts on rooms without being a member.
+
+# A room owned by a service: no member, no host, no event (seq 0).
+# ARGV: room_id game_type max_players game_data now created_by password_hash epoch spectator_events
+SVC_CREATE = r"""
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'err', 'conflict'} end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('HSET', KEYS[1], 'room_id', ARGV[1], 'game_type', ARGV[2], 'status', 'waiting',
+  'max_players', ARGV[3], 'game_data', ARGV[4], 'created_at', ARGV[5], 'created_by', ARGV[6],
+  'password_hash', ARGV[7], 'epoch', ARGV[8], 'seq', 0, 'players', 0, 'gd_ver', 0, 'updated_at', ARGV[5],
+  'creator_user', '', 'spectator_events', ARGV[9], 'occupants', 0)
+return {'ok', 0, ARGV[8], '', -1, redis.call('HGETALL', KEYS[1]), {}, {}}
+"""
+
+# The room hash and its members, in one step. Returns {'ok', room pairs, member pairs}.
+ROOM_READ = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'err', 'not_found'} end
+return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+"""
+
+# ARGV: room_id tail now maxlen idempotency_key('') window_ms max_keys  -> {'ok', seq, dup}
+SVC_PUBLISH = PRELUDE + r"""
+local _, err = open_room()
+if err then return {'err', err} end
+local seq, dup = emit_once(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5] or '', ARGV[6] or '0', ARGV[7] or '1')
+return {'ok', seq, dup}
+"""
+
+# ARGV: room_id tail now maxlen status('') game_data('') expected_gd_ver max_game_data_bytes
+# Returns {'ok', seq, status before}.
+SVC_UPDATE = PRELUDE + r"""
+local old_status, err = open_room()
+if err then return {'err', err} end
+if ARGV[6] ~= '' then
+  if redis.call('HGET', KEYS[1], 'gd_ver') ~= ARGV[7] then return {'err', 'retry'} end
+  if #ARGV[6] > tonumber(ARGV[8]) then return {'err', 'bad_request'} end
+  redis.call('HSET', KEYS[1], 'game_data', ARGV[6])
+  redis.call('HINCRBY', KEYS[1], 'gd_ver', 1)
+end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[5]) end
+return {'ok', emit(ARGV[1], ARGV[2], ARGV[3], ARGV[4]), old_status}
+"""
+
+# ARGV: room_id tail now maxlen ttl_ms. Returns {'ok', seq, devices that left}.
+SVC_CLOSE = PRELUDE + r"""
+local _, err = open_room()
+if err then return {'err', err} end
+local seq = emit(ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+return {'ok', seq, close_room(ARGV[3], ARGV[5])}
+"""
+
+# A participant leaves with every socket it has there: `participant_left` (reason
+# `kicked`), then, if it was the host of a player-owned room, `host_changed`.
+# ARGV: room_id device now sender maxlen. Returns {'ok', seq of participant_left}.
+KICK = PRELUDE + r"""
+local room_id, device, now, sender, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local _, err = open_room()
+if err then return {'err', err} end
+local v = redis.call('HGET', KEYS[2], device)
+if not v then return {'err', 'not_member'} end
+local r, pst, socks = mparse(v)
+if pst == 'left' then return {'err', 'not_member'} end
+for s in string.gmatch(socks, '[^,]+') do redis.call('SREM', KEYS[3], s) end
+redis.call('HDEL', KEYS[2], device)
+redis.call('HINCRBY', KEYS[1], 'occupants', -1)
+if r ~= 'spectator' then redis.call('HINCRBY', KEYS[1], 'players', -1) end
+local seq = emit(room_id, ptail('participant_left', device, r, 'kicked', sender, now), now, maxlen)
+if r == 'host' then
+  local best, best_rank, best_v
+  local all = redis.call('HGETALL', KEYS[2])
+  for i = 1, #all, 2 do
+    local mr, ms, msock, mu, mj = mparse(all[i + 1])
+    if ms ~= 'left' and mr == 'player' then
+      local rank = (ms == 'active' and 0 or 1e15) + tonumber(mj)
+      if not best_rank or rank < best_rank then best, best_rank, best_v = all[i], rank, {msock, ms, mu, mj} end
+    end
+  end
+  if best then
+    redis.call('HSET', KEYS[2], best, mfmt('host', best_v[2], best_v[1], best_v[3], best_v[4]))
+    emit(room_id, ptail('host_changed', best, 'host', 'host_left', 'null', now), now, maxlen)
+  end
+end
+return {'ok', seq}
 """

@@ -31,6 +31,21 @@ class Caller:
 
 
 @dataclass(frozen=True, slots=True)
+class Service:
+    """A game backend acting through the server API (a key's name): not a participant."""
+
+    name: str
+
+    def sender(self) -> dict[str, Any]:
+        return {"service": self.name, "socket_id": None, "device_id": None, "user_id": None}
+
+    @property
+    def created_by(self) -> str:
+        """The room object's `created_by` of a room the service created."""
+        return f"service:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceRoom:
     room_id: str
     role: str
@@ -184,8 +199,16 @@ class RoomStore(Protocol):
         with its last joined socket. `not_member` if this socket has not joined the room."""
         ...
 
-    async def publish(self, caller: Caller, room_id: str, tail: bytes, now_ms: int) -> int:
-        """Append a client event (tail from `protocol.event_tail`) and return its seq."""
+    async def publish(self, caller: Caller, room_id: str, tail: bytes, now_ms: int,
+                      idempotency_key: str | None = None) -> int:
+        """Append a client event (tail from `protocol.event_tail`) and return its seq.
+
+        With `idempotency_key`: if the same key was used in this room within
+        IDEMPOTENCY_WINDOW (by anyone, on any replica), return that event's seq and append
+        nothing. The check is part of the same atomic step that gives the seq (design
+        invariant 11); a refused publish (not a member, closed room) notes no key. A room
+        remembers at most IDEMPOTENCY_KEYS_PER_ROOM keys (the newest); its keys are forgotten
+        when it closes."""
         ...
 
     async def update_room(
@@ -212,6 +235,43 @@ class RoomStore(Protocol):
         closed rooms only if asked for. Read from indexes by status and game type: the cost
         is the page, not the number of rooms. `after` continues after that (created_at,
         room_id); the page's `next_after` is where the next page starts (None: no more)."""
+        ...
+
+    # ---- the server API: a service acts on rooms without being a participant.
+
+    async def create_service_room(self, service: Service, room: NewRoom, now_ms: int) -> JoinResult:
+        """Create a room owned by the service: no participant, no host (no player ever
+        becomes host there), no event; `conflict` if the id exists, `unavailable` when
+        MAX_ROOMS rooms exist. The result's `participants` is empty and `seq` 0."""
+        ...
+
+    async def room_info(self, room_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The room object and its participants (not the ones that left), read in one
+        atomic step; `not_found`."""
+        ...
+
+    async def service_publish(self, service: Service, room_id: str, tail: bytes, now_ms: int,
+                              idempotency_key: str | None = None) -> int:
+        """Append an event from the service (tail from `protocol.event_tail` with the
+        service's sender); `not_found`, `room_closed`. With `idempotency_key`, as `publish`:
+        a key already used in the room within the window returns its seq, and no event."""
+        ...
+
+    async def service_update(
+        self, service: Service, room_id: str, status: str | None, patch: dict[str, Any] | None, now_ms: int
+    ) -> int:
+        """update_room as the service (any room, no host needed): `state_change` from it."""
+        ...
+
+    async def service_close(self, service: Service, room_id: str, now_ms: int) -> int:
+        """close_room as the service: `room_closed` from it, every member leaves."""
+        ...
+
+    async def kick(self, service: Service, room_id: str, device_id: str, now_ms: int) -> int:
+        """Remove a participant with all its sockets: `participant_left` with reason
+        `kicked` from the service (then `host_changed` if it was a player room's host);
+        returns the seq of `participant_left`. `not_member` if the device is not a
+        participant, `not_found`, `room_closed`."""
         ...
 
     async def sweep(self, now_ms: int) -> None:

@@ -6,13 +6,9 @@ which is the same contract the Redis scripts give a cluster.
 
 from __future__ import annotations
 
-import bisect
-import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -20,7 +16,7 @@ import orjson
 from roomcast import merge_patch
 from roomcast.bus.memory import MemoryBus
 from roomcast.errors import ErrorCode
-from roomcast.protocol import ROOM_STATUSES, event_frame, event_tail
+from roomcast.protocol import event_frame, event_tail
 from roomcast.room import (
     ACTIVE,
     DISCONNECTED,
@@ -42,8 +38,12 @@ from roomcast.store.base import (
     JoinResult,
     NewRoom,
     RoomPage,
+    Service,
     fail,
 )
+from roomcast.store.memory_idem import IdempotencyKeys
+from roomcast.store.memory_index import MemoryRoomIndex
+from roomcast.store.memory_records import DeviceRecord, SocketRecord
 
 # What one kept event costs beyond its frame: the bytes object, its tuple and deque slot.
 EVENT_OVERHEAD = 128
@@ -51,28 +51,6 @@ EVENT_OVERHEAD = 128
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-@dataclass(slots=True)
-class DeviceRecord:
-    """`ws:connections:{device_id}`: a device's sockets and how often it connected."""
-
-    connections: int = 0
-    sockets: set[str] = field(default_factory=set)
-    rooms: set[str] = field(default_factory=set)
-    last_disconnect_ms: int = 0
-    info: ConnectionInfo | None = None
-
-
-@dataclass(slots=True)
-class SocketRecord:
-    """`ws:socket:{socket_id}`: which device a socket belongs to, and its state."""
-
-    device_id: str
-    user_id: str | None
-    connected_at: int
-    status: str = ACTIVE
-    ended_at: int | None = None
 
 
 class MemoryStore:
@@ -90,8 +68,11 @@ class MemoryStore:
         history_bytes: int = 131_072,
         history_bytes_total: int = 134_217_728,
         max_rooms: int = 10_000,
+        idempotency_window_ms: int = 600_000,
+        idempotency_max_keys: int = 1000,
     ) -> None:
         self.bus = bus
+        self.idem = IdempotencyKeys(idempotency_window_ms, idempotency_max_keys)  # see _emit_once
         self.max_participants = max_participants
         # History mode (embedded gateway with DATABASE_URL): every event and lifecycle
         # record also waits in an outbox until the in-process flusher has written it.
@@ -109,10 +90,8 @@ class MemoryStore:
         self.devices: dict[str, DeviceRecord] = {}
         self.sockets: dict[str, SocketRecord] = {}
         self.disconnected_since: dict[tuple[str, str], int] = {}  # (room, device) -> ms
-        # list_rooms indexes of public rooms: sorted (created_at, room_id) per status, and
-        # per (status, game_type).
-        self._by_status: dict[str, list[tuple[int, str]]] = {}
-        self._by_status_game: dict[tuple[str, str], list[tuple[int, str]]] = {}
+        # list_rooms indexes of public rooms (roomcast.store.memory_index)
+        self.index = MemoryRoomIndex()
         self.device_tokens: dict[str, tuple[str, int]] = {}  # device -> (token hash, expires at ms)
         # Kept history is bounded per room (count and bytes) and in total: `kept_order` has
         # every kept event in the order it was kept, so the oldest of all can go first.
@@ -136,6 +115,19 @@ class MemoryStore:
             self.outbox_events.setdefault(room.room_id, []).append((room.seq, frame))
         self.bus.publish(room.room_id, room.seq, frame)
         return room.seq
+
+    def _emit_once(self, room: Room, tail: bytes, now_ms: int, key: str | None) -> int:
+        """`_emit`, unless `key` was used in this room within the window: then its first seq.
+        The same rules as emit_once in redis_scripts (expiry by time, at most
+        `idempotency_max_keys` per room, the oldest going first)."""
+        if key is None:
+            return self._emit(room, tail, now_ms)
+        seen = self.idem.seen(room.room_id, key, now_ms)
+        if seen is not None:
+            return seen
+        seq = self._emit(room, tail, now_ms)
+        self.idem.note(room.room_id, key, seq, now_ms)
+        return seq
 
     def _keep(self, room_id: str, seq: int, frame: bytes) -> None:
         """Keep an event for replay, then drop the oldest beyond the room's and the total bounds."""
@@ -167,6 +159,7 @@ class MemoryStore:
     def _forget(self, room_id: str) -> None:
         """A room's state is deleted: its kept history no longer counts."""
         kept = self.history.pop(room_id, None)
+        self.idem.forget(room_id)
         self.kept_total -= self.kept_bytes.pop(room_id, 0)
         self.kept_count -= len(kept) if kept is not None else 0
 
@@ -426,11 +419,12 @@ class MemoryStore:
                     heir.role = HOST
                     self._participant_event(room, "host_changed", heir, "host_left", None, now_ms)
 
-    async def publish(self, caller: Caller, room_id: str, tail: bytes, now_ms: int) -> int:
+    async def publish(self, caller: Caller, room_id: str, tail: bytes, now_ms: int,
+                      idempotency_key: str | None = None) -> int:
         room = self._open_room(room_id)
         if self._member(room, caller).role == SPECTATOR and not room.spectators_can_send:
             raise fail(ErrorCode.FORBIDDEN, "spectators may not send events in this room")
-        return self._emit(room, tail, now_ms)
+        return self._emit_once(room, tail, now_ms, idempotency_key)
 
     async def device_room_count(self, device_id: str, other_than: str | None = None) -> int:
         dev = self.devices.get(device_id)
@@ -492,6 +486,7 @@ class MemoryStore:
         room = self._open_room(room_id)
         self._host(room, caller)
         seq = self._emit(room, event_tail("room_closed", None, None, caller.sender(), now_ms), now_ms)
+        self.idem.forget(room_id)  # no event follows: no key to remember
         room.status_at_close = room.status
         self._set_status(room, "closed")
         room.closed_at = now_ms
@@ -510,6 +505,7 @@ class MemoryStore:
             if any(p.status == ACTIVE for p in room.participants.values()):
                 continue  # members online: a quiet lobby, not an abandoned room
             self._emit(room, event_tail("room_closed", None, {"reason": "abandoned"}, None, now_ms), now_ms)
+            self.idem.forget(room.room_id)
             room.status_at_close = room.status
             self._set_status(room, "closed")
             room.closed_at = now_ms
@@ -519,56 +515,87 @@ class MemoryStore:
             closed.append(room.room_id)
         return closed
 
+    # ------------------------------------------------------------ the server API
+
+    async def create_service_room(self, service: Service, room: NewRoom, now_ms: int) -> JoinResult:
+        self._check_game_data(room.game_data)
+        if room.room_id in self.rooms:
+            raise fail(ErrorCode.CONFLICT, f"room {room.room_id!r} already exists")
+        if len(self.rooms) >= self.max_rooms:
+            raise fail(ErrorCode.UNAVAILABLE, f"this gateway holds {self.max_rooms} rooms (MAX_ROOMS); retry later")
+        r = Room(room_id=room.room_id, game_type=room.game_type, status="waiting", max_players=room.max_players,
+                 game_data=room.game_data, created_at=now_ms, created_by=service.created_by,
+                 password_hash=room.password_hash, epoch=new_epoch(), updated_at=now_ms,
+                 spectators_can_send=room.spectators_can_send)
+        self.rooms[r.room_id] = r
+        self.history[r.room_id] = deque()
+        self._index(r)
+        return JoinResult(room=r.wire(), participants=[], seq=0, epoch=r.epoch, role="", recovered=False,
+                          first_kept=1)
+
+    async def room_info(self, room_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        room = self._room(room_id)
+        return room.wire(), room.participants_wire()
+
+    async def service_publish(self, service: Service, room_id: str, tail: bytes, now_ms: int,
+                              idempotency_key: str | None = None) -> int:
+        return self._emit_once(self._open_room(room_id), tail, now_ms, idempotency_key)
+
+    async def service_update(
+        self, service: Service, room_id: str, status: str | None, patch: dict[str, Any] | None, now_ms: int
+    ) -> int:
+        room = self._open_room(room_id)
+        if patch is not None:
+            new_data = merge_patch.apply(room.game_data, patch)
+            self._check_game_data(new_data)
+            room.game_data = new_data
+        if status is not None:
+            self._set_status(room, status)
+        payload: dict[str, Any] = {}
+        if status is not None:
+            payload["status"] = status
+        if patch is not None:
+            payload["patch"] = patch
+        return self._emit(room, event_tail("state_change", None, payload, service.sender(), now_ms), now_ms)
+
+    async def service_close(self, service: Service, room_id: str, now_ms: int) -> int:
+        room = self._open_room(room_id)
+        seq = self._emit(room, event_tail("room_closed", None, None, service.sender(), now_ms), now_ms)
+        room.status_at_close = room.status
+        self._set_status(room, "closed")
+        room.closed_at = now_ms
+        for p in room.participants.values():
+            if p.status != LEFT:
+                self._remove(room, p, "room_closed", None, now_ms)
+        return seq
+
+    async def kick(self, service: Service, room_id: str, device_id: str, now_ms: int) -> int:
+        room = self._open_room(room_id)
+        p = room.participants.get(device_id)
+        if p is None or p.status == LEFT:
+            raise fail(ErrorCode.NOT_MEMBER, f"device {device_id!r} is not a participant of room {room_id!r}")
+        seq = room.seq + 1  # participant_left is the next event (host_changed may follow)
+        self._remove(room, p, "kicked", service.sender(), now_ms, forget=True)
+        return seq
+
     # ------------------------------------------------------------ room index (list_rooms)
 
-    def _index_keys(self, room: Room) -> tuple[str, tuple[str, str]]:
-        return room.status, (room.status, room.game_type)
-
     def _index(self, room: Room) -> None:
-        """Put a public room in the indexes of its status (and game type)."""
-        if room.password_hash is not None:
-            return
-        entry = (room.created_at, room.room_id)
-        by_status, by_game = self._index_keys(room)
-        bisect.insort(self._by_status.setdefault(by_status, []), entry)
-        bisect.insort(self._by_status_game.setdefault(by_game, []), entry)
+        self.index.add(room)
 
     def _unindex(self, room: Room) -> None:
-        if room.password_hash is not None:
-            return
-        entry = (room.created_at, room.room_id)
-        by_status, by_game = self._index_keys(room)
-        if _drop_entry(self._by_status.get(by_status), entry):
-            del self._by_status[by_status]
-        if _drop_entry(self._by_status_game.get(by_game), entry):
-            del self._by_status_game[by_game]
+        self.index.remove(room)
 
     def _set_status(self, room: Room, status: str) -> None:
         if status != room.status:
-            self._unindex(room)
+            self.index.remove(room)
             room.status = status
-            self._index(room)
+            self.index.add(room)
 
     async def list_rooms(
         self, game_type: str | None, status: str | None, limit: int, after: tuple[int, str] | None = None
     ) -> RoomPage:
-        statuses = [status] if status is not None else [s for s in ROOM_STATUSES if s != "closed"]
-        lists = [self._by_status.get(s, []) if game_type is None else self._by_status_game.get((s, game_type), [])
-                 for s in statuses]
-
-        def newest_first(entries: list[tuple[int, str]]) -> Iterator[tuple[int, str]]:
-            end = len(entries) if after is None else bisect.bisect_left(entries, after)
-            for i in range(end - 1, -1, -1):
-                yield entries[i]
-
-        out: list[dict[str, Any]] = []
-        last = None
-        for entry in heapq.merge(*(newest_first(e) for e in lists), reverse=True):
-            if len(out) >= limit:
-                return RoomPage(out, last)
-            out.append(self.rooms[entry[1]].wire())
-            last = entry
-        return RoomPage(out, None)
+        return self.index.page(self.rooms, game_type, status, limit, after)
 
     # ------------------------------------------------------------ upkeep
 
@@ -590,6 +617,7 @@ class MemoryStore:
         for sid, sock in list(self.sockets.items()):
             if sock.ended_at is not None and now_ms - sock.ended_at >= self.connection_ttl_ms:
                 del self.sockets[sid]
+        self.idem.sweep(now_ms)
         for key, mine in list(self.owned.items()):
             mine.intersection_update(self.rooms)
             if not mine:
@@ -600,13 +628,3 @@ class MemoryStore:
         for device_id, dev in list(self.devices.items()):
             if not dev.sockets and not dev.rooms and now_ms - dev.last_disconnect_ms >= self.connection_ttl_ms:
                 del self.devices[device_id]
-
-
-def _drop_entry(entries: list[tuple[int, str]] | None, entry: tuple[int, str]) -> bool:
-    """Remove `entry` from a sorted index list; True if the list is now empty."""
-    if entries is None:
-        return False
-    i = bisect.bisect_left(entries, entry)
-    if i < len(entries) and entries[i] == entry:
-        del entries[i]
-    return not entries

@@ -33,46 +33,17 @@ from roomcast.store.base import (
     JoinResult,
     NewRoom,
     RoomPage,
+    Service,
     fail,
 )
-from roomcast.store.redis_codec import _member, _pairs, _room_wire, _s
+from roomcast.store.redis_codec import _check, _member, _pairs, _Retry, _room_wire, _s
 from roomcast.store.redis_index import RoomIndex
 
 LIFECYCLE = keys.LIFECYCLE
 log = logging.getLogger("roomcast.store")
-_ERRORS = {c.value: c for c in ErrorCode}
 # A room owner's index (keys.owned) outlives its last room creation by this much; rooms it
 # lists that no longer exist are dropped from it when the owner reaches its limit.
 OWNED_TTL_MS = 7 * 86_400_000
-
-
-def _check(reply: Any) -> list[Any]:
-    """Turn a script's {'err', code} reply into a GatewayError."""
-    if not isinstance(reply, list) or not reply:
-        raise GatewayError(ErrorCode.INTERNAL, "unexpected reply from redis")
-    if _s(reply[0]) == "err":
-        code = _s(reply[1])
-        if code == "retry":
-            raise _Retry()
-        if code == "forbidden_spectator":
-            raise GatewayError(ErrorCode.FORBIDDEN, _MESSAGES[code])
-        raise GatewayError(_ERRORS.get(code, ErrorCode.INTERNAL), _MESSAGES.get(code, code))
-    return reply
-
-
-class _Retry(Exception):
-    pass
-
-
-_MESSAGES = {
-    "forbidden_spectator": "spectators may not send events in this room",
-    "not_found": "no such room",
-    "room_closed": "the room is closed",
-    "room_full": "the room is full",
-    "conflict": "a room with this id already exists",
-    "not_member": "not a member of this room",
-    "forbidden": "only the host may do this",
-}
 
 
 class RedisStore:
@@ -90,8 +61,13 @@ class RedisStore:
         history_bytes: int = 131_072,
         max_rooms: int = 10_000,
         closed_room_ttl_ms: int | None = None,
+        idempotency_window_ms: int = 600_000,
+        idempotency_max_keys: int = 1000,
     ) -> None:
         self.b = batcher
+        # Idempotency keys of a room (emit_once in redis_scripts): how long, and how many.
+        self.idempotency_window_ms = idempotency_window_ms
+        self.idempotency_max_keys = idempotency_max_keys
         self.max_participants = max_participants
         # In history mode (Postgres configured) streams are not trimmed and closed rooms
         # not expired here: the flusher does both once the rows are in Postgres.
@@ -118,12 +94,19 @@ class RedisStore:
         self.s_restore = batcher.register(lua.RESTORE)
         self.index = RoomIndex(batcher)  # list_rooms
         self.s_device_token = batcher.register(lua.DEVICE_TOKEN_SET)
+        self.s_svc_create = batcher.register(lua.SVC_CREATE)
+        self.s_room_read = batcher.register(lua.ROOM_READ)
+        self.s_svc_publish = batcher.register(lua.SVC_PUBLISH)
+        self.s_svc_update = batcher.register(lua.SVC_UPDATE)
+        self.s_svc_close = batcher.register(lua.SVC_CLOSE)
+        self.s_kick = batcher.register(lua.KICK)
         # Looks a room up in Postgres (history mode): restore on join, conflict on create.
         self.stored_room: Callable[[str], Awaitable[StoredRoom | None]] | None = None
 
     @staticmethod
     def room_keys(room_id: str) -> list[str]:
-        return [keys.room(room_id), keys.members(room_id), keys.participants(room_id), keys.stream(room_id)]
+        return [keys.room(room_id), keys.members(room_id), keys.participants(room_id), keys.stream(room_id),
+                keys.idempotency(room_id), keys.idempotency_at(room_id)]
 
     def _at(self, name: str, entity: str) -> str:
         """The bucket of global key `name` that holds `entity` (the key itself on one Redis)."""
@@ -154,8 +137,7 @@ class RedisStore:
             "user_id": caller.user_id or "", "status": ACTIVE}))
         b.call(lambda p: p.persist(conn))
         b.call(lambda p: p.set(keys.socket(caller.socket_id), dev))
-        presence = self._at(keys.PRESENCE, caller.socket_id)
-        b.call(lambda p: p.zadd(presence, {caller.socket_id: now_ms}))
+        b.call(cmd("zadd", self._at(keys.PRESENCE, caller.socket_id), {caller.socket_id: now_ms}))
         rooms_f = b.call(lambda p: p.smembers(keys.device_rooms(dev)))
         earlier = int(await count) - 1
         # After the count: the row's reconnect_count is the welcome's (one meaning).
@@ -205,8 +187,7 @@ class RedisStore:
         futs = [self.b.eval(self.s_disconnect, self.room_keys(rid),
                             [rid, dev, caller.socket_id, now_ms, reason, self.history]) for rid in room_ids]
         b = self.b
-        presence = self._at(keys.PRESENCE, caller.socket_id)
-        removed = b.call(lambda p: p.zrem(presence, caller.socket_id))
+        removed = b.call(cmd("zrem", self._at(keys.PRESENCE, caller.socket_id), caller.socket_id))
         b.call(lambda p: p.pexpire(keys.socket(caller.socket_id), self.connection_ttl_ms))
         for rid, fut in zip(room_ids, futs, strict=True):
             reply = _check(await fut)
@@ -278,12 +259,7 @@ class RedisStore:
             b.call(cmd("zadd", keys.owned(owner.key), {room.room_id: now_ms}))
             b.call(cmd("pexpire", keys.owned(owner.key), OWNED_TTL_MS))
         b.call(lambda p: p.sadd(keys.device_rooms(caller.device_id), room.room_id))
-        bucket = b.bucket(room.room_id)
-        index = b.call(cmd("zadd", keys.spread(keys.ROOM_INDEX, bucket), {room.room_id: now_ms}))
-        if room.password_hash is None:  # list_rooms lists public rooms only
-            b.call(cmd("zadd", keys.rooms_by_status_game("waiting", room.game_type, bucket), {room.room_id: now_ms}))
-            index = b.call(cmd("zadd", keys.rooms_by_status("waiting", bucket), {room.room_id: now_ms}))
-        await index
+        await self.index.created(room, now_ms)
         return self._join_result(reply)
 
     async def _reserve(self, room: NewRoom, now_ms: int) -> bool:
@@ -302,13 +278,11 @@ class RedisStore:
                 raise fail(ErrorCode.FORBIDDEN, f"this {owner.what} already has {len(mine) - len(gone)} rooms "
                                                 "(the limit); close some, or wait for closed ones to expire")
         # In a cluster the count is the sum over the buckets (one pipeline, split per node).
-        alive = [keys.spread(keys.ROOMS_ALIVE, bucket) for bucket in b.buckets()]
-        for key in alive:
-            b.call(cmd("zremrangebyscore", key, "-inf", f"({now_ms}"))
+        swept = b.across(keys.ROOMS_ALIVE, "zremrangebyscore", "-inf", f"({now_ms}")
         added = b.call(cmd("zadd", self._at(keys.ROOMS_ALIVE, room.room_id), {room.room_id: "+inf"}, nx=True))
-        counts = [b.call(cmd("zcard", key)) for key in alive]
-        added_now = int(await added)
-        total = sum([int(await c) for c in counts])
+        counts = b.across(keys.ROOMS_ALIVE, "zcard")
+        await swept
+        added_now, total = int(await added), sum(int(c) for c in await counts)
         if added_now and total > self.max_rooms:
             await b.call(cmd("zrem", self._at(keys.ROOMS_ALIVE, room.room_id), room.room_id))
             raise fail(ErrorCode.UNAVAILABLE, f"the cluster holds {self.max_rooms} rooms (MAX_ROOMS); retry later")
@@ -455,9 +429,12 @@ class RedisStore:
                 return False
             raise
 
-    async def publish(self, caller: Caller, room_id: str, tail: bytes, now_ms: int) -> int:
-        fut = self.b.eval(self.s_publish, self.room_keys(room_id), [room_id, caller.device_id, tail, now_ms,
-                                                                    self.history, caller.socket_id])
+    async def publish(self, caller: Caller, room_id: str, tail: bytes, now_ms: int,
+                      idempotency_key: str | None = None) -> int:
+        # The key is checked in the same script that gives the seq (emit_once): no extra round trip.
+        fut = self.b.eval(self.s_publish, self.room_keys(room_id), [
+            room_id, caller.device_id, tail, now_ms, self.history, caller.socket_id, idempotency_key or "",
+            self.idempotency_window_ms, self.idempotency_max_keys])
         self._dirty(room_id)
         return int(_check(await fut)[1])
 
@@ -516,9 +493,7 @@ class RedisStore:
         (`room_closed`, reason `abandoned`). Returns the rooms closed. In a cluster the
         oldest `limit` of every bucket of the room index are looked at."""
         closed = []
-        pages = [self.b.call(cmd("zrange", keys.spread(keys.ROOM_INDEX, bucket), 0, limit - 1))
-                 for bucket in self.b.buckets()]
-        ids = [_s(r) for page in pages for r in await page]
+        ids = [_s(r) for page in await self.b.across(keys.ROOM_INDEX, "zrange", 0, limit - 1) for r in page]
         tail = event_tail("room_closed", None, {"reason": "abandoned"}, None, now_ms)
         for room_id in ids:
             status, updated = await self.b.call(cmd("hmget", keys.room(room_id), "status", "updated_at"))
@@ -539,6 +514,104 @@ class RedisStore:
                 await self._reindex(room_id)
                 closed.append(room_id)
         return closed
+
+    # ------------------------------------------------------------ the server API
+
+    async def create_service_room(self, service: Service, room: NewRoom, now_ms: int) -> JoinResult:
+        if self.stored_room is not None and await self._lookup(room.room_id) is not None:
+            raise fail(ErrorCode.CONFLICT, f"room {room.room_id!r} already exists (in history)")
+        data = orjson.dumps(room.game_data)
+        self._check_game_data(data)
+        reserved = await self._reserve(room, now_ms)
+        try:
+            fut = self.b.eval(self.s_svc_create, self.room_keys(room.room_id), [
+                room.room_id, room.game_type, room.max_players, data, now_ms, service.created_by,
+                room.password_hash or "", new_epoch(), "1" if room.spectators_can_send else "0"])
+            self._dirty(room.room_id)
+            reply = _check(await fut)
+        except BaseException:
+            if reserved:
+                await self.b.call(cmd("zrem", self._at(keys.ROOMS_ALIVE, room.room_id), room.room_id))
+            raise
+        await self.index.created(room, now_ms)
+        return self._join_result(reply)
+
+    async def room_info(self, room_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        reply = _check(await self.b.eval(self.s_room_read, self.room_keys(room_id), []))
+        members = _pairs(reply[2])
+        return _room_wire(_pairs(reply[1])), [
+            _member(d, v) for d, v in members.items() if v.split("|")[1] != LEFT]
+
+    async def service_publish(self, service: Service, room_id: str, tail: bytes, now_ms: int,
+                              idempotency_key: str | None = None) -> int:
+        fut = self.b.eval(self.s_svc_publish, self.room_keys(room_id), [
+            room_id, tail, now_ms, self.history, idempotency_key or "", self.idempotency_window_ms,
+            self.idempotency_max_keys])
+        self._dirty(room_id)
+        return int(_check(await fut)[1])
+
+    async def service_update(
+        self, service: Service, room_id: str, status: str | None, patch: dict[str, Any] | None, now_ms: int
+    ) -> int:
+        payload: dict[str, Any] = {}
+        if status is not None:
+            payload["status"] = status
+        if patch is not None:
+            payload["patch"] = patch
+        tail = event_tail("state_change", None, payload, service.sender(), now_ms)
+        for _ in range(16):
+            data, ver = b"", b""
+            if patch is not None:
+                gd, ver_raw = await self.b.call(cmd("hmget", keys.room(room_id), "game_data", "gd_ver"))
+                if gd is None:
+                    raise fail(ErrorCode.NOT_FOUND, "no such room")
+                data = orjson.dumps(merge_patch.apply(orjson.loads(gd), patch))
+                ver = ver_raw
+            try:
+                fut = self.b.eval(self.s_svc_update, self.room_keys(room_id), [
+                    room_id, tail, now_ms, self.history, status or "", data, ver, self.max_game_data_bytes])
+                self._dirty(room_id)
+                reply = _check(await fut)
+                if status is not None and _s(reply[2]) != status:
+                    await self._reindex(room_id)
+            except _Retry:
+                continue  # another update won the race: re-read and re-apply
+            except GatewayError as exc:
+                if exc.code is ErrorCode.BAD_REQUEST:
+                    self._check_game_data(data)
+                raise
+            return int(reply[1])
+        raise fail(ErrorCode.UNAVAILABLE, "room is being updated concurrently; retry")
+
+    async def service_close(self, service: Service, room_id: str, now_ms: int) -> int:
+        tail = event_tail("room_closed", None, None, service.sender(), now_ms)
+        fut = self.b.eval(self.s_svc_close, self.room_keys(room_id), [
+            room_id, tail, now_ms, self.history, self.room_ttl_ms])
+        self._dirty(room_id)
+        reply = _check(await fut)
+        self._closed(room_id, now_ms)
+        writes = []
+        for dev in reply[2]:
+            d = _s(dev)
+            writes.append(self.b.call(cmd("srem", keys.device_rooms(d), room_id)))
+            writes.append(self.b.call(cmd("zrem", self._at(keys.DISCONNECTED, room_id), f"{room_id}|{d}")))
+        await asyncio.gather(*writes, self._reindex(room_id))
+        return int(reply[1])
+
+    async def kick(self, service: Service, room_id: str, device_id: str, now_ms: int) -> int:
+        fut = self.b.eval(self.s_kick, self.room_keys(room_id), [
+            room_id, device_id, now_ms, orjson.dumps(service.sender()), self.history])
+        self._dirty(room_id)
+        try:
+            reply = _check(await fut)
+        except GatewayError as exc:
+            if exc.code is ErrorCode.NOT_MEMBER:
+                raise fail(ErrorCode.NOT_MEMBER, f"device {device_id!r} is not a participant of room {room_id!r}") from None
+            raise
+        b = self.b
+        b.call(cmd("srem", keys.device_rooms(device_id), room_id))
+        await b.call(cmd("zrem", self._at(keys.DISCONNECTED, room_id), f"{room_id}|{device_id}"))
+        return int(reply[1])
 
     # ------------------------------------------------------------ room index (list_rooms)
 

@@ -1,10 +1,15 @@
-"""Reading the Redis store's hashes back into the protocol's objects (room, participant)."""
+"""Reading the Redis store's replies: script results (`_check`: an {'err', code} reply becomes
+a GatewayError) and hashes back into the protocol's objects (room, participant)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import orjson
+
+from roomcast.errors import ErrorCode, GatewayError
+
+_ERRORS = {c.value: c for c in ErrorCode}
 
 
 def _s(value: Any) -> str:
@@ -33,3 +38,32 @@ def _member(device_id: str, value: str) -> dict[str, Any]:
     role, status, _sock, user, joined = value.split("|")
     return {"device_id": device_id, "user_id": user or None, "role": role, "status": status,
             "joined_at": int(joined)}
+
+
+def _check(reply: Any) -> list[Any]:
+    """Turn a script's {'err', code} reply into a GatewayError."""
+    if not isinstance(reply, list) or not reply:
+        raise GatewayError(ErrorCode.INTERNAL, "unexpected reply from redis")
+    if _s(reply[0]) == "err":
+        code = _s(reply[1])
+        if code == "retry":
+            raise _Retry()
+        if code == "forbidden_spectator":
+            raise GatewayError(ErrorCode.FORBIDDEN, _MESSAGES[code])
+        raise GatewayError(_ERRORS.get(code, ErrorCode.INTERNAL), _MESSAGES.get(code, code))
+    return reply
+
+
+class _Retry(Exception):
+    pass
+
+
+_MESSAGES = {
+    "forbidden_spectator": "spectators may not send events in this room",
+    "not_found": "no such room",
+    "room_closed": "the room is closed",
+    "room_full": "the room is full",
+    "conflict": "a room with this id already exists",
+    "not_member": "not a member of this room",
+    "forbidden": "only the host may do this",
+}

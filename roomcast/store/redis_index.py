@@ -16,7 +16,7 @@ from typing import Any
 from roomcast.protocol import ROOM_STATUSES
 from roomcast.redis import keys
 from roomcast.redis.batch import Batcher, cmd
-from roomcast.store.base import RoomPage
+from roomcast.store.base import NewRoom, RoomPage
 from roomcast.store.redis_codec import _room_wire, _s
 
 log = logging.getLogger("roomcast.store")
@@ -31,6 +31,15 @@ class RoomIndex:
     def __init__(self, batcher: Batcher) -> None:
         self.b = batcher
         self._indexes_built = False  # checked once per process (see _build)
+
+    def created(self, room: NewRoom, now_ms: int) -> asyncio.Future[Any]:
+        """A new room into the room index and (public rooms) the `waiting` indexes."""
+        b, bucket = self.b, self.b.bucket(room.room_id)
+        index = b.call(cmd("zadd", keys.spread(keys.ROOM_INDEX, bucket), {room.room_id: now_ms}))
+        if room.password_hash is None:  # list_rooms lists public rooms only
+            b.call(cmd("zadd", keys.rooms_by_status_game("waiting", room.game_type, bucket), {room.room_id: now_ms}))
+            index = b.call(cmd("zadd", keys.rooms_by_status("waiting", bucket), {room.room_id: now_ms}))
+        return index
 
     async def reindex(self, room_id: str) -> None:
         """Put a room in the list_rooms index of its current status (and game type), and

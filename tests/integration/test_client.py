@@ -349,6 +349,38 @@ async def test_a_send_whose_socket_died_is_applied_exactly_once(gw: GatewayProce
             assert (seq < meanwhile) if lost == "reply" else (seq > meanwhile)
 
 
+async def test_a_lost_ack_when_the_room_cannot_be_replayed_is_resent_with_its_key_and_applied_once() -> None:
+    """The reply of a send is lost, and by the time the client is back the room has moved on so
+    far that it cannot be replayed (`recovered: false`, same epoch). The old client could only
+    fail such a send (`disconnected`: unknown outcome); with its idempotency key it is sent
+    again, the gateway recognises the key and acks the first seq: applied once, resolved."""
+    with gateway({"WEBSOCKET_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT_MS), "ROOM_HISTORY_MAXLEN": "10",
+                  "MAX_CONNECTIONS_PER_DEVICE": "2"}) as g:
+        host = RoomcastClient([g.url], backoff=FAST)
+        async with LinkProxy(g.port) as proxy:
+            player = RoomcastClient([proxy.url], backoff=FAST)
+            async with clients(host, player):
+                room = await host.create_room(game_type="quiz")
+                proom = await player.join(room.id)
+                resets: list[Msg] = []
+                proom.on("reset", resets.append)
+                seen: list[Msg] = []
+                room.on("event", seen.append)
+                await wait_for(lambda: proom.seq == room.seq)
+                proxy.stall(up=False, down=True)  # the gateway gets the send; nothing comes back
+                sending = asyncio.create_task(proom.send("move", {"square": "e4"}))
+                await wait_for(lambda: any(e["event_type"] == "move" for e in seen), what="applied")
+                for n in range(15):  # more than ROOM_HISTORY_MAXLEN: the replay is gone
+                    await room.send("tick", {"n": n})
+                seq = await asyncio.wait_for(sending, HEARTBEAT_TIMEOUT_MS / 1000 + 10 * UNIT)
+                assert resets, "the resume was not recovered (the case under test)"
+                moves = [e for e in seen if e["event_type"] == "move"]
+                assert [e["seq"] for e in moves] == [seq], "applied once, resolved with its seq"
+                await room.send("after")
+                await wait_for(lambda: proom.seq == room.seq, what="caught up")
+                assert [e["event_type"] for e in seen].count("move") == 1
+
+
 async def test_offline_sends_are_queued_bounded_and_sent_in_order_after_resume(gw: GatewayProcess) -> None:
     host = RoomcastClient([gw.url], backoff=FAST)
     async with LinkProxy(gw.port) as proxy:

@@ -243,7 +243,10 @@ async def test_pubsub_connection_killed_is_rebuilt_without_losing_events(three: 
         await far.hello(unique("f"))
         far.start_pinging()
         joined = await far.request({"type": "join", "room_id": room_id})
-        before = _metric(await ahttp_get(gw1.http + "/metrics"), "roomcast_pubsub_reconnects_total")
+        # On a Redis Cluster the sharded bus counts a shard's subscriber coming back per shard.
+        rebuilt = "roomcast_pubsub_shard_resubscribes_total" if _kind(three) == "redis-cluster" else \
+            "roomcast_pubsub_reconnects_total"
+        before = _metric(await ahttp_get(gw1.http + "/metrics"), rebuilt)
         if isinstance(three.redis, RedisClusterServer):
             three.redis.cli_all("CLIENT", "KILL", "TYPE", "pubsub")
         else:
@@ -257,15 +260,17 @@ async def test_pubsub_connection_killed_is_rebuilt_without_losing_events(three: 
         got = await _drain_events(far, room_id, acked_last, 10 * UNIT)
         seqs = _seqs(got)
         assert seqs == list(range(joined["seq"] + 1, acked_last + 1))
-        after = _metric(await ahttp_get(gw1.http + "/metrics"), "roomcast_pubsub_reconnects_total")
+        after = _metric(await ahttp_get(gw1.http + "/metrics"), rebuilt)
         assert after > before
 
 
 def _metric(resp: tuple[int, str], name: str) -> float:
-    for line in resp[1].splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"metric {name} missing")
+    """The sum of all series of a metric (per shard, on a Redis Cluster)."""
+    found = [float(line.rsplit(" ", 1)[1]) for line in resp[1].splitlines()
+             if line.startswith(name + " ") or line.startswith(name + "{")]
+    if not found:
+        raise AssertionError(f"metric {name} missing")
+    return sum(found)
 
 
 async def test_redis_outage_is_survived_without_restarts() -> None:
@@ -502,12 +507,13 @@ async def _lease_failover(redis: RedisClusterServer, c: Cluster) -> None:
             room_id = unique("lease-fo")
             await watcher.hello(unique("w"))
             watcher.start_pinging()
-            for _ in range(100):  # requests on the failed shard may get `unavailable` for a moment
+            for _ in range(40):  # requests on the failed shard may get `unavailable` for a moment
                 reply = await watcher.request({"type": "create_room", "room_id": room_id, "game_type": "g"})
                 if reply["type"] == "room_created":
                     break
-                assert reply["code"] == "unavailable", reply
-                await asyncio.sleep(0.2)
+                assert reply["code"] in ("unavailable", "rate_limited"), reply
+                await asyncio.sleep(0.5)
+            assert reply["type"] == "room_created", reply
             await silent.hello(unique("s"))
             assert (await silent.request({"type": "join", "room_id": room_id}))["type"] == "joined"
             evt = await watcher.expect(8 * UNIT, type="event", event_type="participant_disconnected")

@@ -567,7 +567,7 @@ local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[3])
 local frame = '{"type":"event","room_id":"' .. ARGV[1] .. '","seq":' .. seq .. ',' .. ARGV[2]
 redis.call('XADD', KEYS[2], seq .. '-0', ARGV[4], frame)
-if ARGV[4] == 'f' then redis.call('PUBLISH', 'ws:room:{' .. ARGV[1] .. '}:events', frame) end
+if ARGV[4] == 'f' then redis.call('SPUBLISH', 'ws:room:{' .. ARGV[1] .. '}:events', frame) end
 redis.call('SADD', KEYS[3], ARGV[1])
 return seq
 """

@@ -49,6 +49,7 @@ from typing import Any
 import pytest
 import yaml
 
+from roomcast_client.admin import AdminClient, AdminError
 from tests.harness import (
     OUTPUT,
     ROOT,
@@ -72,11 +73,13 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "dashboard.json"
 NAMESPACE = "roomcast-obs"  # the `namespace` label the scrape config adds, as Kubernetes would
 GATEWAY_JOB, COORDINATOR_JOB = "roomcast-gateway", "roomcast-coordinator"  # as the ServiceMonitors name them
 LOAD_S = 12.0  # length of the client load (not scaled: the whole test must stay under 90 s)
+API_SECRET = "observability-api-secret"
 ENV = {
     "HISTORY_FLUSH_INTERVAL": "50",
     "HEARTBEAT_FLUSH_INTERVAL": "300",
     "CLEANUP_INTERVAL": "300",
     "MAX_CONNECTIONS_PER_DEVICE": "2",  # so the load can provoke a 4008 refusal
+    "SERVER_API_KEYS": f"obs={API_SECRET}",  # the load calls the server API too
 }
 GRAFANA_BUILTINS = {"__rate_interval": "1m", "__range": "5m", "__interval": "1m"}
 QUIET_EXEMPT = {"RoomcastFanoutLatencyHigh"}
@@ -408,6 +411,17 @@ async def _load(c: Cluster) -> None:
             await third.send({"type": "hello", "id": 1, "device_id": device})
             assert await third.closed() == 4008
 
+    async def backend(room_id: str, stop_at: float) -> None:
+        # The server API: publishes through both replicas, and a call with a wrong key (401).
+        apis = [AdminClient(g.http, API_SECRET) for g in (g0, g1)]
+        with contextlib.suppress(AdminError):
+            await AdminClient(g0.http, "not-the-right-secret").list_rooms()
+        n = 0
+        while time.monotonic() < stop_at:
+            await apis[n % 2].publish(room_id, "tick", payload={"n": n})
+            n += 1
+            await asyncio.sleep(0.1)
+
     async def moves(mover: Client, room_id: str, start: float) -> None:
         # Halfway, a player drops its socket and resumes on the other replica with `since`.
         last = await play(mover, room_id, start + LOAD_S / 2)
@@ -427,7 +441,7 @@ async def _load(c: Cluster) -> None:
             players.append((await member(g1.url, room_id, create=False), room_id))
             players.append((await member(g1.url, room_id, create=False), room_id))
         start = time.monotonic()
-        await asyncio.gather(errors(), moves(*players[0], start),
+        await asyncio.gather(errors(), moves(*players[0], start), backend(players[3][1], start + LOAD_S),
                              *(play(p, room_id, start + LOAD_S) for p, room_id in players[1:]))
     finally:
         for cm in opened:
@@ -509,6 +523,8 @@ def _check(prom: Prometheus, c: Cluster) -> None:
 
     assert total('roomcast_messages_in_total{type="event"}') > 100
     assert total('roomcast_errors_total{code="not_found"}') >= 1
+    assert total('roomcast_api_requests_total{route="POST /api/v1/rooms/{room_id}/events", status="200"}') >= 5
+    assert total('roomcast_api_requests_total{status="401"}') >= 1
     assert total('roomcast_messages_in_total{type="invalid"}') >= 1
     assert total('roomcast_rate_limited_total{limit="connections_per_device"}') >= 1
     assert total('roomcast_connections_closed_total{code="4008"}') >= 1

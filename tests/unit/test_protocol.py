@@ -253,6 +253,19 @@ def test_reserved_event_type_is_refused(event_type: str) -> None:
     assert_bad_request_with_re(with_fields("event", event_type=event_type))
 
 
+def test_event_idempotency_key() -> None:
+    msg = parse_obj(with_fields("event", idempotency_key="a-Z_09" * 10 + "abcd"))
+    assert isinstance(msg, Event) and msg.idempotency_key == "a-Z_09" * 10 + "abcd"
+    msg = parse_obj(with_fields("event"))
+    assert isinstance(msg, Event) and msg.idempotency_key is None
+
+
+@pytest.mark.parametrize("key", ["", "x" * 65, "a b", "a.b", "ключ", 12, True, {}])
+def test_bad_idempotency_key_is_refused(key: Any) -> None:
+    err = assert_bad_request_with_re(with_fields("event", idempotency_key=key))
+    assert "idempotency_key" in err.message
+
+
 def test_update_room_cannot_close() -> None:
     err = assert_bad_request_with_re(with_fields("update_room", status="closed"))
     assert "close_room" in err.message

@@ -178,7 +178,18 @@ PARSED: list[tuple[str, str, str, Any]] = [
     ("USER_AGENT_STORAGE", "drop", "user_agent_storage", "drop"),
     ("PERSONAL_DATA_RETENTION_DAYS", "30", "personal_data_retention_days", 30),
     ("LOG_LEVEL", "debug", "log_level", "DEBUG"),
+    ("IDEMPOTENCY_WINDOW", "60000", "idempotency_window_ms", 60_000),
+    ("IDEMPOTENCY_KEYS_PER_ROOM", "500", "idempotency_max_keys", 500),
+    ("BACKEND_CONNECT_URL", "http://127.0.0.1:9000/connect", "backend_connect_url", "http://127.0.0.1:9000/connect"),
+    ("BACKEND_JOIN_URL", "https://backend.example/join?x=1", "backend_join_url", "https://backend.example/join?x=1"),
+    ("BACKEND_WEBHOOK_SECRET", "s3cret", "backend_webhook_secret", "s3cret"),
+    ("BACKEND_TIMEOUT_MS", "500", "backend_timeout_ms", 500),
     ("LOG_LEVEL", " Warning ", "log_level", "WARNING"),
+    ("API_PORT", "9100", "api_port", 9100),
+    ("SERVER_API_KEYS", "quiz=0123456789abcdef, ops=fedcba9876543210", "server_api_keys",
+     ("quiz=0123456789abcdef", "ops=fedcba9876543210")),
+    ("SERVER_API_KEYS_FILE", "/run/secrets/api-keys", "server_api_keys_file", "/run/secrets/api-keys"),
+    ("API_RATE", "50", "api_rate", 50.0),
 ]
 
 
@@ -242,7 +253,14 @@ BAD: list[tuple[str, str]] = [
     ("NODE_TTL", "999"),
     ("COORDINATOR_LEASE_TTL", "0"),
     ("LOG_LEVEL", "TRACE"),
+    ("API_PORT", "70000"),
+    ("API_RATE", "0"),
     ("LOG_LEVEL", ""),
+    ("IDEMPOTENCY_WINDOW", "999"),
+    ("IDEMPOTENCY_KEYS_PER_ROOM", "0"),
+    ("BACKEND_JOIN_URL", "ftp://backend/join"),
+    ("BACKEND_CONNECT_URL", "backend:9000"),
+    ("BACKEND_TIMEOUT_MS", "10"),
 ]
 
 
@@ -424,3 +442,20 @@ def test_gateway_and_coordinator_help_say_ms() -> None:
                              timeout=30, check=True).stdout
         assert "every duration is in milliseconds" in out, command
         assert re.search(r"^  \w+ \(default \d+ ms\)$", out, re.MULTILINE), command
+
+
+@pytest.mark.parametrize("raw", ["nameonly", "quiz=short", "bad name=0123456789abcdef",
+                                 "a=0123456789abcdef,a=fedcba9876543210"])
+def test_bad_api_keys_are_refused(raw: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.load({"SERVER_API_KEYS": raw})
+    assert info.value.var == "SERVER_API_KEYS" and raw not in str(info.value)
+
+
+def test_api_key_secrets_are_never_shown() -> None:
+    """A bad SERVER_API_KEYS is reported without its secrets, and settings never print them."""
+    with pytest.raises(SettingsError) as info:
+        Settings.load({"SERVER_API_KEYS": "quiz=0123456789abcdef,bad=short-secret"})
+    assert "0123456789abcdef" not in str(info.value) and "short-secret" not in str(info.value)
+    settings = Settings.load({"SERVER_API_KEYS": "quiz=0123456789abcdef"})
+    assert "0123456789abcdef" not in repr(settings)

@@ -43,6 +43,7 @@ from roomcast.store.base import (
     NewRoom,
     RoomOwner,
     RoomStore,
+    Service,
 )
 from roomcast.store.memory import MemoryStore
 from roomcast.store.redis import RedisStore
@@ -54,6 +55,8 @@ PRUNE_MS = 60_000
 ROOM_TTL_MS = 120_000
 CONNECTION_TTL_MS = 30_000
 MAX_GAME_DATA_BYTES = 200
+IDEM_WINDOW_MS = 600_000
+IDEM_MAX_KEYS = 5
 
 ROOM = "room-1"
 ROOM_KEYS = {"room_id", "game_type", "status", "max_players", "current_players", "game_data",
@@ -97,6 +100,8 @@ async def memory_backend(request: pytest.FixtureRequest) -> AsyncIterator[Backen
         connection_ttl_ms=CONNECTION_TTL_MS,
         participant_prune_ms=PRUNE_MS,
         max_game_data_bytes=MAX_GAME_DATA_BYTES,
+        idempotency_window_ms=IDEM_WINDOW_MS,
+        idempotency_max_keys=IDEM_MAX_KEYS,
     )
 
     async def member_records(room_id: str) -> int:
@@ -244,6 +249,8 @@ async def redis_backend(request: pytest.FixtureRequest, fixture: str = "redis_se
         room_ttl_ms=ROOM_TTL_MS,
         connection_ttl_ms=CONNECTION_TTL_MS,
         max_game_data_bytes=MAX_GAME_DATA_BYTES,
+        idempotency_window_ms=IDEM_WINDOW_MS,
+        idempotency_max_keys=IDEM_MAX_KEYS,
     )
     await batcher.load_scripts()
     # Heartbeat timeouts are the reaper's other job; none of these tests heartbeats, so
@@ -253,7 +260,7 @@ async def redis_backend(request: pytest.FixtureRequest, fixture: str = "redis_se
     async def prune(now_ms: int) -> None:
         await reaper.run_once(now_ms)
 
-    bus = RedisBus(server.url, "contract-test", lambda ch, data: batcher.call(cmd("publish", ch, data)))
+    bus = RedisBus(server.url, "contract-test", lambda ch, data: batcher.call(cmd("spublish", ch, data)))
     task = asyncio.get_running_loop().create_task(bus.run())
     try:
         await asyncio.wait_for(bus.connected.wait(), 5 * UNIT)
@@ -400,8 +407,9 @@ async def refused(code: ErrorCode, action: Awaitable[Any]) -> None:
 
 
 async def publish(store: RoomStore, c: Caller, event_type: str = "move", payload: dict[str, Any] | None = None,
-                  room_id: str = ROOM, now: int = T0) -> int:
-    return await store.publish(c, room_id, protocol.event_tail(event_type, None, payload, c.sender(), now), now)
+                  room_id: str = ROOM, now: int = T0, key: str | None = None) -> int:
+    return await store.publish(c, room_id, protocol.event_tail(event_type, None, payload, c.sender(), now), now,
+                               idempotency_key=key)
 
 
 async def replayed(store: RoomStore, result: JoinResult, room_id: str = ROOM, chunk: int = 3) -> list[bytes]:
@@ -821,6 +829,77 @@ async def test_publish_needs_membership(store: RoomStore, log: EventLog) -> None
     await refused(ErrorCode.NOT_MEMBER, publish(store, P1))
     await refused(ErrorCode.NOT_FOUND, publish(store, P1, room_id="no-such-room"))
     assert "move" not in await log.types()
+
+
+# ---------------------------------------------------------------- idempotency keys
+
+
+async def test_a_key_used_again_gets_the_first_seq_and_makes_no_event(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1)
+    await join(store, P1)
+    first = await publish(store, P1, "answer", {"a": 1}, key="k-1")
+    # A resend (another payload, even) from another socket of the device, later: not applied.
+    P1b = person("p1", socket=2)
+    await hello(store, P1b)
+    await join(store, P1b)
+    assert await publish(store, P1b, "answer", {"a": 2}, now=T0 + 1000, key="k-1") == first
+    assert await publish(store, P1, "answer", {"a": 3}, key="k-1") == first
+    events = await log.events()
+    assert [e["payload"] for e in events if e["event_type"] == "answer"] == [{"a": 1}]
+    # Another key, or none, is a new event; the same key in another room too.
+    assert await publish(store, P1, "answer", key="k-2") == events[-1]["seq"] + 1
+    assert await publish(store, P1, "answer") == events[-1]["seq"] + 2
+    await create(store, log, "room-2", host=P1, connect=False)
+    assert await publish(store, P1, "answer", room_id="room-2", key="k-1") == 2
+
+
+async def test_a_key_is_shared_by_the_room_not_by_the_sender(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1)
+    await join(store, P1)
+    first = await publish(store, HOST, "tick", key="shared")
+    assert await publish(store, P1, "move", key="shared") == first
+    assert "move" not in await log.types()
+
+
+async def test_a_refused_publish_notes_no_key(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1)
+    await refused(ErrorCode.NOT_MEMBER, publish(store, P1, key="k"))
+    await join(store, P1)
+    seq = await publish(store, P1, key="k")
+    assert (await log.last())["seq"] == seq and (await log.last())["from"] == P1.sender()
+
+
+async def test_a_key_is_forgotten_after_the_window(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    first = await publish(store, HOST, key="k")
+    assert await publish(store, HOST, now=T0 + IDEM_WINDOW_MS - 1, key="k") == first
+    again = await publish(store, HOST, now=T0 + IDEM_WINDOW_MS, key="k")
+    assert again == first + 1
+    # ... and the new use starts a new window.
+    assert await publish(store, HOST, now=T0 + IDEM_WINDOW_MS + 10, key="k") == again
+
+
+async def test_a_room_remembers_at_most_max_keys_the_newest(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    seqs = [await publish(store, HOST, key=f"k{i}") for i in range(IDEM_MAX_KEYS + 2)]
+    # the newest IDEM_MAX_KEYS are remembered, the two oldest are not
+    for i in range(2, IDEM_MAX_KEYS + 2):
+        assert await publish(store, HOST, key=f"k{i}") == seqs[i]
+    head = seqs[-1]
+    assert await publish(store, HOST, key="k0") == head + 1
+
+
+async def test_a_closed_room_forgets_its_keys(backend: Backend, store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await publish(store, HOST, key="k")
+    await store.close_room(HOST, ROOM, T0)
+    if isinstance(store, RedisStore):
+        assert not await store.b.call(cmd("exists", keys.idempotency(ROOM), keys.idempotency_at(ROOM)))
+    else:
+        assert isinstance(store, MemoryStore) and ROOM not in store.idem
 
 
 # ---------------------------------------------------------------- update_room
@@ -1322,3 +1401,105 @@ async def test_rooms_count_against_their_owners_while_they_exist(store: RoomStor
     await store.create_room(P1, NewRoom("r-b1", "t", 4, {}, None, owners=(other,)), T0)  # another owner
     await store.close_room(HOST, "r-a1", T0)  # closed but kept: still counts
     await refused(ErrorCode.FORBIDDEN, store.create_room(HOST, NewRoom("r-a3", "t", 4, {}, None, owners=(owner,)), T0))
+
+
+# ---------------------------------------------------------------- the server API (a service)
+
+SVC = Service("quizmaster")
+
+
+async def service_room(store: RoomStore, log: EventLog, room_id: str = ROOM, max_players: int = 2,
+                       now: int = T0) -> JoinResult:
+    await log.watch(room_id)
+    return await store.create_service_room(SVC, NewRoom(room_id, "quiz", max_players, {"round": 0}, None), now)
+
+
+async def test_a_service_room_has_no_member_no_host_and_no_event(store: RoomStore, log: EventLog) -> None:
+    result = await service_room(store, log)
+    assert result.room == {
+        "room_id": ROOM, "game_type": "quiz", "status": "waiting", "max_players": 2, "current_players": 0,
+        "game_data": {"round": 0}, "created_at": T0, "created_by": "service:quizmaster", "seq": 0,
+    }
+    assert result.participants == [] and result.seq == 0 and result.epoch
+    assert await log.events() == []
+    await refused(ErrorCode.CONFLICT, service_room(store, log))
+    await hello(store, HOST)
+    await refused(ErrorCode.CONFLICT, store.create_room(HOST, NewRoom(ROOM, "x", 2, {}, None), T0))
+    assert await store.room_info(ROOM) == (result.room, [])
+    await refused(ErrorCode.NOT_FOUND, store.room_info("nope"))
+
+
+async def test_the_service_holds_no_seat(store: RoomStore, log: EventLog) -> None:
+    await service_room(store, log, max_players=2)
+    await hello(store, P1, P2, P3, SPEC)
+    await join(store, P1)
+    await join(store, P2)
+    await refused(ErrorCode.ROOM_FULL, join(store, P3))
+    await join(store, SPEC, role="spectator")
+    room, participants = await store.room_info(ROOM)
+    assert room["current_players"] == 2 and room["seq"] == 3
+    assert [(p["device_id"], p["role"]) for p in participants] == [
+        (P1.device_id, "player"), (P2.device_id, "player"), (SPEC.device_id, "spectator")]
+
+
+async def test_service_publish_update_close_come_from_the_service(store: RoomStore, log: EventLog) -> None:
+    await service_room(store, log)
+    await hello(store, P1)
+    await join(store, P1)
+    tail = protocol.event_tail("question", "ask", {"q": 1}, SVC.sender(), T0 + 1)
+    assert await store.service_publish(SVC, ROOM, tail, T0 + 1) == 2
+    ev = await log.last()
+    assert (ev["event_type"], ev["action"], ev["payload"]) == ("question", "ask", {"q": 1})
+    assert ev["from"] == {"service": "quizmaster", "socket_id": None, "device_id": None, "user_id": None}
+    # A player cannot change a service room (it has no host), the service can.
+    await refused(ErrorCode.FORBIDDEN, store.update_room(P1, ROOM, "in_progress", None, T0 + 2))
+    assert await store.service_update(SVC, ROOM, "in_progress", {"round": 1}, T0 + 2) == 3
+    ev = await log.last()
+    assert ev["event_type"] == "state_change" and ev["payload"] == {"status": "in_progress", "patch": {"round": 1}}
+    assert ev["from"] == SVC.sender()
+    room, _ = await store.room_info(ROOM)
+    assert (room["status"], room["game_data"]) == ("in_progress", {"round": 1})
+    await refused(ErrorCode.BAD_REQUEST, store.service_update(SVC, ROOM, None, {"x": "y" * MAX_GAME_DATA_BYTES}, T0))
+    assert await store.service_close(SVC, ROOM, T0 + 3) == 4
+    assert (await log.last())["event_type"] == "room_closed"
+    room, participants = await store.room_info(ROOM)
+    assert room["status"] == "closed" and participants == []
+    await refused(ErrorCode.ROOM_CLOSED, store.service_publish(SVC, ROOM, tail, T0 + 4))
+    await refused(ErrorCode.ROOM_CLOSED, store.service_close(SVC, ROOM, T0 + 4))
+    await refused(ErrorCode.NOT_FOUND, store.service_publish(SVC, "nope", tail, T0 + 4))
+    assert await store.device_room_count(P1.device_id) == 0
+
+
+async def test_kick_removes_every_socket_and_never_hands_a_service_room_a_host(
+        store: RoomStore, log: EventLog) -> None:
+    await service_room(store, log, max_players=3)
+    p1b = person("p1", socket=2)
+    await hello(store, P1, p1b, P2)
+    await join(store, P1)
+    await join(store, p1b)
+    await join(store, P2)
+    seq = await store.kick(SVC, ROOM, P1.device_id, T0 + 1)
+    ev = await log.last()
+    assert ev["seq"] == seq and ev["event_type"] == "participant_left"
+    assert ev["payload"] == {"device_id": P1.device_id, "role": "player", "reason": "kicked"}
+    assert ev["from"] == SVC.sender()
+    for sock in (P1, p1b):  # both of its sockets are out
+        await refused(ErrorCode.NOT_MEMBER, publish(store, sock))
+    await refused(ErrorCode.NOT_MEMBER, store.kick(SVC, ROOM, P1.device_id, T0 + 2))
+    assert await store.device_room_count(P1.device_id) == 0
+    await store.kick(SVC, ROOM, P2.device_id, T0 + 2)
+    assert "host_changed" not in await log.types()
+    room, participants = await store.room_info(ROOM)
+    assert participants == [] and room["current_players"] == 0
+    await join(store, P1)  # a kicked device may come back (the backend decides: disconnect, webhooks)
+
+
+async def test_kicking_a_player_rooms_host_hands_the_room_over(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1)
+    await join(store, P1)
+    seq = await store.kick(SVC, ROOM, HOST.device_id, T0 + 1)
+    events = await log.events(after=seq - 1)
+    assert [(e["event_type"], e["payload"]["device_id"]) for e in events] == [
+        ("participant_left", HOST.device_id), ("host_changed", P1.device_id)]
+    assert events[0]["payload"]["reason"] == "kicked"

@@ -89,8 +89,10 @@ export interface RoomcastClientOptions {
 
 /** Who caused an event (null for events the gateway made on its own). */
 export interface EventSource {
-  socket_id: string;
-  device_id: string;
+  /** Set only on events a game backend made through the server API: its API key's name (the other fields are null then). */
+  service?: string;
+  socket_id: string | null;
+  device_id: string | null;
   user_id: string | null;
 }
 

@@ -8,9 +8,11 @@
 //  - reconnects on its own (close-code policy of protocol section 9; exponential backoff with
 //    full jitter; next URL of `urls` on every new socket), rejoins every room with
 //    `since`/`epoch`, and delivers every event of a room once, in seq order;
-//  - sends made while offline wait in a bounded queue; a send whose reply was lost with the
-//    socket is looked for in the replay (same socket id and content) and sent again only if
-//    the gateway never applied it.
+//  - sends made while offline wait in a bounded queue; every send carries an
+//    `idempotency_key` (128 random bits), so a send whose reply was lost with the socket is
+//    simply sent again with the same key: the gateway applies it once and acks the first seq.
+//    (A send found in the replay, same socket id and content, is settled without resending;
+//    update/close, which have no key in the protocol, rely on that alone.)
 
 export const VERSION = "0.1.0";
 export const SUBPROTOCOL = "roomcast.v1";
@@ -375,6 +377,8 @@ export class Room extends Emitter {
     const msg = { type: "event", room_id: this.id, event_type: eventType };
     if (action !== undefined && action !== null) msg.action = action;
     if (payload !== undefined && payload !== null) msg.payload = cloneJson(payload); // later changes by the app do not leak in
+    // The same key goes with every resend of this send: the gateway applies it once.
+    msg.idempotency_key = randomId(22, this._client._random);
     const key = "e|" + JSON.stringify(eventType) + "|" + JSON.stringify(msg.action ?? null) + "|" + canonical(msg.payload ?? null);
     return this._client._call(msg, { kind: "event", room: this, key, onReply: (m) => m.seq });
   }
@@ -663,8 +667,10 @@ export class Room extends Emitter {
     this._joining = false;
     this._retries = 0;
     this._joinedGen = gen;
+    const previousEpoch = this.epoch ?? null;
     this.epoch = m.epoch ?? this.epoch;
     if (m.role) this.role = m.role;
+    const sameEpoch = previousEpoch !== null && m.epoch === previousEpoch;
     if (m.recovered) {
       this._resumeTarget = m.seq;
       this._drainBuffer();
@@ -679,6 +685,13 @@ export class Room extends Emitter {
     for (const op of [...this._inflight]) {
       if (op.gen !== gen) {
         this._dropInflight(op);
+        if (op.settled) continue;
+        if (sameEpoch && op.msg.idempotency_key && !op.tooLarge) {
+          // Same room, same epoch: the gateway still knows the key, so sending it again is
+          // safe (applied once, acked with the first seq if it was applied already).
+          this._client._requeue(op);
+          continue;
+        }
         this._client._settle(op, new RoomcastError("disconnected",
           "the connection was lost before the reply and the room could not be replayed: the request may or may not have taken effect"));
       }
@@ -1319,6 +1332,10 @@ export class RoomcastClient extends Emitter {
         if (gen !== this._gen || this._stopped) return;
         if (err.code === "rate_limited") {
           setTimeout(() => gen === this._gen && this._ws && this._sendHello(gen), err.retryAfterMs ?? 1000);
+        } else if (err.code === "unavailable") {
+          // The gateway's backend (Redis, or the game backend's connect webhook) cannot decide
+          // now: a new socket after the usual backoff, not a refusal.
+          this._giveUp(`hello not answered for now: ${err.message}`);
         } else if (err.code !== "disconnected") this._fatal(err);
       },
       onReply: (/** @type {any} */ m) => m,

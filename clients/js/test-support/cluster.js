@@ -89,7 +89,8 @@ export async function nodeWebSocket() {
 
 /**
  * A WebSocket class for the tests: sends an Origin header if asked (like a browser), keeps its
- * instances, can go silent on the uplink (`muted`), and can refuse to connect (`blocked`).
+ * instances, can go silent on the uplink (`muted`), stop hearing the gateway (`deafen()`: its
+ * sockets so far), and can refuse to connect (`blocked`).
  */
 export function testWebSocket(base, kind, { origin } = {}) {
   const ctl = { instances: [], muted: false, blocked: false };
@@ -105,7 +106,22 @@ export function testWebSocket(base, kind, { origin } = {}) {
     send(data) {
       if (!ctl.muted) super.send(data);
     }
+
+    // A deafened socket drops every message from the gateway from then on (a lost ack…);
+    // sockets made later hear again.
+    set onmessage(fn) {
+      super.onmessage = typeof fn === "function" ? (ev) => {
+        if (!this.deaf) fn(ev);
+      } : fn;
+    }
+
+    get onmessage() {
+      return super.onmessage;
+    }
   }
+  ctl.deafen = () => {
+    for (const ws of ctl.instances) ws.deaf = true;
+  };
   ctl.WebSocket = TestWebSocket;
   return ctl;
 }

@@ -146,6 +146,25 @@ test("an unauthorized hello is fatal: error event, state closed, connect() rejec
   assert.equal(gw.sockets.length, 1);
 });
 
+test("an unavailable hello (the gateway's backend or webhook cannot decide now) is retried on a new socket", async () => {
+  const gw = new FakeGateway({ autoWelcome: false });
+  const client = new RoomcastClient({ url: "ws://fake/ws", deviceId: DEVICE, storage: null, WebSocket: gw.WebSocket,
+    backoff: { initialMs: 10, maxMs: 40 } });
+  const errors = [];
+  client.on("error", (e) => errors.push(e));
+  const p = client.connect();
+  const sock = await gw.socket(0);
+  const hello = await sock.nextType("hello");
+  sock.reply(hello, { type: "error", code: "unavailable", message: "the game backend did not answer in time; retry" });
+  const sock2 = await gw.socket(1);
+  const again = await sock2.nextType("hello");
+  sock2.reply(again, gw.welcomeFor(sock2, again));
+  assert.equal((await p).type, "welcome");
+  assert.equal(client.state, "open");
+  assert.deepEqual(errors, []);
+  client.close();
+});
+
 test("a rate-limited hello is sent again on the same socket", async () => {
   const gw = new FakeGateway({ autoWelcome: false });
   const client = new RoomcastClient({ url: "ws://fake/ws", deviceId: DEVICE, storage: null, WebSocket: gw.WebSocket });

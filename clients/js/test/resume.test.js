@@ -169,14 +169,77 @@ test("a send lost with the socket and absent from the replay is sent again after
   client.close();
 });
 
-test("a send lost with the socket when the room cannot be replayed rejects with code disconnected", async () => {
+test("every send carries its own idempotency_key, and a resend carries the same one", async () => {
+  const { gw, client, sock, room } = await inRoom("r1", 5);
+  const p1 = room.send("answer", { q: 1 });
+  const p2 = room.send("answer", { q: 1 }); // the same content: still another send, another key
+  const f1 = await sock.nextType("event");
+  const f2 = await sock.nextType("event");
+  assert.match(f1.idempotency_key, /^[A-Za-z0-9]{22}$/);
+  assert.match(f2.idempotency_key, /^[A-Za-z0-9]{22}$/);
+  assert.notEqual(f1.idempotency_key, f2.idempotency_key);
+  sock.reply(f1, { type: "ack", seq: 6 });
+  assert.equal(await p1, 6);
+  const oldSocket = sock.socketId;
+  sock.drop(1006); // f2's ack is lost (and f2 never reached the gateway)
+  const sock2 = await gw.socket(1);
+  await answerResume(sock2, "r1", { seq: 6 });
+  // the replay: p1's event (acked already, so it is not taken for f2 despite the same content)
+  sock2.deliver(ev("r1", 6, "answer", { q: 1 }, { socket_id: oldSocket, device_id: DEVICE, user_id: null }));
+  const again = await sock2.nextType("event");
+  assert.equal(again.idempotency_key, f2.idempotency_key);
+  sock2.reply(again, { type: "ack", seq: 7 });
+  assert.equal(await p2, 7);
+  client.close();
+});
+
+test("the old race: a send the old replica applies after the resume is sent again with its key and resolves once", async () => {
+  const { gw, client, sock, room, seqs } = await inRoom("r1", 5);
+  const p = room.send("answer", { q: 1 });
+  const first = await sock.nextType("event");
+  const oldSocket = sock.socketId;
+  sock.drop(1006); // the network dropped the link; the old replica has the frame but applies it late
+  const sock2 = await gw.socket(1);
+  await answerResume(sock2, "r1", { seq: 5 }); // nothing to replay: not applied yet as far as the join saw
+  const again = await sock2.nextType("event");
+  assert.ok(first.idempotency_key);
+  assert.equal(again.idempotency_key, first.idempotency_key, "resent with the same key");
+  // The old replica applies the first send (seq 6) meanwhile; the gateway acks the resend with
+  // that first seq (the key was used) and makes no second event.
+  sock2.deliver(ev("r1", 6, "answer", { q: 1 }, { socket_id: oldSocket, device_id: DEVICE, user_id: null }));
+  sock2.reply(again, { type: "ack", seq: 6 });
+  assert.equal(await p, 6);
+  await until(() => seqs().length === 1);
+  await sleep(20);
+  assert.deepEqual(seqs(), [6]);
+  assert.equal(sock2.frames("event").length, 1, "sent again once, not more");
+  client.close();
+});
+
+test("a send lost with the socket when the room cannot be replayed is sent again with its key (same epoch)", async () => {
+  const { gw, client, sock, room } = await inRoom("r1", 5);
+  const p = room.send("answer", { q: 1 });
+  const first = await sock.nextType("event");
+  sock.drop(1006);
+  const sock2 = await gw.socket(1);
+  await answerResume(sock2, "r1", { seq: 50, recovered: false }); // epoch e1: the gateway still knows the key
+  const again = await sock2.nextType("event");
+  assert.equal(again.idempotency_key, first.idempotency_key);
+  sock2.reply(again, { type: "ack", seq: 49 }); // it had been applied: the first seq
+  assert.equal(await p, 49);
+  client.close();
+});
+
+test("a send lost with the socket when the room came back under a new epoch rejects with code disconnected", async () => {
   const { gw, client, sock, room } = await inRoom("r1", 5);
   const p = room.send("answer", { q: 1 });
   await sock.nextType("event");
   sock.drop(1006);
   const sock2 = await gw.socket(1);
-  await answerResume(sock2, "r1", { seq: 50, recovered: false });
+  await answerResume(sock2, "r1", { seq: 50, recovered: false, epoch: "e2" }); // rebuilt: its keys are gone
   await assert.rejects(p, (e) => e.code === "disconnected");
+  await sleep(20);
+  assert.equal(sock2.frames("event").length, 0);
   client.close();
 });
 

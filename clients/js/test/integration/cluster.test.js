@@ -138,6 +138,37 @@ test("resume after a dropped socket: the gateway closes the silent socket with 4
   player.close();
 });
 
+test("a lost ack whose event the replay no longer has: sent again on the other replica with its key, applied once", async () => {
+  const [a, b] = cluster.urls;
+  const host = client({ urls: [b] });
+  const ctl = testWebSocket(WS, kind);
+  const player = client({ urls: [a, b], WebSocket: ctl.WebSocket });
+  await Promise.all([host.connect(), player.connect()]);
+  const roomId = uid("idem");
+  const hostRoom = await host.createRoom({ gameType: "quiz", roomId });
+  const hostEvents = record(hostRoom);
+  const playerRoom = await player.join(roomId);
+  const resets = [];
+  playerRoom.on("reset", (snapshot) => resets.push(snapshot));
+  ctl.deafen(); // from now on the player hears nothing on this socket: its ack will be lost
+  const sending = playerRoom.send("answer", { q: 1 });
+  await until(() => ofType(hostEvents, "answer").length === 1, 5000, "the gateway applied it");
+  const applied = ofType(hostEvents, "answer")[0].seq;
+  // More than ROOM_HISTORY_MAX_BYTES (128 KB) after it: the resume cannot replay it (recovered:
+  // false, same epoch), so only the idempotency key can tell the gateway it was applied.
+  const big = "x".repeat(60000);
+  for (let n = 0; n < 4; n++) await hostRoom.send("blob", { n, big });
+  ctl.instances.at(-1).close(); // the socket goes; the client reconnects to the other replica
+  assert.equal(await sending, applied, "acked with the seq of the first, applied send");
+  assert.equal(resets.length, 1, "the resume was not recovered (the case under test)");
+  const after = await hostRoom.send("after");
+  await until(() => playerRoom.seq >= after, 5000, "player caught up");
+  await sleep(100);
+  assert.equal(ofType(hostEvents, "answer").length, 1, "applied once");
+  host.close();
+  player.close();
+});
+
 test("offline send queue: sends made while disconnected wait (bounded) and go once the room is resumed", async () => {
   const [a, b] = cluster.urls;
   const host = client({ urls: [b] });

@@ -7,12 +7,8 @@ the rooms (`roomcast_client.room.Room`) reach it only through the `RoomHost` int
 clients/python/README.md describes the behaviour (requests, heartbeat, reconnects, resume,
 sends whose reply was lost) and the events.
 
-Client events (`client.on(name, callback)`; a callback may be a coroutine function):
-`state` (connecting, open, reconnecting, closed), `welcome` (the welcome message), `open` (no
-argument), `close` (`{"code", "reason", "will_reconnect"}` for every socket that ends or could
-not open), `reconnecting` (`{"attempt", "delay"}`: attempt 0 is the first retry after a working
-connection), `error` (a `RoomcastError`), `room` (a `Room` adopted from `welcome.rooms`).
-Room events: see `Room`.
+Client events (`client.on(name, callback)`: state, welcome, open, close, reconnecting, error,
+room) and room events: clients/python/README.md, "Events".
 """
 
 from __future__ import annotations
@@ -432,6 +428,11 @@ class RoomcastClient(Outbox, Emitter):
                 if err.code == "rate_limited":
                     await asyncio.sleep((err.retry_after_ms or 1000) / 1000)
                     continue
+                if err.code == "unavailable":
+                    # The gateway's backend (Redis, or the game backend's connect webhook) cannot
+                    # decide now: a new socket after the usual backoff, not a refusal.
+                    conn.give_up(f"hello not answered for now: {err}")
+                    return
                 if err.code != "disconnected":
                     self._fatal(err)
                 return

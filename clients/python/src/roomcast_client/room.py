@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -102,6 +103,11 @@ class RoomHost(Protocol):
     def _drop_room_ops(self, room: Room, err: RoomcastError) -> None: ...
 
     def _listener_failed(self, name: str, exc: Exception) -> None: ...
+
+
+def new_idempotency_key() -> str:
+    """A fresh `idempotency_key` for one send: 128 random bits, 22 characters of [A-Za-z0-9_-]."""
+    return secrets.token_urlsafe(16)
 
 
 @dataclass(eq=False)
@@ -283,6 +289,8 @@ class Room(Emitter):
             msg["action"] = action
         if payload is not None:
             msg["payload"] = payload
+        # The same key goes with every resend of this send: the gateway applies it once.
+        msg["idempotency_key"] = new_idempotency_key()
         seq: int = await self._client._enqueue(msg, "event", room=self, key=request_key(msg),
                                                on_reply=lambda _c, m: m["seq"])
         return seq
@@ -484,7 +492,9 @@ class Room(Emitter):
         self._joining = False
         self._retries = 0
         self._joined_conn = conn
+        previous_epoch = self._replica.epoch
         self._replica.epoch = joined.get("epoch") or self._replica.epoch
+        same_epoch = bool(previous_epoch) and joined.get("epoch") == previous_epoch
         if joined.get("role"):
             self._replica.role = joined["role"]
         if joined.get("recovered") is True:
@@ -503,6 +513,13 @@ class Room(Emitter):
         for op in list(self._inflight):
             if op.conn is not conn:
                 self._inflight.remove(op)
+                if op.settled:
+                    continue
+                if same_epoch and op.msg.get("idempotency_key"):
+                    # Same room, same epoch: the gateway still knows the key, so sending it again
+                    # is safe (applied once, acked with the first seq if it was applied already).
+                    self._client._requeue(op)
+                    continue
                 self._client._settle(op, RoomcastError(
                     "disconnected", "the connection was lost before the reply and the room could not be "
                                     "replayed: the request may or may not have taken effect"))

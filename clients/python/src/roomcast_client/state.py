@@ -106,8 +106,10 @@ def request_key(msg: dict[str, Any]) -> tuple[str, ...] | None:
 
 def event_key(event: dict[str, Any]) -> tuple[str, ...] | None:
     """The content key of an event, to find the request that made it: a request whose reply
-    was lost with its socket is looked for in the replay (same socket id, same key) and is
-    sent again only if the gateway never applied it."""
+    was lost with its socket and whose event is in the replay (same socket id, same key) is
+    resolved without being sent again. Sends that are not found go again with their
+    idempotency key (the gateway applies a key once); update and close have no key, so for
+    them this match is what prevents a second application."""
     kind = event.get("event_type")
     if kind == "state_change":
         return ("s", _canonical(event.get("payload")).decode())
