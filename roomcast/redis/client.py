@@ -71,18 +71,6 @@ def key_slot(key: str | bytes) -> int:
     return int(_key_slot(key.encode() if isinstance(key, str) else key))
 
 
-def slot_owner(client: RedisCluster, key: str | bytes) -> tuple[str, int]:
-    """(host, port) of the primary that owns `key`'s slot in `client`'s current slot map
-    (the sharded pub/sub subscriber connects there for a room's channel)."""
-    node = client.nodes_manager.get_node_from_slot(key_slot(key))
-    return str(node.host), int(node.port)
-
-
-def primaries(client: RedisCluster) -> list[tuple[str, int]]:
-    """(host, port) of every primary in `client`'s current slot map."""
-    return [(str(n.host), int(n.port)) for n in client.get_primaries()]
-
-
 def tls_context(url: str) -> ssl.SSLContext | None:
     """The TLS context redis-py would use for `url` (None for redis://), for connections we
     open ourselves (the pub/sub subscriber). Built by redis-py's own RedisSSLContext from the
