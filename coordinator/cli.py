@@ -93,14 +93,14 @@ async def _device_data(settings: Settings, command: str, device_id: str) -> int:
     """forget-device / export-device against whatever backends are configured."""
     if not DEVICE_ID_RE.fullmatch(device_id):
         return _fail(f"invalid DEVICE_ID={device_id!r}: must be 8-128 characters of [A-Za-z0-9._:-]")
-    pool = client = None
+    pool = None
+    batcher = None
     try:
         if settings.database_url is not None:
             pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
-        batcher = None
         if settings.redis_url is not None:
-            client = make_client(settings.redis_url)
-            batcher = Batcher(client)
+            batcher = Batcher(make_client(settings.redis_url))
+            await batcher.detect()  # a Redis Cluster: its keys are spread (roomcast/redis/keys.py)
         if command == "forget-device":
             report = await forget_device(device_id, pool=pool, batcher=batcher)
             print(json.dumps({"forgotten": device_id, **report.wire()}, indent=2))
@@ -115,8 +115,8 @@ async def _device_data(settings: Settings, command: str, device_id: str) -> int:
     finally:
         if pool is not None:
             await pool.close()
-        if client is not None:
-            await client.aclose()
+        if batcher is not None:
+            await batcher.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -78,11 +78,13 @@ async def _forget_in_redis(b: Batcher, device_id: str, rooms: set[str], sockets:
     needle = device_id.encode()
     doomed = [keys.connection(device_id), keys.device_rooms(device_id), keys.device_token(device_id),
               *(keys.socket(s) for s in sockets)]
-    report.redis_keys += int(await b.call(cmd("delete", *doomed)))
-    if sockets:
-        await b.call(cmd("zrem", keys.PRESENCE, *sockets))
+    # One DEL per key: the socket keys are in other slots than the device's (a cluster).
+    deleted = [b.call(cmd("delete", key)) for key in doomed]
+    report.redis_keys += sum([int(await d) for d in deleted])
+    for sock in sockets:
+        b.call(cmd("zrem", keys.spread(keys.PRESENCE, b.bucket(sock)), sock))
     for room_id in rooms:
-        b.call(cmd("zrem", keys.DISCONNECTED, f"{room_id}|{device_id}"))
+        b.call(cmd("zrem", keys.spread(keys.DISCONNECTED, b.bucket(room_id)), f"{room_id}|{device_id}"))
         member = await b.call(cmd("hget", keys.members(room_id), device_id))
         if member is not None:
             role, status = _s(member).split("|")[:2]
@@ -99,7 +101,7 @@ async def _forget_in_redis(b: Batcher, device_id: str, rooms: set[str], sockets:
                 b.call(cmd("hset", keys.room(room_id), name, value.replace(needle, FORGOTTEN.encode())))
                 report.redis_entries += 1
         report.redis_entries += await _scrub_stream(b, keys.stream(room_id), needle)
-    for stream in (keys.LIFECYCLE, keys.DEADLETTER):
+    for stream in (*(keys.spread(keys.LIFECYCLE, bucket) for bucket in b.buckets()), keys.DEADLETTER):
         report.redis_entries += await _scrub_stream(b, stream, needle)
     await b.call(cmd("ping"))
 

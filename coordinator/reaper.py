@@ -38,15 +38,17 @@ class Reaper:
         for socket_id in await self.presence.expired(now_ms - self.heartbeat_timeout_ms):
             device = await self.b.call(cmd("get", keys.socket(socket_id)))
             if device is None:
-                await self.b.call(cmd("zrem", keys.PRESENCE, socket_id))
+                await self.b.call(cmd("zrem", keys.spread(keys.PRESENCE, self.b.bucket(socket_id)), socket_id))
                 continue
             device_id = device.decode() if isinstance(device, bytes) else str(device)
             await self.store.disconnect(Caller(socket_id, device_id, None), "timeout", "timeout", now_ms)
             result.timed_out += 1
             log.info("socket %s of %s timed out", socket_id, device_id)
         # 2. Participants disconnected for longer than the prune delay: `participant_left`.
-        due = await self.b.call(cmd("zrangebyscore", keys.DISCONNECTED, "-inf", now_ms - self.prune_after_ms,
-                                    start=0, num=1000))
+        #    In a cluster, every bucket of the prune queue (they are spread over the primaries).
+        pages = [self.b.call(cmd("zrangebyscore", keys.spread(keys.DISCONNECTED, bucket), "-inf",
+                                 now_ms - self.prune_after_ms, start=0, num=1000)) for bucket in self.b.buckets()]
+        due = [item for page in pages for item in await page]
         for item in due:
             room_id, _, device_id = (item.decode() if isinstance(item, bytes) else str(item)).partition("|")
             if await self.store.prune(room_id, device_id, now_ms):

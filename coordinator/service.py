@@ -108,7 +108,7 @@ class Coordinator:
             with contextlib.suppress(Exception):
                 await self.lease.release()
             http.close()
-            await self.client.aclose()
+            await self.batcher.aclose()
             if self.pool is not None:
                 await self.pool.close()
         return self.exit_code
@@ -168,7 +168,9 @@ class Coordinator:
 
     async def _room_stats(self) -> None:
         """Cluster-wide room counts by status and game type, for dashboards."""
-        ids = await self.batcher.call(cmd("zrange", keys.ROOM_INDEX, 0, -1))
+        pages = [self.batcher.call(cmd("zrange", keys.spread(keys.ROOM_INDEX, bucket), 0, -1))
+                 for bucket in self.batcher.buckets()]
+        ids = [r for page in pages for r in await page]
         futs = [self.batcher.call(cmd("hmget", keys.room(r.decode() if isinstance(r, bytes) else r),
                                       "status", "game_type")) for r in ids]
         rooms = []
@@ -201,8 +203,10 @@ class Coordinator:
                                        lambda action, n: self.metrics.cleanup.labels(action).inc(n))
                 if self.pool is not None and self.schema_ready.is_set() and now - last_beats >= s.heartbeat_flush_ms / 1000:
                     last_beats = now
-                    raw = await self.batcher.call(cmd("zrange", keys.PRESENCE, 0, -1, withscores=True))
-                    beats = {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw}
+                    pages = [self.batcher.call(cmd("zrange", keys.spread(keys.PRESENCE, bucket), 0, -1, withscores=True))
+                             for bucket in self.batcher.buckets()]
+                    beats = {(k.decode() if isinstance(k, bytes) else str(k)): int(v)
+                             for page in pages for k, v in await page}
                     n = await update_heartbeats(self.pool, beats)
                     self.metrics.cleanup.labels("heartbeats").inc(n)
             except (GatewayError, RedisConnectionError, RedisTimeoutError) as exc:

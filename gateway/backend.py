@@ -306,7 +306,7 @@ class RedisLink:
             await self.batcher.call(cmd("zrem", keys.NODES, self.settings.node_id))
             await self.batcher.call(cmd("delete", keys.node(self.settings.node_id)))
         await stop_tasks(self._tasks)
-        await self.client.aclose()
+        await self.batcher.aclose()
         if self.pool is not None:
             await self.pool.close()
 

@@ -9,7 +9,7 @@ import os
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ class RedisServer:
     proc: subprocess.Popen[bytes] | None = None
     tls: dict[str, Path] | None = None
     password: str | None = None
+    extra: tuple[str, ...] = ()  # more redis-server arguments (a cluster node's)
 
     @property
     def url(self) -> str:
@@ -71,6 +72,7 @@ class RedisServer:
                      "--tls-auth-clients", "no"]
         if self.password:
             args += ["--requirepass", self.password]
+        args += list(self.extra)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10 * TIME_SCALE
         while time.monotonic() < deadline:
@@ -86,6 +88,13 @@ class RedisServer:
         stop_process(self.proc, 5)
         self.proc = None
 
+    def kill(self) -> None:
+        """SIGKILL (a crash, for failover tests)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
     def cli(self, *args: str) -> str:
         cmd = ["redis-cli", "-p", str(self.port)]
         if self.tls is not None:
@@ -96,6 +105,140 @@ class RedisServer:
         return out.stdout.strip()
 
 
+def free_cluster_port(taken: set[int]) -> int:
+    """A free 127.0.0.1 port below 55536 whose cluster bus port (port + 10000) is free too."""
+    import random
+
+    for _ in range(1000):
+        port = random.randrange(20000, 55000)
+        if port in taken or port + 10000 in taken:
+            continue
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+@dataclass
+class RedisClusterServer:
+    """A throwaway Redis Cluster: `primaries` primaries with `replicas` replicas each, every
+    node a `redis-server --cluster-enabled yes` on a free 127.0.0.1 port below 55536 (the bus
+    is on port + 10000), its dir (nodes.conf) in a temporary folder, joined with
+    `redis-cli --cluster create`, stopped by pid. `url` names one node, as a user's would."""
+
+    primaries: int = 3
+    replicas: int = 1
+    node_timeout_ms: int = 2000
+    nodes: list[RedisServer] = field(default_factory=list)
+    base: Path | None = None
+    entry: int = 0  # the node `url` names
+    tls: dict[str, Path] | None = None  # TLS only (clients, the cluster bus, replication)
+    password: str | None = None
+
+    @property
+    def url(self) -> str:
+        return self.nodes[self.entry].url
+
+    @property
+    def port(self) -> int:
+        """The port of the node `url` names."""
+        return self.nodes[self.entry].port
+
+    def cli(self, *args: str) -> str:
+        """A key command, sent to a running node and redirected (`redis-cli -c`) to its owner."""
+        node = next(n for n in self.nodes if n.proc is not None)
+        return node.cli("-c", *args)
+
+    def cli_all(self, *args: str) -> list[str]:
+        """A server command on every running node."""
+        return [n.cli(*args) for n in self.nodes if n.proc is not None]
+
+    def keys(self) -> dict[int, list[str]]:
+        """Every key of every running primary, by the primary's port."""
+        return {n.port: n.cli("--scan").split() for n in self.primary_nodes()}
+
+    def start(self) -> RedisClusterServer:
+        import tempfile
+
+        self.base = Path(tempfile.mkdtemp(prefix="roomcast-rcluster-"))
+        taken: set[int] = set()
+        try:
+            for _ in range(self.primaries * (1 + self.replicas)):
+                port = free_cluster_port(taken)
+                taken |= {port, port + 10000}
+                folder = self.base / str(port)
+                folder.mkdir()
+                secure: tuple[str, ...] = ("--tls-cluster", "yes", "--tls-replication", "yes") if self.tls else ()
+                if self.password:
+                    secure += ("--masterauth", self.password)
+                node = RedisServer(port=port, tls=self.tls, password=self.password, extra=(*secure,
+                    "--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf"),
+                    "--cluster-node-timeout", str(self.node_timeout_ms), "--dir", str(folder),
+                    "--cluster-require-full-coverage", "no", "--cluster-allow-reads-when-down", "no",
+                    # Replicas in sync at once (no 5 s diskless delay), and always eligible to take over.
+                    "--repl-diskless-sync-delay", "0", "--cluster-replica-validity-factor", "0"))
+                self.nodes.append(node.start())
+            auth = ["--tls", "--cacert", str(self.tls["ca"])] if self.tls else []
+            if self.password:
+                auth += ["--no-auth-warning", "-a", self.password]
+            out = subprocess.run(["redis-cli", *auth, "--cluster", "create",
+                                  *[f"127.0.0.1:{n.port}" for n in self.nodes],
+                                  "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                                 capture_output=True, text=True, timeout=60)
+            if out.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed: {out.stdout}{out.stderr}")
+            self.wait_ok()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every running node says cluster_state:ok and knows every node, and every
+        primary's replicas are in sync (so a failover can promote one)."""
+        deadline = time.monotonic() + timeout * TIME_SCALE
+        while time.monotonic() < deadline:
+            running = [n for n in self.nodes if n.proc is not None]
+            if all("cluster_state:ok" in n.cli("CLUSTER", "INFO") for n in running) and all(
+                    n.cli("CLUSTER", "NODES").count("connected") >= len(running) for n in running) and all(
+                    n.cli("INFO", "replication").count("state=online") >= self.replicas
+                    for n in self.primary_nodes()):
+                return
+            time.sleep(0.1)
+        raise TimeoutError("the Redis Cluster did not become ok")
+
+    def primary_nodes(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.proc is not None and "role:master" in n.cli("INFO", "replication")]
+
+    def node_of(self, key: str) -> RedisServer:
+        """The running primary that owns `key`'s slot."""
+        running = next(n for n in self.nodes if n.proc is not None)
+        slot = int(running.cli("CLUSTER", "KEYSLOT", key))
+        for n in self.primary_nodes():
+            for line in n.cli("CLUSTER", "NODES").splitlines():
+                f = line.split()
+                if "myself" in f[2]:
+                    for r in f[8:]:
+                        lo, _, hi = r.partition("-")
+                        if r[0] != "[" and int(lo) <= slot <= int(hi or lo):
+                            return n
+        raise LookupError(f"no running primary owns slot {slot}")
+
+    def flushall(self) -> None:
+        for n in self.primary_nodes():
+            n.cli("FLUSHALL")
+
+    def stop(self) -> None:
+        import shutil
+
+        for n in self.nodes:
+            n.stop()
+        if self.base is not None:
+            shutil.rmtree(self.base, ignore_errors=True)
 
 # ---------------------------------------------------------------- redis cluster (sharded pub/sub tests)
 

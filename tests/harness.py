@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed
 # The throwaway servers live in loadtests/ (the benchmark uses them and must not import tests/);
 # re-exported here under their old names.
 from loadtests.services import PostgresServer as PostgresServer
+from loadtests.services import RedisClusterServer as RedisClusterServer
 from loadtests.services import RedisServer as RedisServer
 from loadtests.services import _as_postgres as _as_postgres
 from loadtests.services import _pg_bin as _pg_bin
@@ -351,6 +352,20 @@ def redis_server() -> Iterator[RedisServer]:
         server.stop()
 
 
+@contextlib.contextmanager
+def redis_of_kind(kind: str) -> Iterator[RedisServer | RedisClusterServer]:
+    """A fresh single Redis ("redis") or Redis Cluster of 3 primaries + 3 replicas ("redis-cluster")."""
+    server: RedisServer | RedisClusterServer = RedisServer() if kind == "redis" else RedisClusterServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+REDIS_KINDS = ("redis", "redis-cluster")
+
+
 @dataclass
 class CoordinatorProcess:
     port: int
@@ -393,7 +408,7 @@ class CoordinatorProcess:
 
 @dataclass
 class Cluster:
-    redis: RedisServer
+    redis: RedisServer | RedisClusterServer
     gateways: list[GatewayProcess]
     coordinators: list[CoordinatorProcess]
     env: dict[str, str]
@@ -407,8 +422,9 @@ class Cluster:
 
 @contextlib.contextmanager
 def cluster(n_gateways: int = 3, n_coordinators: int = 1, extra_env: Mapping[str, str] | None = None,
-            redis: RedisServer | None = None) -> Iterator[Cluster]:
-    """Redis + coordinators + gateways, all on 127.0.0.1; everything stopped afterwards."""
+            redis: RedisServer | RedisClusterServer | None = None) -> Iterator[Cluster]:
+    """Redis (a single one, or the Redis Cluster given) + coordinators + gateways, all on
+    127.0.0.1; everything stopped afterwards."""
     own_redis = redis is None
     server = redis or RedisServer().start()
     env = gateway_env(extra_env)

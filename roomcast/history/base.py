@@ -53,6 +53,7 @@ class RoomChunk:
 class LifecycleRecord:
     id: str
     fields: dict[str, str]
+    stream: str = ""  # the Redis stream it was read from (its bucket in a Redis Cluster)
 
 
 @dataclass

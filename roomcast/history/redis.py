@@ -5,6 +5,11 @@ In history mode the gateways do not trim room streams or expire closed rooms: th
 flusher trims only what Postgres already holds (keeping the last `keep` events for
 fast replay) and expires a closed room's keys once its last event is persisted, so a
 Postgres outage loses nothing.
+
+In a Redis Cluster the lifecycle stream, the dirty set and the cursors are spread over
+buckets (keys.spread: the stream by device, the others by room), each on the primary of its
+slot: `take` reads every bucket (one consumer group per stream, created on first use),
+`commit` acknowledges each record in the stream it came from.
 """
 
 from __future__ import annotations
@@ -39,12 +44,21 @@ class RedisHistorySource:
         self.s_trim = batcher.register(redis_scripts.TRIM_PERSISTED)
         self._ready = False
 
+    def _streams(self) -> list[str]:
+        return [keys.spread(keys.LIFECYCLE, bucket) for bucket in self.b.buckets()]
+
+    def _at(self, name: str, room_id: str) -> str:
+        return keys.spread(name, self.b.bucket(room_id))
+
     async def _setup(self) -> None:
-        try:
-            await self.b.call(cmd("xgroup_create", keys.LIFECYCLE, keys.FLUSH_GROUP, id="0", mkstream=True))
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        futs = [self.b.call(cmd("xgroup_create", stream, keys.FLUSH_GROUP, id="0", mkstream=True))
+                for stream in self._streams()]
+        for fut in futs:
+            try:
+                await fut
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
         self._ready = True
 
     async def take(self, max_rows: int) -> Batch:
@@ -64,22 +78,32 @@ class RedisHistorySource:
             await self._setup()
         b = self.b
         batch = Batch()
+        streams = self._streams()
+        per_stream = max(1, -(-max_rows // len(streams)))
         # Entries another (dead) flusher took but never acknowledged become ours.
-        await b.call(cmd("xautoclaim", keys.LIFECYCLE, keys.FLUSH_GROUP, self.consumer, self.claim_idle_ms,
-                         start_id="0-0", count=max_rows, justid=True))
+        claims = [b.call(cmd("xautoclaim", stream, keys.FLUSH_GROUP, self.consumer, self.claim_idle_ms,
+                             start_id="0-0", count=per_stream, justid=True)) for stream in streams]
+        for claim in claims:
+            await claim
         for start in ("0", ">"):  # first our own unacknowledged entries, then new ones
-            reply = await b.call(cmd("xreadgroup", keys.FLUSH_GROUP, self.consumer, {keys.LIFECYCLE: start},
-                                     count=max_rows))
-            for _stream, entries in reply or []:
-                for eid, fields in entries:
-                    if fields:
-                        batch.lifecycle.append(LifecycleRecord(_s(eid), {_s(k): _s(v) for k, v in fields.items()}))
+            replies = [(stream, b.call(cmd("xreadgroup", keys.FLUSH_GROUP, self.consumer, {stream: start},
+                                           count=per_stream))) for stream in streams]
+            for stream, reply in replies:
+                for _stream, entries in await reply or []:
+                    for eid, fields in entries:
+                        if fields:
+                            batch.lifecycle.append(LifecycleRecord(_s(eid), {_s(k): _s(v) for k, v in fields.items()},
+                                                                   stream))
             if batch.lifecycle:
                 break
-        rooms = [_s(r) for r in await b.call(cmd("spop", keys.FLUSH_DIRTY, self.rooms_per_take)) or []]
+        buckets = b.buckets()
+        per_bucket = max(1, -(-self.rooms_per_take // len(buckets)))
+        popped = [b.call(cmd("spop", keys.spread(keys.FLUSH_DIRTY, bucket), per_bucket)) for bucket in buckets]
+        rooms = [_s(r) for p in popped for r in await p or []]
         if not rooms:
             return batch
-        cursors = await b.call(cmd("hmget", keys.FLUSH_CURSOR, rooms))
+        cursor_f = [b.call(cmd("hget", self._at(keys.FLUSH_CURSOR, room_id), room_id)) for room_id in rooms]
+        cursors = [await c for c in cursor_f]
         futs = []
         for room_id, cur in zip(rooms, cursors, strict=True):
             after = int(cur) if cur else 0
@@ -97,32 +121,35 @@ class RedisHistorySource:
 
     async def commit(self, batch: Batch, result: WriteResult) -> None:
         b = self.b
-        if batch.lifecycle:
-            b.call(cmd("xack", keys.LIFECYCLE, keys.FLUSH_GROUP, *[r.id for r in batch.lifecycle]))
-            b.call(cmd("xdel", keys.LIFECYCLE, *[r.id for r in batch.lifecycle]))
+        by_stream: dict[str, list[str]] = {}
+        for r in batch.lifecycle:
+            by_stream.setdefault(r.stream or keys.LIFECYCLE, []).append(r.id)
+        for stream, ids in by_stream.items():
+            b.call(cmd("xack", stream, keys.FLUSH_GROUP, *ids))
+            b.call(cmd("xdel", stream, *ids))
         for chunk in batch.rooms:
             persisted = result.persisted_seq.get(chunk.room_id)
             if persisted is None:
                 continue
-            b.call(cmd("hset", keys.FLUSH_CURSOR, chunk.room_id, persisted))
+            b.call(cmd("hset", self._at(keys.FLUSH_CURSOR, chunk.room_id), chunk.room_id, persisted))
             head = int(chunk.snapshot["seq"]) if chunk.snapshot else persisted
             # Drop only what Postgres holds, and keep the newest `keep` for fast replay.
             min_id = min(persisted + 1, max(1, head - self.keep + 1))
             # (a script: it also tells emit's byte trim what Postgres holds, see TRIM_PERSISTED)
             b.eval(self.s_trim, [keys.room(chunk.room_id), keys.stream(chunk.room_id)], [min_id, persisted])
             if len(chunk.events) >= self.events_per_room:
-                b.call(cmd("sadd", keys.FLUSH_DIRTY, chunk.room_id))  # more to read
+                b.call(cmd("sadd", self._at(keys.FLUSH_DIRTY, chunk.room_id), chunk.room_id))  # more to read
             elif chunk.snapshot and chunk.snapshot.get("status") == "closed" and persisted >= head:
                 for key in (keys.room(chunk.room_id), keys.members(chunk.room_id),
                             keys.participants(chunk.room_id), keys.stream(chunk.room_id)):
                     b.call(cmd("pexpire", key, self.room_ttl_ms))
-                b.call(cmd("hdel", keys.FLUSH_CURSOR, chunk.room_id))
+                b.call(cmd("hdel", self._at(keys.FLUSH_CURSOR, chunk.room_id), chunk.room_id))
         await b.call(cmd("ping"))
 
     async def give_back(self, batch: Batch) -> None:
-        rooms = [c.room_id for c in batch.rooms]
-        if rooms:
-            await self.b.call(cmd("sadd", keys.FLUSH_DIRTY, *rooms))
+        futs = [self.b.call(cmd("sadd", self._at(keys.FLUSH_DIRTY, c.room_id), c.room_id)) for c in batch.rooms]
+        for fut in futs:
+            await fut
         # Lifecycle entries stay pending in the group; the next take reads them again.
 
     async def dead_letter(self, letters: list[DeadLetter]) -> None:
@@ -132,17 +159,19 @@ class RedisHistorySource:
         await self.b.call(cmd("ping"))
 
     async def backlog(self) -> int:
-        try:
-            info = await self.b.call(cmd("xinfo_groups", keys.LIFECYCLE))
-        except ResponseError:  # no stream yet (or Redis restarted): nothing waiting there
-            info = []
         lag = 0
-        for group in info or []:
-            g = {(_s(k) if isinstance(k, bytes) else k): v for k, v in group.items()}
-            if g.get("name") in (keys.FLUSH_GROUP, keys.FLUSH_GROUP.encode()):
-                lag = int(g.get("lag") or 0) + int(g.get("pending") or 0)
-        dirty = int(await self.b.call(cmd("scard", keys.FLUSH_DIRTY)))
-        return lag + dirty
+        groups = [self.b.call(cmd("xinfo_groups", stream)) for stream in self._streams()]
+        for fut in groups:
+            try:
+                info = await fut
+            except ResponseError:  # no stream yet (or Redis restarted): nothing waiting there
+                info = []
+            for group in info or []:
+                g = {(_s(k) if isinstance(k, bytes) else k): v for k, v in group.items()}
+                if g.get("name") in (keys.FLUSH_GROUP, keys.FLUSH_GROUP.encode()):
+                    lag += int(g.get("lag") or 0) + int(g.get("pending") or 0)
+        dirty = [self.b.call(cmd("scard", keys.spread(keys.FLUSH_DIRTY, bucket))) for bucket in self.b.buckets()]
+        return lag + sum([int(await d) for d in dirty])
 
 
 def dead_letters(raw: list[Any]) -> list[dict[str, str]]:

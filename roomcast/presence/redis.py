@@ -3,7 +3,8 @@
 Heartbeats are collected in memory and written with one ZADD per flush (design
 invariant 4), together with the `last_heartbeat` field of each device's
 `ws:connections:{device_id}` (the requirements' "on heartbeat: UPDATE last_heartbeat"),
-in the same pipeline; `expired` serves the coordinator's reaper.
+in the same pipeline; `expired` serves the coordinator's reaper. In a Redis Cluster the set
+is spread over buckets by socket id (keys.spread): one ZADD per bucket per flush.
 """
 
 from __future__ import annotations
@@ -45,11 +46,16 @@ class RedisPresence:
         batch, self._pending = self._pending, {}
         devices, self._devices = self._devices, {}
         futs = [self.b.eval(self.s_heartbeat, [keys.connection(d)], [beat]) for d, beat in devices.items()]
-        if batch:
+        by_bucket: dict[str, dict[str, int]] = {}
+        for socket_id, beat in batch.items():
+            by_bucket.setdefault(keys.spread(keys.PRESENCE, self.b.bucket(socket_id)), {})[socket_id] = beat
+        for key, beats in by_bucket.items():
             # XX: only refresh sockets that are still registered (a closed socket stays gone).
-            futs.append(self.b.call(cmd("zadd", keys.PRESENCE, batch, xx=True)))
+            futs.append(self.b.call(cmd("zadd", key, beats, xx=True)))
         await asyncio.gather(*futs)  # one pipeline
 
     async def expired(self, older_than_ms: int) -> list[str]:
-        found = await self.b.call(cmd("zrangebyscore", keys.PRESENCE, "-inf", f"({older_than_ms}", start=0, num=1000))
-        return [f.decode() if isinstance(f, bytes) else str(f) for f in found]
+        """Sockets silent since before `older_than_ms`: up to 1000 per bucket (every primary)."""
+        pages = [self.b.call(cmd("zrangebyscore", keys.spread(keys.PRESENCE, bucket), "-inf", f"({older_than_ms}",
+                                 start=0, num=1000)) for bucket in self.b.buckets()]
+        return [f.decode() if isinstance(f, bytes) else str(f) for page in pages for f in await page]

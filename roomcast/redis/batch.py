@@ -3,6 +3,12 @@
 Calls are executed in the order they were made, one pipeline in flight at a time, so a
 socket's requests keep their order while many sockets share each round trip
 (conventions 8). A connection failure fails every call of the batch with `unavailable`.
+
+Redis Cluster: before its first batch the batcher asks the server whether it is a cluster
+node (roomcast/redis/client.py); if so every batch goes through redis-py's cluster
+pipeline, which splits it per node (one pipeline per primary, sent concurrently) and
+follows MOVED/ASK/TRYAGAIN; scripts are loaded on every primary. `spread` is then the
+number of buckets the global keys are spread over (keys.SPREAD), 0 on one Redis.
 """
 
 from __future__ import annotations
@@ -10,26 +16,48 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import zlib
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
+from redis.exceptions import (
+    ClusterDownError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from roomcast.errors import ErrorCode, GatewayError
+from roomcast.redis import keys
+from roomcast.redis.client import is_cluster, key_slot, make_cluster_client
 
 log = logging.getLogger("roomcast.redis")
 
 Op = Callable[[Pipeline], Any]
 UNAVAILABLE = "redis unavailable; retry"
+_DOWN = (RedisConnectionError, RedisTimeoutError, ClusterDownError, OSError)
 
 
 def cmd(name: str, *args: Any, **kwargs: Any) -> Op:
     """An op that adds one named redis-py command to the pipeline."""
+    if name in ("publish", "ping"):
+        return lambda pipe: _keyless(pipe, name, *args)
     return lambda pipe: getattr(pipe, name)(*args, **kwargs)
+
+
+def _keyless(pipe: Any, name: str, *args: Any) -> Any:
+    """PUBLISH and PING: redis-py blocks these methods in cluster pipelines; there the raw
+    command goes to the client's default node (a PUBLISH is broadcast to every node)."""
+    if isinstance(pipe, ClusterPipeline):
+        return pipe.execute_command(name.upper(), *args, target_nodes=RedisCluster.DEFAULT_NODE)
+    return getattr(pipe, name)(*args)
 
 
 class Script:
@@ -42,7 +70,13 @@ class Script:
 
 class Batcher:
     def __init__(self, client: Redis, max_batch: int = 512) -> None:
-        self.client = client
+        self.single = client
+        # The client batches go through: `single`, or the RedisCluster made by detect().
+        self.client: Any = client
+        self.cluster: bool | None = None  # not known until detect()
+        self._stale_map = False  # a node failed: refresh the slot map (at most every 0.25 s)
+        self._next_refresh = 0.0
+        self.spread = 0
         self.max_batch = max_batch
         self._queue: list[tuple[Op, asyncio.Future[Any]]] = []
         self._running = False
@@ -56,9 +90,52 @@ class Batcher:
         self.scripts.append(script)
         return script
 
+    async def detect(self) -> bool:
+        """Ask the server once whether it is a Redis Cluster node; switch to the cluster client
+        if so. True in cluster mode. Raises (and asks again next time) if Redis is down."""
+        if self.cluster is None:
+            if await is_cluster(self.single):
+                url = getattr(self.single, "url", "")
+                if not url:
+                    raise RedisError("a Redis Cluster needs a client made by make_client(url)")
+                client = make_cluster_client(url)
+                try:
+                    await client.initialize()  # discovers the nodes and the slot map
+                except BaseException:
+                    await client.aclose()
+                    raise
+                self.client = client
+                self.spread = keys.SPREAD
+                self.cluster = True
+                log.info("Redis Cluster mode: %d primaries", len(self.client.get_primaries()))
+            else:
+                self.cluster = False
+        return self.cluster
+
+    def bucket(self, entity: str) -> int | None:
+        """The bucket of a global key an entity's entry goes to (None on one Redis: one key)."""
+        if not self.spread:
+            return None
+        return zlib.crc32(entity.encode()) % self.spread
+
+    def buckets(self) -> list[int | None]:
+        """Every bucket of a spread key: readers enumerate these ([None] on one Redis)."""
+        return list(range(self.spread)) if self.spread else [None]
+
+    def across(self, name: str, verb: str, *args: Any, **kwargs: Any) -> asyncio.Future[list[Any]]:
+        """One command on every bucket of spread key `name`, queued now (one batch): the replies."""
+        return asyncio.gather(*(self.call(cmd(verb, keys.spread(name, b), *args, **kwargs)) for b in self.buckets()))
+
     async def load_scripts(self) -> None:
+        await self.detect()
         for script in self.scripts:
+            # On a cluster redis-py sends SCRIPT LOAD to every primary.
             await self.client.script_load(script.source)
+
+    async def aclose(self) -> None:
+        if self.client is not self.single:
+            await self.client.aclose()
+        await self.single.aclose()
 
     def call(self, op: Op) -> asyncio.Future[Any]:
         """Queue one command (added to the pipeline by `op`); the future gets its result."""
@@ -71,7 +148,8 @@ class Batcher:
 
     def eval(self, script: Script, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
         """Queue one script run; the future gets its reply."""
-        return self.call(lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args))
+        # The raw command: redis-py blocks `evalsha` in cluster pipelines (it routes EVALSHA by its keys).
+        return self.call(lambda pipe: pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args))
 
     async def _drain(self) -> None:
         try:
@@ -84,16 +162,77 @@ class Batcher:
             self._running = False
 
     async def _execute(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> list[Any]:
+        if self.cluster:
+            return await self._execute_per_node(batch)
         pipe = self.client.pipeline(transaction=False)
         for op, _ in batch:
             op(pipe)
         results: list[Any] = await pipe.execute(raise_on_error=False)
         return results
 
+    async def _execute_per_node(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> list[Any]:
+        """A Redis Cluster: one pipeline per primary, sent concurrently; a node that is down
+        (or failing over) fails only its own commands (`unavailable`), not the batch's others.
+        The commands are recorded by a cluster pipeline, then grouped by their slot's node."""
+        client = self.client
+        now = asyncio.get_running_loop().time()
+        if (client._initialize or self._stale_map) and now >= self._next_refresh:
+            # Refresh the slot map from a live node (after a node failed: until its replica
+            # takes over, its slots fail fast). Not client.initialize(): that also asks COMMAND
+            # of the first primary of the map, which may be the dead one.
+            self._next_refresh = now + 0.25
+            await client.nodes_manager.initialize()
+            client._initialize = self._stale_map = False
+        recorder = client.pipeline(transaction=False)
+        for op, _ in batch:
+            op(recorder)
+        queued = list(recorder._execution_strategy._command_queue)
+        await recorder.reset()
+        if len(queued) != len(batch):
+            raise RedisError("an op must add exactly one command")
+        groups: dict[str, list[int]] = {}
+        nodes: dict[str, Any] = {}
+        for i, command in enumerate(queued):
+            name = "*"  # not in the slot map now: sent anywhere, redirected (MOVED) from there
+            verb = str(command.args[0]).upper()
+            try:
+                # Keyless: PUBLISH to its channel's slot owner, PING to the heartbeat's (ws:nodes).
+                slot = (key_slot(command.args[1]) if verb == "PUBLISH" else key_slot(keys.NODES) if verb == "PING"
+                        else await client._determine_slot(*command.args))
+                node = client.nodes_manager.get_node_from_slot(slot)
+                name, nodes[node.name] = node.name, node
+            except SlotNotCoveredError:
+                pass
+            groups.setdefault(name, []).append(i)
+
+        async def run(name: str, indexes: list[int]) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for i in indexes:
+                kwargs = dict(queued[i].kwargs)
+                if "target_nodes" in kwargs and name in nodes:
+                    kwargs["target_nodes"] = nodes[name]
+                pipe.execute_command(*queued[i].args, **kwargs)
+            try:
+                out: list[Any] = await pipe.execute(raise_on_error=False)
+                return out
+            except Exception as exc:  # this node's commands only (a dead node: `unavailable` below)
+                log.debug("redis node batch of %d failed: %s", len(indexes), exc)
+                self._stale_map = self._stale_map or isinstance(exc, _DOWN)
+                return [exc] * len(indexes)
+
+        results: list[Any] = [None] * len(batch)
+        replies = await asyncio.gather(*(run(name, indexes) for name, indexes in groups.items()))
+        for indexes, reply in zip(groups.values(), replies, strict=True):
+            for i, r in zip(indexes, reply, strict=True):
+                results[i] = r
+        return results
+
     async def _run(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
+            if self.cluster is None:
+                await self.detect()
             results = await self._execute(batch)
             missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
             if missing:
@@ -102,7 +241,7 @@ class Batcher:
                 again = await self._execute([batch[i] for i in missing])
                 for i, r in zip(missing, again, strict=True):
                     results[i] = r
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except _DOWN as exc:
             # Not a warning: the owner of the connection (gateway, coordinator) logs the outage once.
             log.debug("redis batch of %d failed: %s", len(batch), exc)
             for _, fut in batch:
@@ -110,7 +249,7 @@ class Batcher:
                     fut.set_exception(GatewayError(ErrorCode.UNAVAILABLE, UNAVAILABLE))
                     fut.exception()  # fire-and-forget calls (index updates) need not be awaited
             return
-        except RedisError as exc:
+        except Exception as exc:  # RedisError, or a command the pipeline refused: fail this batch only
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
@@ -123,7 +262,11 @@ class Batcher:
         for (_, fut), result in zip(batch, results, strict=True):
             if fut.done():
                 continue
-            if isinstance(result, Exception):
+            if isinstance(result, (*_DOWN, TryAgainError, SlotNotCoveredError)):
+                # A shard failing over (or a slot moving) outlasted redis-py's retries: retryable.
+                fut.set_exception(GatewayError(ErrorCode.UNAVAILABLE, UNAVAILABLE))
+                fut.exception()
+            elif isinstance(result, Exception):
                 fut.set_exception(result)
                 if not isinstance(result, ResponseError):
                     fut.exception()

@@ -3,11 +3,36 @@
 The requirements name keys like `ws:room:{room_id}`; we keep the braces literally, which
 makes `{room_id}` a Redis Cluster hash tag: every key of one room lands in one slot, so a
 room's Lua scripts never span slots (design invariant 2). Device keys are tagged by device.
+
+Global keys written on the hot path (presence, the prune queue, the room indexes, the
+MAX_ROOMS count, the flusher's dirty set, cursors and lifecycle stream) are one key on a
+single Redis; in a Redis Cluster each is spread over buckets (`spread`: the entity's
+bucket is its own hash tag `{ws:b<n>}`, Batcher.bucket), so no key or slot takes writes in
+proportion to the whole cluster's traffic, and readers enumerate the buckets. The layout
+and why: docs/redis-layout.md.
 """
 
 from __future__ import annotations
 
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
 PREFIX = "ws"
+# A Redis Cluster spreads each global key over this many buckets (keys.spread).
+SPREAD = 16
+
+
+def _bucket_tag(bucket: int) -> str:
+    """The hash tag of a bucket: `ws:b<bucket>` with the first suffix whose slot is in the
+    bucket's sixteenth of the slot space, so the buckets split evenly over evenly split shards."""
+    width = REDIS_CLUSTER_HASH_SLOTS // SPREAD
+    for n in range(100_000):
+        tag = f"ws:b{bucket}" if n == 0 else f"ws:b{bucket}.{n}"
+        if key_slot(tag.encode()) // width == bucket:
+            return tag
+    raise AssertionError("no tag found")  # pragma: no cover - a few dozen tries suffice
+
+
+BUCKET_TAGS = tuple(_bucket_tag(b) for b in range(SPREAD))
 PRESENCE = "ws:presence"  # zset: socket_id -> last heartbeat (ms)
 ROOM_INDEX = "ws:rooms"  # zset: room_id -> created_at (ms), every room (cleanup jobs)
 ROOM_INDEXES_BUILT = "ws:rooms:indexed"  # string: list_rooms' status indexes hold every room of ROOM_INDEX
@@ -22,19 +47,25 @@ FLUSH_GROUP = "flusher"
 ROOMS_ALIVE = "ws:rooms:alive"  # zset: room_id -> when its state expires (ms; +inf while open), for MAX_ROOMS
 
 
+def spread(name: str, bucket: int | None) -> str:
+    """One bucket of a global key: the key itself on a single Redis (bucket None), in a
+    cluster `<name>:{<the bucket's tag>}` (every key of one bucket in one slot)."""
+    return name if bucket is None else f"{name}:{{{BUCKET_TAGS[bucket]}}}"
+
+
 def owned(owner_key: str) -> str:
     """Zset: room ids created by one owner (RoomOwner.key: an address or user hash) -> created at."""
     return f"ws:owned:{owner_key}"
 
 
-def rooms_by_status(status: str) -> str:
+def rooms_by_status(status: str, bucket: int | None = None) -> str:
     """Zset: public rooms (no password) in this status, room_id -> created_at (list_rooms)."""
-    return f"ws:rooms:status:{status}"
+    return spread(f"ws:rooms:status:{status}", bucket)
 
 
-def rooms_by_status_game(status: str, game_type: str) -> str:
+def rooms_by_status_game(status: str, game_type: str, bucket: int | None = None) -> str:
     """Zset: public rooms in this status and of this game type, room_id -> created_at."""
-    return f"ws:rooms:status:{status}:game:{game_type}"
+    return spread(f"ws:rooms:status:{status}:game:{game_type}", bucket)
 
 
 def room(room_id: str) -> str:

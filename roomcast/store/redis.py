@@ -108,17 +108,22 @@ class RedisStore:
         return [keys.room(room_id), keys.members(room_id), keys.participants(room_id), keys.stream(room_id),
                 keys.idempotency(room_id), keys.idempotency_at(room_id)]
 
+    def _at(self, name: str, entity: str) -> str:
+        """The bucket of global key `name` that holds `entity` (the key itself on one Redis)."""
+        return keys.spread(name, self.b.bucket(entity))
+
     def _dirty(self, room_id: str) -> None:
         """Tell the flusher this room has new events (same pipeline as the event)."""
         if self.history_mode:
-            self.b.call(cmd("sadd", keys.FLUSH_DIRTY, room_id))
+            self.b.call(cmd("sadd", self._at(keys.FLUSH_DIRTY, room_id), room_id))
 
     def _lifecycle(self, fields: dict[str, Any]) -> None:
         # Only the history flusher reads the lifecycle stream: without Postgres nothing
         # would ever consume (or trim) it, so nothing is written.
         if not self.history_mode:
             return
-        self.b.call(cmd("xadd", LIFECYCLE, fields, maxlen=self.lifecycle_maxlen, approximate=True))
+        # A device's records in one stream (their order kept), spread by device in a cluster.
+        self.b.call(cmd("xadd", self._at(LIFECYCLE, str(fields["device_id"])), fields, maxlen=self.lifecycle_maxlen, approximate=True))
 
     # ------------------------------------------------------------ connections
 
@@ -132,7 +137,7 @@ class RedisStore:
             "user_id": caller.user_id or "", "status": ACTIVE}))
         b.call(lambda p: p.persist(conn))
         b.call(lambda p: p.set(keys.socket(caller.socket_id), dev))
-        b.call(lambda p: p.zadd(keys.PRESENCE, {caller.socket_id: now_ms}))
+        b.call(cmd("zadd", self._at(keys.PRESENCE, caller.socket_id), {caller.socket_id: now_ms}))
         rooms_f = b.call(lambda p: p.smembers(keys.device_rooms(dev)))
         earlier = int(await count) - 1
         # After the count: the row's reconnect_count is the welcome's (one meaning).
@@ -149,8 +154,9 @@ class RedisStore:
         # A socket is counted in the device's `sockets` exactly while it is in the presence
         # set (connect adds both, the first disconnect removes both). Not there any more
         # (Redis restarted empty, or the reaper ended it meanwhile): count it again.
-        added = b.call(cmd("zadd", keys.PRESENCE, {caller.socket_id: now_ms}, nx=True))
-        b.call(cmd("zadd", keys.PRESENCE, {caller.socket_id: now_ms}))
+        presence = self._at(keys.PRESENCE, caller.socket_id)
+        added = b.call(cmd("zadd", presence, {caller.socket_id: now_ms}, nx=True))
+        b.call(cmd("zadd", presence, {caller.socket_id: now_ms}))
         b.call(cmd("hset", conn, mapping={"socket_id": caller.socket_id, "last_heartbeat": now_ms,
                                           "user_id": caller.user_id or "", "status": ACTIVE}))
         b.call(cmd("persist", conn))
@@ -181,12 +187,12 @@ class RedisStore:
         futs = [self.b.eval(self.s_disconnect, self.room_keys(rid),
                             [rid, dev, caller.socket_id, now_ms, reason, self.history]) for rid in room_ids]
         b = self.b
-        removed = b.call(lambda p: p.zrem(keys.PRESENCE, caller.socket_id))
+        removed = b.call(cmd("zrem", self._at(keys.PRESENCE, caller.socket_id), caller.socket_id))
         b.call(lambda p: p.pexpire(keys.socket(caller.socket_id), self.connection_ttl_ms))
         for rid, fut in zip(room_ids, futs, strict=True):
             reply = _check(await fut)
             if int(reply[1]):
-                b.call(cmd("zadd", keys.DISCONNECTED, {f"{rid}|{dev}": now_ms}))
+                b.call(cmd("zadd", self._at(keys.DISCONNECTED, rid), {f"{rid}|{dev}": now_ms}))
                 self._dirty(rid)
         if not int(await removed):
             # Only the first to end a socket (the gateway or the reaper) records it and counts
@@ -246,18 +252,14 @@ class RedisStore:
             reply = await self._create(caller, room, data, now_ms)
         except BaseException:
             if reserved:
-                await self.b.call(cmd("zrem", keys.ROOMS_ALIVE, room.room_id))
+                await self.b.call(cmd("zrem", self._at(keys.ROOMS_ALIVE, room.room_id), room.room_id))
             raise
         b = self.b
         for owner in room.owners:
             b.call(cmd("zadd", keys.owned(owner.key), {room.room_id: now_ms}))
             b.call(cmd("pexpire", keys.owned(owner.key), OWNED_TTL_MS))
         b.call(lambda p: p.sadd(keys.device_rooms(caller.device_id), room.room_id))
-        index = b.call(lambda p: p.zadd(keys.ROOM_INDEX, {room.room_id: now_ms}))
-        if room.password_hash is None:  # list_rooms lists public rooms only
-            b.call(cmd("zadd", keys.rooms_by_status_game("waiting", room.game_type), {room.room_id: now_ms}))
-            index = b.call(cmd("zadd", keys.rooms_by_status("waiting"), {room.room_id: now_ms}))
-        await index
+        await self.index.created(room, now_ms)
         return self._join_result(reply)
 
     async def _reserve(self, room: NewRoom, now_ms: int) -> bool:
@@ -275,18 +277,21 @@ class RedisStore:
             if len(mine) - len(gone) >= owner.limit:
                 raise fail(ErrorCode.FORBIDDEN, f"this {owner.what} already has {len(mine) - len(gone)} rooms "
                                                 "(the limit); close some, or wait for closed ones to expire")
-        b.call(cmd("zremrangebyscore", keys.ROOMS_ALIVE, "-inf", f"({now_ms}"))
-        added = b.call(cmd("zadd", keys.ROOMS_ALIVE, {room.room_id: "+inf"}, nx=True))
-        count = b.call(cmd("zcard", keys.ROOMS_ALIVE))
-        added_now, total = int(await added), int(await count)
+        # In a cluster the count is the sum over the buckets (one pipeline, split per node).
+        swept = b.across(keys.ROOMS_ALIVE, "zremrangebyscore", "-inf", f"({now_ms}")
+        added = b.call(cmd("zadd", self._at(keys.ROOMS_ALIVE, room.room_id), {room.room_id: "+inf"}, nx=True))
+        counts = b.across(keys.ROOMS_ALIVE, "zcard")
+        await swept
+        added_now, total = int(await added), sum(int(c) for c in await counts)
         if added_now and total > self.max_rooms:
-            await b.call(cmd("zrem", keys.ROOMS_ALIVE, room.room_id))
+            await b.call(cmd("zrem", self._at(keys.ROOMS_ALIVE, room.room_id), room.room_id))
             raise fail(ErrorCode.UNAVAILABLE, f"the cluster holds {self.max_rooms} rooms (MAX_ROOMS); retry later")
         return bool(added_now)
 
     def _closed(self, room_id: str, now_ms: int) -> None:
         """A room closed: it counts against MAX_ROOMS until its state expires."""
-        self.b.call(cmd("zadd", keys.ROOMS_ALIVE, {room_id: now_ms + self.closed_room_ttl_ms}, xx=True))
+        self.b.call(cmd("zadd", self._at(keys.ROOMS_ALIVE, room_id), {room_id: now_ms + self.closed_room_ttl_ms},
+                         xx=True))
 
     async def _create(self, caller: Caller, room: NewRoom, data: bytes, now_ms: int) -> list[Any]:
         sender = orjson.dumps(caller.sender())
@@ -331,12 +336,12 @@ class RedisStore:
             *members]))
         if int(reply[1]):
             log.warning("room %s restored from history at seq %d (%s)", room_id, stored.last_seq, stored.status)
-            await self.b.call(cmd("zadd", keys.ROOM_INDEX, {room_id: stored.created_ms}, nx=True))
-            self.b.call(cmd("zadd", keys.ROOMS_ALIVE, {room_id: "+inf"}, nx=True))
+            await self.b.call(cmd("zadd", self._at(keys.ROOM_INDEX, room_id), {room_id: stored.created_ms}, nx=True))
+            self.b.call(cmd("zadd", self._at(keys.ROOMS_ALIVE, room_id), {room_id: "+inf"}, nx=True))
             await self._reindex(room_id)
             for device, *_ in stored.members:
                 self.b.call(cmd("sadd", keys.device_rooms(device), room_id))
-                self.b.call(cmd("zadd", keys.DISCONNECTED, {f"{room_id}|{device}": now_ms}, nx=True))
+                self.b.call(cmd("zadd", self._at(keys.DISCONNECTED, room_id), {f"{room_id}|{device}": now_ms}, nx=True))
         return True
 
     async def device_room_count(self, device_id: str, other_than: str | None = None) -> int:
@@ -394,7 +399,7 @@ class RedisStore:
         b.call(lambda p: p.sadd(keys.device_rooms(caller.device_id), room_id))
         # Awaited (same batch as the SADD): once `joined` is sent, every replica counts this
         # room for the device (MAX_ROOMS_PER_DEVICE) and lists it in welcome.rooms.
-        await b.call(lambda p: p.zrem(keys.DISCONNECTED, f"{room_id}|{caller.device_id}"))
+        await b.call(lambda p: p.zrem(self._at(keys.DISCONNECTED, room_id), f"{room_id}|{caller.device_id}"))
         return self._join_result(reply)
 
     async def leave(self, caller: Caller, room_id: str, now_ms: int) -> None:
@@ -411,7 +416,7 @@ class RedisStore:
         b = self.b
         if int(reply[1]):
             b.call(lambda p: p.srem(keys.device_rooms(device_id), room_id))
-        await b.call(lambda p: p.zrem(keys.DISCONNECTED, f"{room_id}|{device_id}"))
+        await b.call(lambda p: p.zrem(self._at(keys.DISCONNECTED, room_id), f"{room_id}|{device_id}"))
         return bool(int(reply[1]))
 
     async def prune(self, room_id: str, device_id: str, now_ms: int) -> bool:
@@ -420,7 +425,7 @@ class RedisStore:
             return await self._leave(room_id, device_id, "pruned", b"null", now_ms, True)
         except GatewayError as exc:
             if exc.code in (ErrorCode.NOT_FOUND, ErrorCode.NOT_MEMBER):
-                await self.b.call(lambda p: p.zrem(keys.DISCONNECTED, f"{room_id}|{device_id}"))
+                await self.b.call(lambda p: p.zrem(self._at(keys.DISCONNECTED, room_id), f"{room_id}|{device_id}"))
                 return False
             raise
 
@@ -478,21 +483,22 @@ class RedisStore:
         for dev in reply[2]:
             d = _s(dev)
             index_writes.append(self.b.call(cmd("srem", keys.device_rooms(d), room_id)))
-            index_writes.append(self.b.call(cmd("zrem", keys.DISCONNECTED, f"{room_id}|{d}")))
+            index_writes.append(self.b.call(cmd("zrem", self._at(keys.DISCONNECTED, room_id), f"{room_id}|{d}")))
         # The room keeps its place in the room index (created_at): list_rooms is newest-created first.
         await asyncio.gather(*index_writes, self._reindex(room_id))
         return int(reply[1])
 
     async def close_abandoned(self, idle_before_ms: int, now_ms: int, limit: int = 1000) -> list[str]:
         """Close rooms with no event since `idle_before_ms` and no connected member
-        (`room_closed`, reason `abandoned`). Returns the rooms closed."""
+        (`room_closed`, reason `abandoned`). Returns the rooms closed. In a cluster the
+        oldest `limit` of every bucket of the room index are looked at."""
         closed = []
-        ids = [_s(r) for r in await self.b.call(cmd("zrange", keys.ROOM_INDEX, 0, limit - 1))]
+        ids = [_s(r) for page in await self.b.across(keys.ROOM_INDEX, "zrange", 0, limit - 1) for r in page]
         tail = event_tail("room_closed", None, {"reason": "abandoned"}, None, now_ms)
         for room_id in ids:
             status, updated = await self.b.call(cmd("hmget", keys.room(room_id), "status", "updated_at"))
             if status is None:
-                self.b.call(cmd("zrem", keys.ROOM_INDEX, room_id))
+                self.b.call(cmd("zrem", self._at(keys.ROOM_INDEX, room_id), room_id))
                 continue
             if _s(status) == "closed" or int(updated or 0) >= idle_before_ms:
                 continue
@@ -504,7 +510,7 @@ class RedisStore:
                 self._closed(room_id, now_ms)
                 for dev in reply[2]:
                     self.b.call(cmd("srem", keys.device_rooms(_s(dev)), room_id))
-                    self.b.call(cmd("zrem", keys.DISCONNECTED, f"{room_id}|{_s(dev)}"))
+                    self.b.call(cmd("zrem", self._at(keys.DISCONNECTED, room_id), f"{room_id}|{_s(dev)}"))
                 await self._reindex(room_id)
                 closed.append(room_id)
         return closed
@@ -525,14 +531,9 @@ class RedisStore:
             reply = _check(await fut)
         except BaseException:
             if reserved:
-                await self.b.call(cmd("zrem", keys.ROOMS_ALIVE, room.room_id))
+                await self.b.call(cmd("zrem", self._at(keys.ROOMS_ALIVE, room.room_id), room.room_id))
             raise
-        b = self.b
-        index = b.call(cmd("zadd", keys.ROOM_INDEX, {room.room_id: now_ms}))
-        if room.password_hash is None:
-            b.call(cmd("zadd", keys.rooms_by_status_game("waiting", room.game_type), {room.room_id: now_ms}))
-            index = b.call(cmd("zadd", keys.rooms_by_status("waiting"), {room.room_id: now_ms}))
-        await index
+        await self.index.created(room, now_ms)
         return self._join_result(reply)
 
     async def room_info(self, room_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -593,7 +594,7 @@ class RedisStore:
         for dev in reply[2]:
             d = _s(dev)
             writes.append(self.b.call(cmd("srem", keys.device_rooms(d), room_id)))
-            writes.append(self.b.call(cmd("zrem", keys.DISCONNECTED, f"{room_id}|{d}")))
+            writes.append(self.b.call(cmd("zrem", self._at(keys.DISCONNECTED, room_id), f"{room_id}|{d}")))
         await asyncio.gather(*writes, self._reindex(room_id))
         return int(reply[1])
 
@@ -609,7 +610,7 @@ class RedisStore:
             raise
         b = self.b
         b.call(cmd("srem", keys.device_rooms(device_id), room_id))
-        await b.call(cmd("zrem", keys.DISCONNECTED, f"{room_id}|{device_id}"))
+        await b.call(cmd("zrem", self._at(keys.DISCONNECTED, room_id), f"{room_id}|{device_id}"))
         return int(reply[1])
 
     # ------------------------------------------------------------ room index (list_rooms)

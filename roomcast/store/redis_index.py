@@ -1,7 +1,11 @@
 """The Redis store's `list_rooms` indexes: public rooms in one sorted set per status and one
 per (status, game type), scored by created_at. They are indexes only, written right after
 a room's atomic step: a reader re-checks every room it takes from one and skips (or drops)
-stale entries, so a crash between the two leaves at worst an entry nobody is shown."""
+stale entries, so a crash between the two leaves at worst an entry nobody is shown.
+
+In a Redis Cluster each index is spread over the buckets (keys.spread, by room id) and
+list_rooms merges the buckets' pages (it already merges the statuses' pages), so no index
+key takes every room creation and status change of the cluster."""
 
 from __future__ import annotations
 
@@ -12,16 +16,30 @@ from typing import Any
 from roomcast.protocol import ROOM_STATUSES
 from roomcast.redis import keys
 from roomcast.redis.batch import Batcher, cmd
-from roomcast.store.base import RoomPage
+from roomcast.store.base import NewRoom, RoomPage
 from roomcast.store.redis_codec import _room_wire, _s
 
 log = logging.getLogger("roomcast.store")
+
+
+def _index(status: str, game_type: str | None, bucket: int | None) -> str:
+    return keys.rooms_by_status(status, bucket) if game_type is None else keys.rooms_by_status_game(
+        status, game_type, bucket)
 
 
 class RoomIndex:
     def __init__(self, batcher: Batcher) -> None:
         self.b = batcher
         self._indexes_built = False  # checked once per process (see _build)
+
+    def created(self, room: NewRoom, now_ms: int) -> asyncio.Future[Any]:
+        """A new room into the room index and (public rooms) the `waiting` indexes."""
+        b, bucket = self.b, self.b.bucket(room.room_id)
+        index = b.call(cmd("zadd", keys.spread(keys.ROOM_INDEX, bucket), {room.room_id: now_ms}))
+        if room.password_hash is None:  # list_rooms lists public rooms only
+            b.call(cmd("zadd", keys.rooms_by_status_game("waiting", room.game_type, bucket), {room.room_id: now_ms}))
+            index = b.call(cmd("zadd", keys.rooms_by_status("waiting", bucket), {room.room_id: now_ms}))
+        return index
 
     async def reindex(self, room_id: str) -> None:
         """Put a room in the list_rooms index of its current status (and game type), and
@@ -30,16 +48,17 @@ class RoomIndex:
             cmd("hmget", keys.room(room_id), "status", "game_type", "created_at", "password_hash"))
         writes = []
         current = None if status is None or pw else _s(status)
+        bucket = self.b.bucket(room_id)
         for st in ROOM_STATUSES:
             if st == current:
                 continue
-            writes.append(self.b.call(cmd("zrem", keys.rooms_by_status(st), room_id)))
+            writes.append(self.b.call(cmd("zrem", keys.rooms_by_status(st, bucket), room_id)))
             if game_type is not None:
-                writes.append(self.b.call(cmd("zrem", keys.rooms_by_status_game(st, _s(game_type)), room_id)))
+                writes.append(self.b.call(cmd("zrem", keys.rooms_by_status_game(st, _s(game_type), bucket), room_id)))
         if current is not None and game_type is not None and created is not None:
             score = {room_id: int(created)}
-            writes.append(self.b.call(cmd("zadd", keys.rooms_by_status(current), score)))
-            writes.append(self.b.call(cmd("zadd", keys.rooms_by_status_game(current, _s(game_type)), score)))
+            writes.append(self.b.call(cmd("zadd", keys.rooms_by_status(current, bucket), score)))
+            writes.append(self.b.call(cmd("zadd", keys.rooms_by_status_game(current, _s(game_type), bucket), score)))
         await asyncio.gather(*writes)
 
     async def _build(self) -> None:
@@ -47,14 +66,18 @@ class RoomIndex:
         self._indexes_built = True
         if not await self.b.call(cmd("set", keys.ROOM_INDEXES_BUILT, "1", nx=True)):
             return
-        start, batch = 0, 200
-        for _ in range(1_000_000):  # bounded by the room index's size
-            ids = [_s(r) for r in await self.b.call(cmd("zrange", keys.ROOM_INDEX, start, start + batch - 1))]
-            if not ids:
-                break
-            await asyncio.gather(*(self.reindex(room_id) for room_id in ids))
-            start += batch
-        log.info("list_rooms indexes built for %d rooms", start)
+        total, batch = 0, 200
+        for bucket in self.b.buckets():
+            start = 0
+            for _ in range(1_000_000):  # bounded by the room index's size
+                ids = [_s(r) for r in await self.b.call(cmd("zrange", keys.spread(keys.ROOM_INDEX, bucket), start,
+                                                            start + batch - 1))]
+                if not ids:
+                    break
+                await asyncio.gather(*(self.reindex(room_id) for room_id in ids))
+                start += batch
+            total += start
+        log.info("list_rooms indexes built for %d rooms", total)
 
     async def _index_page(self, key: str, limit: int,
                           after: tuple[int, str] | None) -> list[tuple[int, str]]:
@@ -84,8 +107,7 @@ class RoomIndex:
         if not self._indexes_built:
             await self._build()
         statuses = [status] if status is not None else [st for st in ROOM_STATUSES if st != "closed"]
-        index_keys = [keys.rooms_by_status(st) if game_type is None else keys.rooms_by_status_game(st, game_type)
-                      for st in statuses]
+        index_keys = [_index(st, game_type, b) for st in statuses for b in self.b.buckets()]
         out: list[dict[str, Any]] = []
         cursor = after
         for _ in range(100):  # bounded: each pass reads one page of the indexes
@@ -102,8 +124,8 @@ class RoomIndex:
                 cursor = entry
                 h = {_s(k): _s(v) for k, v in (await fut).items()}
                 if not h:
-                    for k in index_keys:  # an expired room
-                        self.b.call(cmd("zrem", k, entry[1]))
+                    for st in statuses:  # an expired room (in its bucket's indexes)
+                        self.b.call(cmd("zrem", _index(st, game_type, self.b.bucket(entry[1])), entry[1]))
                     continue
                 if h.get("password_hash") or (status is None and h["status"] == "closed") or (
                         status is not None and h["status"] != status) or (

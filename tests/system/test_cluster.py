@@ -1,4 +1,6 @@
-"""Cluster behaviour with a real Redis, a coordinator and several gateway processes."""
+"""Cluster behaviour with a real Redis, a coordinator and several gateway processes; each
+test that takes `three` runs on a single Redis and on a Redis Cluster (3 primaries + 3
+replicas: the gateways are given one node's URL and find the rest)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,20 @@ from typing import Any
 
 import pytest
 
-from tests.harness import UNIT, Client, Cluster, GatewayProcess, StallProxy, ahttp_get, cluster, free_port, unique
+from tests.harness import (
+    REDIS_KINDS,
+    UNIT,
+    Client,
+    Cluster,
+    GatewayProcess,
+    RedisClusterServer,
+    StallProxy,
+    ahttp_get,
+    cluster,
+    free_port,
+    redis_of_kind,
+    unique,
+)
 
 pytestmark = pytest.mark.system
 
@@ -45,11 +60,16 @@ async def _drain_events(client: Client, room_id: str, until_seq: int, timeout: f
     return out
 
 
-@pytest.fixture(scope="module")
-def three() -> Any:
-    with cluster(3, 1, {"WEBSOCKET_HEARTBEAT_TIMEOUT": "2000", "RATE_MESSAGES_PER_SEC": "1000",
-                        "RATE_MESSAGES_BURST": "1000"}) as c:
+@pytest.fixture(scope="module", params=REDIS_KINDS)
+def three(request: pytest.FixtureRequest) -> Any:
+    with redis_of_kind(request.param) as redis, cluster(3, 1, {
+            "WEBSOCKET_HEARTBEAT_TIMEOUT": "2000", "RATE_MESSAGES_PER_SEC": "1000", "RATE_MESSAGES_BURST": "1000"},
+            redis=redis) as c:
         yield c
+
+
+def _kind(c: Cluster) -> str:
+    return "redis-cluster" if isinstance(c.redis, RedisClusterServer) else "redis"
 
 
 async def test_concurrent_events_from_all_replicas_arrive_in_one_order(three: Cluster) -> None:
@@ -110,7 +130,8 @@ async def test_capacity_race_across_replicas_admits_exactly_the_free_places(thre
 
 async def test_killed_replica_clients_resume_elsewhere_exactly_once(three: Cluster) -> None:
     # A private cluster: this test kills one of its replicas.
-    with cluster(3, 1, {"WEBSOCKET_HEARTBEAT_TIMEOUT": "2000"}, redis=None) as c:
+    with redis_of_kind(_kind(three)) as redis, cluster(3, 1, {"WEBSOCKET_HEARTBEAT_TIMEOUT": "2000"},
+                                                        redis=redis) as c:
         room_id = unique("kill")
         gw0, gw1, gw2 = c.gateways
         async with Client.open(gw0.url) as host:
@@ -183,7 +204,8 @@ async def test_killed_replica_clients_resume_elsewhere_exactly_once(three: Clust
 
 
 async def test_standby_coordinator_takes_over(three: Cluster) -> None:
-    with cluster(1, 2, {"COORDINATOR_LEASE_TTL": "1500", "WEBSOCKET_HEARTBEAT_TIMEOUT": "1500"}) as c:
+    with redis_of_kind(_kind(three)) as redis, cluster(1, 2, {
+            "COORDINATOR_LEASE_TTL": "1500", "WEBSOCKET_HEARTBEAT_TIMEOUT": "1500"}, redis=redis) as c:
         deadline = time.monotonic() + 10 * UNIT
         leaders: list[int] = []
         while time.monotonic() < deadline:
@@ -221,8 +243,14 @@ async def test_pubsub_connection_killed_is_rebuilt_without_losing_events(three: 
         await far.hello(unique("f"))
         far.start_pinging()
         joined = await far.request({"type": "join", "room_id": room_id})
-        before = _metric(await ahttp_get(gw1.http + "/metrics"), "roomcast_pubsub_reconnects_total")
-        three.redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
+        # On a Redis Cluster the sharded bus counts a shard's subscriber coming back per shard.
+        rebuilt = "roomcast_pubsub_shard_resubscribes_total" if _kind(three) == "redis-cluster" else \
+            "roomcast_pubsub_reconnects_total"
+        before = _metric(await ahttp_get(gw1.http + "/metrics"), rebuilt)
+        if isinstance(three.redis, RedisClusterServer):
+            three.redis.cli_all("CLIENT", "KILL", "TYPE", "pubsub")
+        else:
+            three.redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
         for n in range(30):
             ack = await host.request({"type": "event", "room_id": room_id, "event_type": "tick", "payload": {"n": n}})
             assert ack["type"] in ("ack", "error")
@@ -232,15 +260,17 @@ async def test_pubsub_connection_killed_is_rebuilt_without_losing_events(three: 
         got = await _drain_events(far, room_id, acked_last, 10 * UNIT)
         seqs = _seqs(got)
         assert seqs == list(range(joined["seq"] + 1, acked_last + 1))
-        after = _metric(await ahttp_get(gw1.http + "/metrics"), "roomcast_pubsub_reconnects_total")
+        after = _metric(await ahttp_get(gw1.http + "/metrics"), rebuilt)
         assert after > before
 
 
 def _metric(resp: tuple[int, str], name: str) -> float:
-    for line in resp[1].splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"metric {name} missing")
+    """The sum of all series of a metric (per shard, on a Redis Cluster)."""
+    found = [float(line.rsplit(" ", 1)[1]) for line in resp[1].splitlines()
+             if line.startswith(name + " ") or line.startswith(name + "{")]
+    if not found:
+        raise AssertionError(f"metric {name} missing")
+    return sum(found)
 
 
 async def test_redis_outage_is_survived_without_restarts() -> None:
@@ -280,7 +310,18 @@ async def test_redis_outage_is_survived_without_restarts() -> None:
         assert all(g.proc is not None and g.proc.poll() is None for g in c.gateways)
 
 
+def _single_pubsub_url_only(c: Cluster) -> None:
+    """REDIS_PUBSUB_URL through a proxy to one node is a single-Redis setup: on a Redis
+    Cluster the sharded bus learns every primary from CLUSTER SLOTS and connects to each
+    itself, so a proxy in front of one node carries none of its subscriptions (a silently stalled
+    shard connection on a Redis Cluster is not tested here; the per-shard probe is exercised
+    in tests/system/test_sharded_pubsub.py)."""
+    if _kind(c) == "redis-cluster":
+        pytest.skip("REDIS_PUBSUB_URL via one node's proxy does not apply to a Redis Cluster")
+
+
 async def test_silently_stalled_subscription_is_noticed_and_rebuilt(three: Cluster) -> None:
+    _single_pubsub_url_only(three)
     proxy = StallProxy(three.redis.port)
     env = dict(three.env, GATEWAY_PORT=str(free_port()), NODE_ID="gw-stall", REDIS_PUBSUB_URL=proxy.url,
                PUBSUB_PROBE_INTERVAL="200", PUBSUB_PROBE_TIMEOUT="800")
@@ -314,6 +355,7 @@ async def test_silently_stalled_subscription_is_noticed_and_rebuilt(three: Clust
 async def test_join_on_a_lagging_replica_does_not_make_existing_members_skip_events(three: Cluster) -> None:
     """A joiner's head comes from the command connection and may be ahead of this replica's
     pub/sub stream; members already there must still get every event in between."""
+    _single_pubsub_url_only(three)
     proxy = StallProxy(three.redis.port)
     env = dict(three.env, GATEWAY_PORT=str(free_port()), NODE_ID="gw-lag", REDIS_PUBSUB_URL=proxy.url,
                PUBSUB_PROBE_INTERVAL="200", PUBSUB_PROBE_TIMEOUT="1500")
@@ -346,3 +388,178 @@ async def test_join_on_a_lagging_replica_does_not_make_existing_members_skip_eve
     finally:
         lagging.stop()
         proxy.close()
+
+
+# Global keys a single Redis keeps as one key each; in a Redis Cluster they are spread over
+# buckets (roomcast/redis/keys.py, docs/redis-layout.md) and must not exist as one key.
+_GLOBAL = ("ws:presence", "ws:rooms", "ws:rooms:alive", "ws:rooms:status:waiting", "ws:rooms:status:in_progress",
+           "ws:rooms:status:waiting:game:spread", "ws:disconnected")
+
+
+async def test_rooms_on_every_shard_with_members_on_two_replicas_and_no_hot_key(three: Cluster) -> None:
+    """Rooms whose keys live on every primary, members on two replicas: both see the same
+    gap-free order. On a Redis Cluster every primary holds room keys and a share of the
+    global ones (presence, room indexes, the MAX_ROOMS count, the prune queue), none of which
+    exists as one key; on one Redis they are the single keys they always were."""
+    redis = three.redis
+    room_ids: list[str] = []
+    if isinstance(redis, RedisClusterServer):
+        primaries = {n.port for n in redis.primary_nodes()}
+        by_node: dict[int, list[str]] = {p: [] for p in primaries}
+        for _ in range(200):  # room ids until each primary owns three
+            rid = unique("spread")
+            owner = redis.node_of(f"ws:room:{{{rid}}}").port
+            if len(by_node[owner]) < 3:
+                by_node[owner].append(rid)
+            if all(len(v) == 3 for v in by_node.values()):
+                break
+        room_ids = [r for v in by_node.values() for r in v]
+        assert len(room_ids) == 3 * len(primaries)
+    else:
+        room_ids = [unique("spread") for _ in range(9)]
+    gw0, gw1 = three.gateways[0], three.gateways[1]
+    hosts: list[Client] = []
+    far: list[Client] = []
+    try:
+        for rid in room_ids:
+            cm = Client.open(gw0.url)
+            host = await cm.__aenter__()
+            host._cm = cm  # type: ignore[attr-defined]
+            hosts.append(host)
+            await host.hello(unique("h"))
+            host.start_pinging()
+            created = await host.request({"type": "create_room", "room_id": rid, "game_type": "spread"})
+            assert created["type"] == "room_created", created
+            far.append(await _member(gw1.url, unique("f"), rid))
+        disconnected = await _member(gw1.url, unique("gone"), room_ids[0])
+        await _close(disconnected)  # leaves an entry in the prune queue
+        heads: list[int] = []
+        for n in range(5):
+            acks = await asyncio.gather(*(c.request({"type": "event", "room_id": rid, "event_type": "tick",
+                                                     "payload": {"n": n}})
+                                          for c, rid in [*zip(hosts, room_ids, strict=True),
+                                                         *zip(far, room_ids, strict=True)]))
+            assert all(a["type"] == "ack" for a in acks), acks
+        for host, member, rid in zip(hosts, far, room_ids, strict=True):
+            heads.append((await host.request({"type": "event", "room_id": rid, "event_type": "end"}))["seq"])
+            start = member.joined["seq"]  # type: ignore[attr-defined]
+            at_host = [e for e in await _drain_events(host, rid, heads[-1]) if e["seq"] > start]
+            at_far = await _drain_events(member, rid, heads[-1])
+            assert _seqs(at_far) == list(range(start + 1, heads[-1] + 1)), f"gap in {rid}"
+            assert [(e["seq"], e["event_type"]) for e in at_host] == [(e["seq"], e["event_type"]) for e in at_far]
+        await asyncio.sleep(1.5 * UNIT)  # a presence flush from both replicas
+        if isinstance(redis, RedisClusterServer):
+            held = redis.keys()
+            for port, names in held.items():
+                assert any(k.startswith("ws:room:{spread-") for k in names), f"primary {port} holds no room"
+            every = {k for names in held.values() for k in names}
+            assert not every & set(_GLOBAL), f"a global key is one key in the cluster: {every & set(_GLOBAL)}"
+            for name in ("ws:presence", "ws:rooms", "ws:rooms:alive", "ws:rooms:status:waiting"):
+                where = {port for port, names in held.items() if any(k.startswith(name + ":{ws:b") for k in names)}
+                assert len(where) >= 2, f"{name} is not spread over the primaries: {where}"
+            assert any(k.startswith("ws:disconnected:{ws:b") for k in every)
+        else:
+            for name in ("ws:presence", "ws:rooms", "ws:rooms:alive", "ws:rooms:status:waiting", "ws:disconnected"):
+                assert redis.cli("EXISTS", name) == "1", name
+            assert redis.cli("--scan", "--pattern", "ws:*{ws:b*") == ""
+    finally:
+        await _close(*hosts, *far)
+
+
+async def test_coordinator_survives_a_failover_of_its_lease_node() -> None:
+    """SIGKILL of the primary that holds the coordinator's lease: its replica takes over,
+    the coordinator (not restarted) leads again and reaps across every shard, and rooms
+    created afterwards work, wherever their slot is."""
+    env = {"COORDINATOR_LEASE_TTL": "1500", "WEBSOCKET_HEARTBEAT_TIMEOUT": "1500"}
+    with redis_of_kind("redis-cluster") as redis:
+        assert isinstance(redis, RedisClusterServer)
+        # REDIS_URL names another node: the classic pub/sub of this branch subscribes on that
+        # one node only (the sharded bus, issue 13 part B, subscribes on every primary).
+        lease_node = redis.node_of("ws:lease:coordinator")
+        redis.entry = next(i for i, n in enumerate(redis.nodes) if n is not lease_node)
+        with cluster(1, 1, env, redis=redis) as c:
+            await _lease_failover(redis, c)
+
+
+async def _lease_failover(redis: RedisClusterServer, c: Cluster) -> None:
+    if True:  # (indented as the test's body)
+        coord = c.coordinators[0]
+        deadline = time.monotonic() + 10 * UNIT
+        while coord.metric("roomcast_coordinator_leader") != 1:
+            assert time.monotonic() < deadline, "the coordinator never led"
+            await asyncio.sleep(0.1)
+        victim = redis.node_of("ws:lease:coordinator")
+        victim.kill()
+        killed = time.monotonic()
+        while True:  # the lease's slot is served by the promoted replica
+            assert time.monotonic() - killed < 20 * UNIT, "no failover"
+            try:
+                if redis.node_of("ws:lease:coordinator").port != victim.port:
+                    break
+            except LookupError:
+                pass
+            await asyncio.sleep(0.2)
+        while coord.metric("roomcast_coordinator_leader") != 1 or \
+                (await ahttp_get(c.gateways[0].http + "/readyz"))[0] != 200:
+            assert time.monotonic() - killed < 25 * UNIT, "the coordinator or gateway did not come back"
+            await asyncio.sleep(0.2)
+        assert coord.proc is not None and coord.proc.poll() is None
+        # The reaper works across every shard again: a silent socket is timed out.
+        async with Client.open(c.gateways[0].url) as watcher, Client.open(c.gateways[0].url) as silent:
+            room_id = unique("lease-fo")
+            await watcher.hello(unique("w"))
+            watcher.start_pinging()
+            for _ in range(40):  # requests on the failed shard may get `unavailable` for a moment
+                reply = await watcher.request({"type": "create_room", "room_id": room_id, "game_type": "g"})
+                if reply["type"] == "room_created":
+                    break
+                assert reply["code"] in ("unavailable", "rate_limited"), reply
+                await asyncio.sleep(0.5)
+            assert reply["type"] == "room_created", reply
+            await silent.hello(unique("s"))
+            assert (await silent.request({"type": "join", "room_id": room_id}))["type"] == "joined"
+            evt = await watcher.expect(8 * UNIT, type="event", event_type="participant_disconnected")
+            assert evt["payload"]["reason"] == "timeout"
+
+
+async def test_batcher_fails_only_a_dead_shards_commands_and_follows_its_failover() -> None:
+    """One batch with commands for every shard while a primary is SIGKILLed: the others'
+    commands succeed throughout, the dead shard's get `unavailable` (retryable), and once its
+    replica has taken over they succeed again, with no new client."""
+    from roomcast.errors import ErrorCode, GatewayError
+    from roomcast.redis.batch import Batcher, cmd
+    from roomcast.redis.client import make_client
+
+    with redis_of_kind("redis-cluster") as redis:
+        assert isinstance(redis, RedisClusterServer)
+        batcher = Batcher(make_client(redis.url))
+        try:
+            assert await batcher.detect()
+            by_node: dict[int, str] = {}
+            for n in range(1000):  # one key per primary
+                by_node.setdefault(redis.node_of(f"k{{{n}}}").port, f"k{{{n}}}")
+                if len(by_node) == 3:
+                    break
+            victim = next(n for n in redis.primary_nodes() if n.port != redis.port)
+            victim.kill()
+            killed = time.monotonic()
+            recovered = False
+            while time.monotonic() - killed < 20 * UNIT:
+                futs = {port: batcher.call(cmd("incr", key)) for port, key in by_node.items()}
+                for port, fut in futs.items():
+                    try:
+                        await fut
+                        ok = True
+                    except GatewayError as exc:
+                        assert exc.code is ErrorCode.UNAVAILABLE
+                        ok = False
+                    if port != victim.port:
+                        assert ok, "a live shard's command failed during the failover"
+                    elif ok:
+                        recovered = True
+                if recovered:
+                    break
+                await asyncio.sleep(0.2)
+            assert recovered, "the failed shard's slots never came back"
+        finally:
+            await batcher.aclose()

@@ -31,6 +31,7 @@ from roomcast.privacy import Privacy
 from roomcast.protocol import event_tail
 from roomcast.redis import keys
 from tests.harness import (
+    REDIS_KINDS,
     UNIT,
     Client,
     Cluster,
@@ -40,6 +41,7 @@ from tests.harness import (
     cluster,
     gateway,
     parse_metrics,
+    redis_of_kind,
     unique,
 )
 
@@ -398,9 +400,12 @@ async def table_counts(db: Db) -> dict[str, int]:
 # ---------------------------------------------------------------- (a) a game through three replicas
 
 
-async def test_scripted_game_leaves_exactly_the_expected_rows(pg: PostgresServer) -> None:
+@pytest.mark.parametrize("kind", REDIS_KINDS)
+async def test_scripted_game_leaves_exactly_the_expected_rows(pg: PostgresServer, kind: str) -> None:
+    """On one Redis and on a Redis Cluster (where the flusher reads every bucket of the
+    dirty set and of the lifecycle stream, on every primary)."""
     db = Db(pg, "game")
-    with cluster(3, 1, FAST | {"DATABASE_URL": db.dsn}) as c:
+    with redis_of_kind(kind) as redis, cluster(3, 1, FAST | {"DATABASE_URL": db.dsn}, redis=redis) as c:
         coord = c.coordinators[0]
         await history_ready(db, coord)
         game = await play_game([g.url for g in c.gateways], "game")
@@ -821,12 +826,13 @@ ABANDONED_MS = 3000
 PRUNE_MS = 1000
 
 
-@pytest.fixture(scope="module")
-def cleanup(pg: PostgresServer) -> Iterator[tuple[Cluster, Db]]:
+@pytest.fixture(scope="module", params=REDIS_KINDS)
+def cleanup(pg: PostgresServer, request: pytest.FixtureRequest) -> Iterator[tuple[Cluster, Db]]:
+    """The coordinator's jobs on one Redis and on a Redis Cluster (every bucket, every primary)."""
     db = Db(pg, "cleanup")
     env = FAST | {"DATABASE_URL": db.dsn, "ABANDONED_ROOM_AFTER": str(ABANDONED_MS),
                   "PARTICIPANT_PRUNE_AFTER": str(PRUNE_MS)}
-    with cluster(1, 1, env) as c:
+    with redis_of_kind(request.param) as redis, cluster(1, 1, env, redis=redis) as c:
         yield c, db
 
 

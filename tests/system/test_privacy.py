@@ -16,7 +16,20 @@ import pytest
 import redis
 
 from roomcast.history.base import device_uuid
-from tests.harness import ROOT, UNIT, Client, Cluster, PostgresServer, _pg_bin, cluster, unique
+from tests.harness import (
+    REDIS_KINDS,
+    ROOT,
+    UNIT,
+    Client,
+    Cluster,
+    PostgresServer,
+    RedisClusterServer,
+    RedisServer,
+    _pg_bin,
+    cluster,
+    redis_of_kind,
+    unique,
+)
 
 pytestmark = pytest.mark.system
 
@@ -41,7 +54,13 @@ def dump_postgres(pg: PostgresServer, db: str) -> str:
     return out.stdout
 
 
-def dump_redis(port: int) -> bytes:
+def dump_redis(server: RedisServer | RedisClusterServer) -> bytes:
+    """Every key and value in Redis (on a Redis Cluster: of every primary)."""
+    ports = [n.port for n in server.primary_nodes()] if isinstance(server, RedisClusterServer) else [server.port]
+    return b"\n".join(_dump(port) for port in ports)
+
+
+def _dump(port: int) -> bytes:
     r = redis.Redis(port=port)
     parts: list[bytes] = []
     for key in r.scan_iter(count=1000):
@@ -75,13 +94,14 @@ async def wait_rows(pg: PostgresServer, db: str, sql: str, expected: int, timeou
         await asyncio.sleep(0.1)
 
 
-async def test_nothing_sensitive_in_clear_and_forget_device_leaves_no_trace(pg: PostgresServer) -> None:
+@pytest.mark.parametrize("kind", REDIS_KINDS)
+async def test_nothing_sensitive_in_clear_and_forget_device_leaves_no_trace(pg: PostgresServer, kind: str) -> None:
     db = unique("privacy").replace("-", "_")
     dsn = pg.create_database(db)
     env = {"DATABASE_URL": dsn, "PRIVACY_HASH_KEY": "pepper-for-tests", "PRIVACY_ENCRYPTION_KEYS": f"k1:{KEY}",
            "IP_STORAGE": "truncate", "HISTORY_FLUSH_INTERVAL": "50", "CLEANUP_INTERVAL": "300",
            "HEARTBEAT_FLUSH_INTERVAL": "300", "DEVICE_TOKEN_SECRET": "privacy-test-device-secret"}
-    with cluster(2, 1, env) as c:
+    with redis_of_kind(kind) as server, cluster(2, 1, env, redis=server) as c:
         gone, stays = unique("gone"), unique("stays")
         room = unique("priv")
         headers = {"User-Agent": UA}
@@ -101,7 +121,7 @@ async def test_nothing_sensitive_in_clear_and_forget_device_leaves_no_trace(pg: 
 
         # 1. At rest, nothing sensitive in clear: no raw user agent, fingerprint, device info or full address.
         pg_text = dump_postgres(pg, db)
-        redis_bytes = dump_redis(c.redis.port)
+        redis_bytes = dump_redis(c.redis)
         for secret in (UA, "SecretBrowser", FINGERPRINT, MODEL, "127.0.0.1"):
             assert secret not in pg_text, f"{secret!r} stored in Postgres"
             assert secret.encode() not in redis_bytes, f"{secret!r} stored in Redis"
@@ -126,7 +146,7 @@ async def test_nothing_sensitive_in_clear_and_forget_device_leaves_no_trace(pg: 
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["forgotten"] == gone
         pg_text = dump_postgres(pg, db)
-        redis_bytes = dump_redis(c.redis.port)
+        redis_bytes = dump_redis(c.redis)
         for trace in (gone, str(device_uuid(gone))):
             assert trace not in pg_text, f"{trace} left in Postgres"
             assert trace.encode() not in redis_bytes, f"{trace} left in Redis"

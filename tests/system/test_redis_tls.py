@@ -15,6 +15,7 @@ from tests.harness import (
     UNIT,
     Client,
     GatewayProcess,
+    RedisClusterServer,
     RedisServer,
     ahttp_get,
     cluster,
@@ -89,3 +90,32 @@ async def test_subscriber_auth_failure_is_reported(tls_redis: RedisServer) -> No
         assert status == 503
     finally:
         g.stop()
+
+
+async def test_event_crosses_replicas_over_tls_on_a_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A TLS-only Redis Cluster with a password: the rediss:// URL of one node is enough
+    (cluster mode detected, the other nodes found and reached over TLS with the same options)."""
+    files = make_tls_files(Path(tmp_path_factory.mktemp("tls-cluster")))
+    server = RedisClusterServer(tls=files, password="s3cret-pass").start()
+    try:
+        assert RedisServer(port=server.port).cli("PING") != "PONG"  # TLS only
+        room = unique("tls-rc")
+        with cluster(n_gateways=2, n_coordinators=1, redis=server) as c:
+            a, b = c.gateways
+            async with Client.open(a.url) as ca, Client.open(b.url) as cb:
+                await ca.hello(unique("dev-a"))
+                await cb.hello(unique("dev-b"))
+                created = await ca.request({"type": "create_room", "room_id": room, "game_type": "quiz"})
+                assert created["type"] == "room_created", created
+                joined = await cb.request({"type": "join", "room_id": room})
+                assert joined["type"] == "joined", joined
+                ack = await ca.request({"type": "event", "room_id": room, "event_type": "move", "payload": {"x": 1}})
+                assert ack["type"] == "ack", ack
+                got = await cb.expect(type="event", event_type="move")
+                assert got["seq"] == ack["seq"]
+            assert "Redis Cluster mode" in a.log()
+            status, body = await ahttp_get(c.coordinators[0].http + "/readyz")
+            assert status == 200, body
+        assert server.cli("EXISTS", f"ws:room:{{{room}}}") == "1"
+    finally:
+        server.stop()

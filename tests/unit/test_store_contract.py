@@ -47,7 +47,7 @@ from roomcast.store.base import (
 )
 from roomcast.store.memory import MemoryStore
 from roomcast.store.redis import RedisStore
-from tests.harness import UNIT, RedisServer
+from tests.harness import UNIT, RedisClusterServer, RedisServer
 
 T0 = 1_700_000_000_000
 HISTORY = 10
@@ -114,6 +114,16 @@ async def memory_backend(request: pytest.FixtureRequest) -> AsyncIterator[Backen
 def redis_server() -> Iterator[RedisServer]:
     """One ephemeral redis-server for the session; requested only by redis-backed tests."""
     server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServer]:
+    """One Redis Cluster (3 primaries + 3 replicas) for the session; the same contract runs on it."""
+    server = RedisClusterServer().start()
     try:
         yield server
     finally:
@@ -223,11 +233,16 @@ class _RedisClock:
 
 
 @contextlib.asynccontextmanager
-async def redis_backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    server: RedisServer = request.getfixturevalue("redis_server")
-    client = make_client(server.url)
-    await client.flushall()
-    batcher = Batcher(client)
+async def redis_backend(request: pytest.FixtureRequest, fixture: str = "redis_server") -> AsyncIterator[Backend]:
+    server: RedisServer | RedisClusterServer = request.getfixturevalue(fixture)
+    single = make_client(server.url)
+    batcher = Batcher(single)
+    if await batcher.detect():
+        assert isinstance(server, RedisClusterServer)
+        server.flushall()
+    else:
+        await single.flushall()
+    client = batcher.client  # the test reads Redis as the store does (routed by slot on a cluster)
     store = RedisStore(
         batcher,
         history=HISTORY,
@@ -260,12 +275,17 @@ async def redis_backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await client.aclose()
+        await batcher.aclose()
+
+
+def redis_cluster_backend(request: pytest.FixtureRequest) -> contextlib.AbstractAsyncContextManager[Backend]:
+    return redis_backend(request, "redis_cluster")
 
 
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], contextlib.AbstractAsyncContextManager[Backend]]] = {
     "memory": memory_backend,
     "redis": redis_backend,
+    "redis-cluster": redis_cluster_backend,
 }
 
 
