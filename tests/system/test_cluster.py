@@ -310,18 +310,20 @@ async def test_redis_outage_is_survived_without_restarts() -> None:
         assert all(g.proc is not None and g.proc.poll() is None for g in c.gateways)
 
 
-def _single_pubsub_url_only(c: Cluster) -> None:
-    """REDIS_PUBSUB_URL through a proxy to one node is a single-Redis setup: on a Redis
-    Cluster the sharded bus learns every primary from CLUSTER SLOTS and connects to each
-    itself, so a proxy in front of one node carries none of its subscriptions (a silently stalled
-    shard connection on a Redis Cluster is not tested here; the per-shard probe is exercised
-    in tests/system/test_sharded_pubsub.py)."""
-    if _kind(c) == "redis-cluster":
-        pytest.skip("REDIS_PUBSUB_URL via one node's proxy does not apply to a Redis Cluster")
+@pytest.fixture(scope="module")
+def three_on_one_redis() -> Any:
+    """Like `three`, on a single Redis only. REDIS_PUBSUB_URL through a proxy to one node is a
+    single-Redis setup: on a Redis Cluster the sharded bus learns every primary from CLUSTER
+    SLOTS and connects to each itself, so a proxy in front of one node would carry none of its
+    subscriptions. (The per-shard probe and failover on a cluster: tests/system/test_sharded_pubsub.py.)"""
+    with redis_of_kind("redis") as redis, cluster(3, 1, {
+            "WEBSOCKET_HEARTBEAT_TIMEOUT": "2000", "RATE_MESSAGES_PER_SEC": "1000", "RATE_MESSAGES_BURST": "1000"},
+            redis=redis) as c:
+        yield c
 
 
-async def test_silently_stalled_subscription_is_noticed_and_rebuilt(three: Cluster) -> None:
-    _single_pubsub_url_only(three)
+async def test_silently_stalled_subscription_is_noticed_and_rebuilt(three_on_one_redis: Cluster) -> None:
+    three = three_on_one_redis
     proxy = StallProxy(three.redis.port)
     env = dict(three.env, GATEWAY_PORT=str(free_port()), NODE_ID="gw-stall", REDIS_PUBSUB_URL=proxy.url,
                PUBSUB_PROBE_INTERVAL="200", PUBSUB_PROBE_TIMEOUT="800")
@@ -352,10 +354,11 @@ async def test_silently_stalled_subscription_is_noticed_and_rebuilt(three: Clust
         proxy.close()
 
 
-async def test_join_on_a_lagging_replica_does_not_make_existing_members_skip_events(three: Cluster) -> None:
+async def test_join_on_a_lagging_replica_does_not_make_existing_members_skip_events(
+        three_on_one_redis: Cluster) -> None:
     """A joiner's head comes from the command connection and may be ahead of this replica's
     pub/sub stream; members already there must still get every event in between."""
-    _single_pubsub_url_only(three)
+    three = three_on_one_redis
     proxy = StallProxy(three.redis.port)
     env = dict(three.env, GATEWAY_PORT=str(free_port()), NODE_ID="gw-lag", REDIS_PUBSUB_URL=proxy.url,
                PUBSUB_PROBE_INTERVAL="200", PUBSUB_PROBE_TIMEOUT="1500")
