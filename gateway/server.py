@@ -243,8 +243,8 @@ class Gateway:
             return
         try:
             while True:
-                data = await ws.recv()
-                await node.handle(session, data)
+                # No local keeps the last message: an idle socket would hold its join for life.
+                await node.handle(session, await ws.recv())
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd is not None else (exc.sent.code if exc.sent is not None else None)
             if exc.sent is not None and session.closing:
