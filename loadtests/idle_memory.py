@@ -1,17 +1,17 @@
 """Where an idle socket's memory goes: an in-process gateway, clients in other processes.
 
     python -m loadtests.idle_memory [--conns 2000] [--room-size 100] [--trace]
-                                    [--max-queue N] [--write-limit N] [--drop-handshake]
+                                    [--max-queue N] [--write-limit N] [--redis]
 
 Runs the real Gateway (gateway.server) on this process's uvloop, opens --conns idle
-sockets (hello + join) from client processes, and reports VmRSS per socket. With --trace,
+sockets (hello + join) from client processes, and reports VmRSS per socket. Embedded mode,
+or with --redis cluster mode (an ephemeral redis-server holds the shared state). With --trace,
 tracemalloc attributes the Python allocations still alive per socket to source lines
 (tracemalloc's own bookkeeping inflates RSS, so compare RSS only between runs without it).
 
 The knobs are experiments, applied here only: --max-queue / --write-limit override the
-`serve()` arguments the gateway passes; --drop-handshake replaces the handshake's Request
-with a bare one and drops the Response once a session holds what it needs from them
-(what keeping the request and response headers costs per socket).
+`serve()` arguments the gateway passes. (The handshake's headers, which an earlier
+--drop-handshake knob dropped, are now dropped by the gateway itself: server.slim_connection.)
 """
 
 from __future__ import annotations
@@ -45,21 +45,6 @@ def _patch(args: argparse.Namespace) -> None:
         return original(*a, **kw)
 
     server.serve = serve  # type: ignore[assignment]
-    if args.drop_handshake:
-        from gateway.session import Session
-
-        init = Session.__init__
-
-        from websockets.datastructures import Headers
-        from websockets.http11 import Request
-
-        def session_init(self: Session, ws: Any, node: Any, now: float) -> None:
-            init(self, ws, node, now)  # reads User-Agent and Origin first
-            # websockets treats `request is None` as "no handshake yet": keep a bare one.
-            ws.request = Request(ws.request.path, Headers())
-            ws.response = None
-
-        Session.__init__ = session_init  # type: ignore[method-assign]
 
 
 async def settle(step: float = 0.25, quiet: float = 0.03, timeout: float = 15.0) -> None:
@@ -75,20 +60,27 @@ async def settle(step: float = 0.25, quiet: float = 0.03, timeout: float = 15.0)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    import contextlib
     import os
 
-    from gateway.backend import memory_node
-    from gateway.metrics import Metrics
-    from gateway.server import Gateway
+    from gateway.server import running
     from roomcast.settings import Settings
+
+    from .services import RedisServer
 
     _patch(args)
     env = {"GATEWAY_HOST": HOST, "GATEWAY_PORT": str(free_port()), "LOG_LEVEL": "WARNING",
-           "MAX_CONNECTIONS": "0", "MAX_ROOMS_PER_CONNECTION": "10000", "WEBSOCKET_HEARTBEAT_TIMEOUT": "600000"}
+           "MAX_CONNECTIONS": "0", "MAX_ROOMS_PER_CONNECTION": "10000", "WEBSOCKET_HEARTBEAT_TIMEOUT": "600000",
+           # every socket comes from 127.0.0.1 in a burst (as in procs.GatewayProc)
+           "MAX_CONNECTIONS_PER_DEVICE": "10000", "CONNECT_RATE_PER_ADDRESS": "1000000",
+           "CONNECT_RATE_PER_DEVICE": "1000000", "ROOM_CREATE_RATE": "1000000", "JOIN_RATE": "1000000",
+           "MAX_ROOMS_PER_DEVICE": "100000", "MAX_PARTICIPANTS_PER_ROOM": "1000000", "HELLO_TIMEOUT": "60000"}
+    redis = RedisServer().start() if args.redis else None
+    if redis is not None:
+        env["REDIS_URL"] = redis.url  # cluster mode: the node's shared state is in Redis
     settings = Settings.load(env)
-    node = memory_node(settings, Metrics(node_id=settings.node_id))
-    gw = Gateway(settings, node)
-    await gw.start()
+    stack = contextlib.AsyncExitStack()
+    gw = await stack.enter_async_context(running(settings))
     pid = os.getpid()
     workers: list[Worker] = []
     try:
@@ -137,7 +129,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for w in workers:
             w.send("stop")
             w.finish()
-        await gw.stop()
+        await stack.aclose()
+        if redis is not None:
+            redis.stop()
 
 
 def top_sites(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, n: int, top: int) -> dict[str, Any]:
@@ -165,7 +159,7 @@ def top_sites(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, n: int,
 
 
 def _short(path: str) -> str:
-    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+    for marker in ("site-packages/", "lib/python3.11/", "/work/"):
         if marker in path:
             return path.split(marker, 1)[1]
     return path
@@ -181,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--max-queue", type=int, help="serve(max_queue=…); 0 means None")
     ap.add_argument("--write-limit", type=int, help="serve(write_limit=…)")
-    ap.add_argument("--drop-handshake", action="store_true")
+    ap.add_argument("--redis", action="store_true", help="cluster mode: an ephemeral redis-server, REDIS_URL")
     args = ap.parse_args(argv)
     import uvloop
 
