@@ -419,9 +419,16 @@ async def _load(c: Cluster) -> None:
         for g in (g0, g1):
             with contextlib.suppress(AdminError):
                 await AdminClient(g.http, "not-the-right-secret").list_rooms()
+        # A member on each replica joins again now and then: every join asks the join webhook,
+        # so its rate (and latency) panels have data for each instance all along.
+        rejoiners = [await member(g.url, room_id, create=False) for g in (g0, g1)]
         n = 0
         while time.monotonic() < stop_at:
             await apis[n % 2].publish(room_id, "tick", payload={"n": n})
+            if n % 5 == 0:
+                for r in rejoiners:
+                    assert (await r.request({"type": "join", "room_id": room_id}))["type"] == "joined"
+                    r.inbox.clear()
             n += 1
             await asyncio.sleep(0.1)
 
