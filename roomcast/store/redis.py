@@ -46,6 +46,16 @@ log = logging.getLogger("roomcast.store")
 OWNED_TTL_MS = 7 * 86_400_000
 
 
+def _change(status: str | None, patch: dict[str, Any] | None) -> dict[str, Any]:
+    """A state_change's payload: {status?, patch?}."""
+    payload: dict[str, Any] = {}
+    if status is not None:
+        payload["status"] = status
+    if patch is not None:
+        payload["patch"] = patch
+    return payload
+
+
 class RedisStore:
     def __init__(
         self,
@@ -441,30 +451,33 @@ class RedisStore:
     async def update_room(
         self, caller: Caller, room_id: str, status: str | None, patch: dict[str, Any] | None, now_ms: int
     ) -> int:
-        payload: dict[str, Any] = {}
-        if status is not None:
-            payload["status"] = status
-        if patch is not None:
-            payload["patch"] = patch
-        tail = event_tail("state_change", None, payload, caller.sender(), now_ms)
+        tail = event_tail("state_change", None, _change(status, patch), caller.sender(), now_ms)
+        return await self._update(room_id, status, patch, lambda data, ver: self.b.eval(
+            self.s_update, self.room_keys(room_id), [
+                room_id, caller.device_id, tail, now_ms, self.history, status or "", data, ver,
+                self.max_game_data_bytes, caller.socket_id]))
+
+    async def _update(self, room_id: str, status: str | None, patch: dict[str, Any] | None,
+                      step: Callable[[bytes, bytes], Awaitable[Any]]) -> int:
+        """An update's atomic `step(game_data, expected gd_ver)` (UPDATE or SVC_UPDATE), after
+        merging the patch into the room's current game_data; again if another update won the
+        race in between. Returns the state_change's seq."""
         for _ in range(16):
             data, ver = b"", b""
             if patch is not None:
-                gd, ver_raw = await self.b.call(lambda p: p.hmget(keys.room(room_id), "game_data", "gd_ver"))
+                gd, ver_raw = await self.b.call(cmd("hmget", keys.room(room_id), "game_data", "gd_ver"))
                 if gd is None:
                     raise fail(ErrorCode.NOT_FOUND, "no such room")
                 data = orjson.dumps(merge_patch.apply(orjson.loads(gd), patch))
                 ver = ver_raw
             try:
-                fut = self.b.eval(self.s_update, self.room_keys(room_id), [
-                    room_id, caller.device_id, tail, now_ms, self.history, status or "", data, ver,
-                    self.max_game_data_bytes, caller.socket_id])
+                fut = step(data, ver)
                 self._dirty(room_id)
                 reply = _check(await fut)
                 if status is not None and len(reply) > 2 and _s(reply[2]) != status:
                     await self._reindex(room_id)
             except _Retry:
-                continue  # another host update won the race: re-read and re-apply
+                continue  # another update won the race: re-read and re-apply
             except GatewayError as exc:
                 if exc.code is ErrorCode.BAD_REQUEST:
                     self._check_game_data(data)  # the script found it too large: say by how much
@@ -553,35 +566,10 @@ class RedisStore:
     async def service_update(
         self, service: Service, room_id: str, status: str | None, patch: dict[str, Any] | None, now_ms: int
     ) -> int:
-        payload: dict[str, Any] = {}
-        if status is not None:
-            payload["status"] = status
-        if patch is not None:
-            payload["patch"] = patch
-        tail = event_tail("state_change", None, payload, service.sender(), now_ms)
-        for _ in range(16):
-            data, ver = b"", b""
-            if patch is not None:
-                gd, ver_raw = await self.b.call(cmd("hmget", keys.room(room_id), "game_data", "gd_ver"))
-                if gd is None:
-                    raise fail(ErrorCode.NOT_FOUND, "no such room")
-                data = orjson.dumps(merge_patch.apply(orjson.loads(gd), patch))
-                ver = ver_raw
-            try:
-                fut = self.b.eval(self.s_svc_update, self.room_keys(room_id), [
-                    room_id, tail, now_ms, self.history, status or "", data, ver, self.max_game_data_bytes])
-                self._dirty(room_id)
-                reply = _check(await fut)
-                if status is not None and _s(reply[2]) != status:
-                    await self._reindex(room_id)
-            except _Retry:
-                continue  # another update won the race: re-read and re-apply
-            except GatewayError as exc:
-                if exc.code is ErrorCode.BAD_REQUEST:
-                    self._check_game_data(data)
-                raise
-            return int(reply[1])
-        raise fail(ErrorCode.UNAVAILABLE, "room is being updated concurrently; retry")
+        tail = event_tail("state_change", None, _change(status, patch), service.sender(), now_ms)
+        return await self._update(room_id, status, patch, lambda data, ver: self.b.eval(
+            self.s_svc_update, self.room_keys(room_id), [
+                room_id, tail, now_ms, self.history, status or "", data, ver, self.max_game_data_bytes]))
 
     async def service_close(self, service: Service, room_id: str, now_ms: int) -> int:
         tail = event_tail("room_closed", None, None, service.sender(), now_ms)
