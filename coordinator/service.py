@@ -21,6 +21,7 @@ from roomcast.history.postgres import PostgresWriter
 from roomcast.history.redis import RedisHistorySource
 from roomcast.housekeeping import cleanup_pass, migrate_when_reachable, show_room_counts, stop_tasks
 from roomcast.http_mini import serve_http
+from roomcast.metrics_util import RedirectsCollector
 from roomcast.outage import OutageLog
 from roomcast.redis import keys
 from roomcast.redis.batch import Batcher, cmd
@@ -61,6 +62,7 @@ class Coordinator:
         self.metrics = CoordinatorMetrics(history=settings.database_url is not None)
         self.client = make_client(settings.redis_url)
         self.batcher = Batcher(self.client)
+        self.metrics.registry.register(RedirectsCollector(self.batcher.redirects.counts))
         history_mode = settings.database_url is not None
         self.store = RedisStore(self.batcher, history=settings.room_history, room_ttl_ms=settings.room_ttl_ms,
                                 connection_ttl_ms=settings.connection_ttl_ms, history_mode=history_mode,

@@ -24,6 +24,7 @@ from roomcast.history.postgres import PostgresWriter
 from roomcast.history.read import HistoryReader, stored_room
 from roomcast.housekeeping import cleanup_pass, migrate_when_reachable, show_room_counts, stop_tasks
 from roomcast.limits.redis import RedisLimiter
+from roomcast.metrics_util import RedirectsCollector
 from roomcast.outage import OutageLog
 from roomcast.presence.memory import MemoryPresence
 from roomcast.presence.redis import RedisPresence
@@ -168,6 +169,7 @@ class RedisLink:
         self.metrics = metrics
         self.client = make_client(settings.redis_url)
         self.batcher = Batcher(self.client)
+        metrics.registry.register(RedirectsCollector(self.batcher.redirects.counts))
         self.store = RedisStore(
             self.batcher,
             history=settings.room_history,

@@ -19,3 +19,27 @@ def set_bounded(gauge: Any, counts: collections.Counter[str], seen: set[str], to
     for label, n in values.items():
         gauge.labels(label).set(n)
     return set(values)
+
+
+class RedirectsCollector:
+    """`roomcast_redis_redirects_total{kind, node}`, read at scrape time from the Batcher's
+    redirect counts (roomcast/redis/client_redirects.py): MOVED/ASK replies by the node that sent them.
+    Register it on a registry: `registry.register(RedirectsCollector(batcher.redirects.counts))`."""
+
+    NAME = "roomcast_redis_redirects"
+    HELP = ("MOVED and ASK replies from Redis Cluster nodes (slot map stale, or a slot migrating), "
+            "by kind (moved, ask) and the node (host:port) that sent them.")
+
+    def __init__(self, counts: dict[tuple[str, str], int]) -> None:
+        self.counts = counts
+
+    def describe(self) -> list[Any]:
+        return []  # unchecked: the label values are only known at scrape time
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily(self.NAME, self.HELP, labels=["kind", "node"])
+        for (kind, node), n in sorted(self.counts.items()):
+            family.add_metric([kind, node], float(n))
+        yield family

@@ -37,6 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from roomcast.errors import ErrorCode, GatewayError
 from roomcast.redis import keys
 from roomcast.redis.client import is_cluster, key_slot, make_cluster_client
+from roomcast.redis.client_redirects import Redirects, follow
 
 log = logging.getLogger("roomcast.redis")
 
@@ -84,6 +85,7 @@ class Batcher:
         self.commands = 0
         self.on_batch: Callable[[int, float], None] | None = None
         self.scripts: list[Script] = []
+        self.redirects = Redirects()  # MOVED/ASK replies by node (cluster mode; read by the metrics)
 
     def register(self, source: str) -> Script:
         script = Script(source)
@@ -98,18 +100,21 @@ class Batcher:
                 url = getattr(self.single, "url", "")
                 if not url:
                     raise RedisError("a Redis Cluster needs a client made by make_client(url)")
-                client = make_cluster_client(url)
+                client = make_cluster_client(url, self.redirects)
                 try:
                     await client.initialize()  # discovers the nodes and the slot map
                 except BaseException:
                     await client.aclose()
                     raise
                 self.client = client
+                self.redirects.seed([node.name for node in client.get_primaries()])
                 self.spread = keys.SPREAD
                 self.cluster = True
                 log.info("Redis Cluster mode: %d primaries", len(self.client.get_primaries()))
             else:
                 self.cluster = False
+                kw = self.single.connection_pool.connection_kwargs  # never redirects: exported at 0
+                self.redirects.seed([f"{kw.get('host', '?')}:{kw.get('port', '?')}"])
         return self.cluster
 
     def bucket(self, entity: str) -> int | None:
@@ -213,8 +218,8 @@ class Batcher:
                     kwargs["target_nodes"] = nodes[name]
                 pipe.execute_command(*queued[i].args, **kwargs)
             try:
-                out: list[Any] = await pipe.execute(raise_on_error=False)
-                return out
+                out: list[Any] = await pipe.execute(raise_on_error=False, allow_redirections=False)
+                return await follow(client, [queued[i] for i in indexes], out)  # MOVED/ASK/TRYAGAIN
             except Exception as exc:  # this node's commands only (a dead node: `unavailable` below)
                 log.debug("redis node batch of %d failed: %s", len(indexes), exc)
                 self._stale_map = self._stale_map or isinstance(exc, _DOWN)

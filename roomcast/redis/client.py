@@ -22,6 +22,8 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot as _key_slot
 from redis.retry import Retry
 
+from roomcast.redis.client_redirects import Redirects, install
+
 
 class UrlRedis(Redis):
     """A redis-py client that remembers its URL (to make the cluster client from it)."""
@@ -49,9 +51,10 @@ async def is_cluster(client: Redis) -> bool:
     return int(info.get("cluster_enabled", 0)) == 1
 
 
-def make_cluster_client(url: str) -> RedisCluster:
+def make_cluster_client(url: str, redirects: Redirects | None = None) -> RedisCluster:
     """redis-py's RedisCluster from the URL of any one node. Coverage is not required:
-    while one shard fails over, the others keep serving."""
+    while one shard fails over, the others keep serving. With `redirects`, every MOVED/ASK
+    reply its connections get is counted there (roomcast/redis/client_redirects.py)."""
     client: RedisCluster = RedisCluster.from_url(
         url,
         socket_timeout=2.0,
@@ -63,6 +66,8 @@ def make_cluster_client(url: str) -> RedisCluster:
         health_check_interval=0,
         max_connections=64,
     )
+    if redirects is not None:
+        install(client, redirects)
     return client
 
 
