@@ -17,6 +17,14 @@ Workloads (--only):
            --conn-rooms rooms (--concurrency in flight per client process): connects/s, server CPU
            per connect, and RSS per idle joined socket once they are all in.
 
+Redis (--redis): `single` (one redis-server, the default) and/or `cluster` (a Redis Cluster of
+--shards primaries + --cluster-replicas replicas each; roomcast only: the peers use classic
+pub/sub). With both (`--redis single,cluster`) roomcast runs on each and the table has a column
+per Redis ("roomcast" and "roomcast+cluster") and their ratio; Redis CPU (its own `INFO cpu`) per
+event is summed over the primaries, and per shard (each shard's CPU over the events of the rooms it owns) below it.
+The issue-13 rows: `python -m loadtests.peers --targets roomcast --redis single,cluster
+--only fanout,search` (medians of 3).
+
 Each workload runs --repeat times per target (targets interleaved); the table shows medians and
 the ratio to Socket.IO. Every run is kept in the JSON file (default test-output/peers-<time>.json).
 Every server and client process is stopped by pid; every wait is bounded.
@@ -40,9 +48,9 @@ import orjson
 from .. import procstat
 from ..common import median_of, percentile
 from ..procs import HOST, OUTPUT, ROOT, GatewayProc, split, workers
-from ..services import RedisServer
 from ..wsclient import open_conn
 from .adapters import ADAPTERS, BenchSocket
+from .backends import KINDS, PeersRedis
 from .clients import conns_main, members_main
 
 TARGETS = ("roomcast", "minimal", "socketio")
@@ -114,10 +122,15 @@ async def publish_paced(pubs: list[BenchSocket], rate: float, duration: float) -
     return time.monotonic() - start
 
 
+def variant(target: str, kind: str) -> str:
+    """A column of the table: the target, `+cluster` when it runs on a Redis Cluster."""
+    return target if kind == "single" else f"{target}+cluster"
+
+
 async def fanout_run(args: argparse.Namespace, target: str, rate: float, duration: float, tag: str,
-                     node: str | None) -> dict[str, Any]:
+                     node: str | None, kind: str = "single") -> dict[str, Any]:
     cls = ADAPTERS[target]
-    redis = RedisServer().start()
+    redis = PeersRedis(kind, args.shards, args.cluster_replicas).start()
     servers = [server_proc(target, redis.url, f"{tag}-{i}", node) for i in range(2)]
     pubs: list[BenchSocket] = []
     try:
@@ -144,8 +157,8 @@ async def fanout_run(args: argparse.Namespace, target: str, rate: float, duratio
                 raise RuntimeError(f"only {sum(r['sockets'] for r in ready)} of {len(joins)} members joined")
             for s in servers:
                 await s.settle()
-            pids = {f"s{i}": s.pid for i, s in enumerate(servers)} | {"redis": redis.proc.pid}  # type: ignore[union-attr]
-            cpu0 = {k: sum(procstat.cpu_times(p)) for k, p in pids.items()}
+            pids = {f"s{i}": s.pid for i, s in enumerate(servers)} | redis.pids()
+            cpu0 = {k: sum(procstat.cpu_times(p)) for k, p in pids.items()} | redis.cpu()
             load0 = procstat.loadavg()
             jiffies0 = procstat.machine_jiffies()
             t0 = time.monotonic_ns()
@@ -157,14 +170,18 @@ async def fanout_run(args: argparse.Namespace, target: str, rate: float, duratio
             deadline = time.monotonic() + 2
             while any(p.count < p.sent for p in pubs) and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
-            cpu1 = {k: sum(procstat.cpu_times(p)) for k, p in pids.items()}
+            cpu1 = {k: sum(procstat.cpu_times(p)) for k, p in pids.items()} | redis.cpu()
             jiffies1 = procstat.machine_jiffies()
             rss = [procstat.status_kib(s.pid) for s in servers]
             for w in procs:
                 w.send("exit")
-        return fanout_report(args, target, rate, pubs, results, t0, publish_s,
-                             {k: cpu1[k] - cpu0[k] for k in pids}, load0,
-                             procstat.busy_cores(jiffies0, jiffies1, os.cpu_count() or 1), rss)
+        cpu = {k: cpu1[k] - cpu0[k] for k in pids}
+        cpu["redis"] = sum(cpu[k] for k in redis.primaries)  # a single Redis: its own
+        by_shard: dict[str, int] = {}
+        for p in pubs:
+            by_shard[redis.shard_of(p.room)] = by_shard.get(redis.shard_of(p.room), 0) + p.sent
+        return fanout_report(args, target, rate, pubs, results, t0, publish_s, cpu, load0,
+                             procstat.busy_cores(jiffies0, jiffies1, os.cpu_count() or 1), rss) | redis.report(cpu, by_shard)
     finally:
         for p in pubs:
             p.abort()
@@ -221,34 +238,37 @@ def fanout_report(args: argparse.Namespace, target: str, rate: float, pubs: list
     return out
 
 
-async def search_run(args: argparse.Namespace, target: str, tag: str, node: str | None) -> dict[str, Any]:
+async def search_run(args: argparse.Namespace, target: str, tag: str, node: str | None,
+                     kind: str = "single") -> dict[str, Any]:
     steps = []
     held = 0.0
     for i, rate in enumerate(args.search_rates):
         for attempt in range(max(1, args.search_tries)):  # a shared machine: a failed step may be retried
-            r = await fanout_run(args, target, rate, args.search_duration, f"{tag}-{i}{attempt}", node)
+            r = await fanout_run(args, target, rate, args.search_duration, f"{tag}-{i}{attempt}", node, kind)
             passed = r["ok"] and r["publish_rate"] >= 0.95 * rate and r["lat_p99_ms"] <= args.search_p99_ms
             if passed or not r["ok"]:  # a lost delivery is not retried
                 break
         steps.append({"tries": attempt + 1} | {k: r[k] for k in ("rate", "ok", "publish_rate", "lat_p50_ms", "lat_p99_ms", "missing",
                                          "server_cpu_us_per_delivery", "machine_busy_cores", "echo_p99_ms_by_second",
-                                         "loadavg_before")} | {"held": passed})
+                                         "loadavg_before", "redis_cpu_us_per_event", "redis_shards")} | {"held": passed})
         print(f"[peers]     {target} @ {rate:g}/s: ok={r['ok']} p99 {r['lat_p99_ms']:.1f} ms "
-              f"published {r['publish_rate']:,.0f}/s → {'held' if passed else 'not held'} "
+              f"published {r['publish_rate']:,.0f}/s, redis {r['redis_cpu_us_per_event']:.1f} µs/event "
+              f"→ {'held' if passed else 'not held'} "
               f"(echo p99 by second {r['echo_p99_ms_by_second']})", file=sys.stderr, flush=True)
         if not passed:
             break
         held = rate
-    return {"target": target, "max_rate_held": held, "deliveries_per_s_held": held * args.members, "steps": steps,
-            "ok": True}
+    return {"target": target, "redis": kind, "max_rate_held": held, "deliveries_per_s_held": held * args.members,
+            "steps": steps, "ok": True}
 
 
 # ---------------------------------------------------------------- workload: connects into one process
 
 
-async def connect_run(args: argparse.Namespace, target: str, tag: str, node: str | None) -> dict[str, Any]:
+async def connect_run(args: argparse.Namespace, target: str, tag: str, node: str | None,
+                      kind: str = "single") -> dict[str, Any]:
     cls = ADAPTERS[target]
-    redis = RedisServer().start()
+    redis = PeersRedis(kind, args.shards, args.cluster_replicas).start()
     server = server_proc(target, redis.url, tag, node)
     host: BenchSocket | None = None
     try:
@@ -269,13 +289,13 @@ async def connect_run(args: argparse.Namespace, target: str, tag: str, node: str
             await asyncio.gather(*(w.ctl.expect("loaded", 60) for w in procs))
             await server.settle()
             rss0 = procstat.status_kib(server.pid)
-            pids = {"server": server.pid, "redis": redis.proc.pid}  # type: ignore[union-attr]
-            cpu0 = {k: sum(procstat.cpu_times(p)) for k, p in pids.items()}
+            pids = {"server": server.pid} | redis.pids()
+            cpu0 = {k: sum(procstat.cpu_times(p)) for k, p in pids.items()} | redis.cpu()
             load0 = procstat.loadavg()
             for w in procs:
                 w.send("go")
             done = await asyncio.gather(*(w.ctl.expect("joined", args.connect_timeout + 30) for w in procs))
-            cpu1 = {k: sum(procstat.cpu_times(p)) for k, p in pids.items()}
+            cpu1 = {k: sum(procstat.cpu_times(p)) for k, p in pids.items()} | redis.cpu()
             await server.settle()
             rss1 = procstat.status_kib(server.pid)
             for w in procs:
@@ -288,6 +308,7 @@ async def connect_run(args: argparse.Namespace, target: str, tag: str, node: str
             took.frombytes(d["took"])
         took_ms = sorted(x / 1e6 for x in took)
         cpu = {k: cpu1[k] - cpu0[k] for k in pids}
+        cpu["redis"] = sum(cpu[k] for k in redis.primaries)
         return {
             "target": target, "conns": args.conns, "rooms": len(rooms), "joined": ok,
             "errors": sum(d["n_errors"] for d in done), "error_samples": [e for d in done for e in d["errors"]][:5],
@@ -325,8 +346,25 @@ ROWS: list[tuple[str, str, str, str, bool]] = [
 ]
 
 
+def shard_table(report: dict[str, Any]) -> str:
+    """Fan-out on a Redis Cluster: Redis CPU per event of each shard (medians), and its events."""
+    lines = []
+    for name, m in report["medians"].get("fanout", {}).items():
+        shards = m.get("redis_shards") or {}
+        if len(shards) < 2:
+            continue
+        lines.append(f"\n{name} ({m.get('redis')}): Redis CPU per event by shard (fan-out, medians)")
+        lines += ["| shard | µs/event | events |", "|---|---|---|"]
+        for label, v in sorted(shards.items()):
+            us, n = v["cpu_us_per_event"], v["events"]
+            lines.append(f"| {label} | {'n/a' if us is None else format(us, '.1f')} | {n or 0:,.0f} |")
+        total = m.get("redis_cpu_us_per_event")
+        lines.append(f"| all primaries | {'n/a' if total is None else format(total, '.1f')} | |")
+    return "\n".join(lines)
+
+
 def table(report: dict[str, Any]) -> str:
-    targets = report["config"]["targets"]
+    targets = [name for name, *_ in report["config"]["variants"]]
     med = report["medians"]
     base = "socketio" if "socketio" in targets else targets[-1]
     others = [t for t in targets if t != base]
@@ -357,32 +395,39 @@ async def run_all(args: argparse.Namespace, report: dict[str, Any], node: str | 
     stamp = report["stamp"]
     for workload in args.only:
         for i in range(args.repeat):
-            for target in args.targets:
-                tag = f"{stamp[-6:]}-{target[:2]}{workload[:2]}{i}"
-                print(f"[peers] {workload} {target} run {i + 1}/{args.repeat} …", file=sys.stderr, flush=True)
+            for name, target, kind in args.variants:
+                tag = f"{stamp[-6:]}-{target[:2]}{kind[0]}{workload[:2]}{i}"
+                print(f"[peers] {workload} {name} run {i + 1}/{args.repeat} …", file=sys.stderr, flush=True)
                 began = time.monotonic()
                 if workload == "fanout":
-                    r = await fanout_run(args, target, args.rate, args.duration, tag, node)
+                    r = await fanout_run(args, target, args.rate, args.duration, tag, node, kind)
                     line = (f"ok={r['ok']} {r['server_cpu_us_per_delivery']:.2f} µs/delivery, "
                             f"p50 {r['lat_p50_ms']:.2f} / p99 {r['lat_p99_ms']:.1f} ms, "
                             f"redis {r['redis_cpu_us_per_event']:.1f} µs/event, missing {r['missing']}")
                 elif workload == "search":
-                    r = await search_run(args, target, tag, node)
+                    r = await search_run(args, target, tag, node, kind)
                     line = f"highest rate held {r['max_rate_held']:g} events/s"
                 else:
-                    r = await connect_run(args, target, tag, node)
+                    r = await connect_run(args, target, tag, node, kind)
                     line = (f"{r['joined']}/{r['conns']} in {r['wall_s']:.2f} s = {r['connects_per_s']:,.0f}/s, "
                             f"{r['server_cpu_us_per_connect']:.0f} µs CPU/connect, "
                             f"{r['kib_per_socket']:.2f} KiB/socket, errors {r['errors']}")
                 r["run_s"] = time.monotonic() - began
-                report["runs"].setdefault(workload, {}).setdefault(target, []).append(r)
+                report["runs"].setdefault(workload, {}).setdefault(name, []).append(r)
                 print(f"[peers]   {line} ({r['run_s']:.1f} s)", file=sys.stderr, flush=True)
-        for target in args.targets:
-            runs = report["runs"][workload][target]
+        for name, *_ in args.variants:
+            runs = report["runs"][workload][name]
             keys = {k for _, k, *_ in [(w, k) for w, k, *_ in ROWS if w == workload]}
             m = {k: median_of(runs, k) for k in keys}
             m["all_ok"] = all(r["ok"] for r in runs)
-            report["medians"].setdefault(workload, {})[target] = m
+            if workload == "fanout":
+                shard_runs = [r["redis_shards"] for r in runs]
+                m["redis_shards"] = {label: {"cpu_us_per_event": median_of([s[label] for s in shard_runs],
+                                                                           "cpu_us_per_event"),
+                                             "events": median_of([s[label] for s in shard_runs], "events")}
+                                     for label in shard_runs[0]}
+                m["redis"] = runs[0]["redis"]
+            report["medians"].setdefault(workload, {})[name] = m
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -407,6 +452,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, default=16, help="connect: in flight per client process")
     ap.add_argument("--connect-timeout", type=float, default=120.0)
     ap.add_argument("--procs", type=int, default=2, help="client processes")
+    ap.add_argument("--redis", default="single", help=f"comma-separated, of {KINDS}: the Redis the targets run "
+                    "on (cluster: roomcast only)")
+    ap.add_argument("--shards", type=int, default=3, help="--redis cluster: primaries")
+    ap.add_argument("--cluster-replicas", type=int, default=1, help="--redis cluster: replicas per primary")
     ap.add_argument("--out", help="JSON result file (default test-output/peers-<time>.json)")
     ap.add_argument("--max-seconds", type=float, default=1800.0, help="hard bound on the whole run")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, one run each: a smoke run well under a minute")
@@ -419,9 +468,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     args.only = [w.strip() for w in args.only.split(",") if w.strip()]
     args.search_rates = [float(x) for x in str(args.search_rates).split(",") if x.strip()]
+    args.redis = [k.strip() for k in str(args.redis).split(",") if k.strip()]
     bad = [t for t in args.targets if t not in TARGETS] + [w for w in args.only if w not in WORKLOADS]
-    if bad or not args.targets:
-        ap.error(f"unknown target(s) or workload(s) {bad}; targets {TARGETS}, workloads {WORKLOADS}")
+    bad += [k for k in args.redis if k not in KINDS]
+    if bad or not args.targets or not args.redis:
+        ap.error(f"unknown target(s), workload(s) or Redis {bad}; targets {TARGETS}, workloads {WORKLOADS}, "
+                 f"--redis {KINDS}")
+    if "cluster" in args.redis and any(t != "roomcast" for t in args.targets):
+        ap.error("--redis cluster runs roomcast only (the peers use classic pub/sub): --targets roomcast")
+    # Columns: the cluster runs first, so the single-Redis one is the last (the ratio's base).
+    order = sorted(args.redis, key=lambda k: k != "cluster")
+    args.variants = [(variant(t, k), t, k) for k in order for t in args.targets]
     return args
 
 
@@ -461,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{report['loadavg_after']}, medians of {args.repeat}, node {m['node']}, git {m['git_rev']}")
     if report["medians"]:
         print(table(report))
+        print(shard_table(report))
     print(f"\nresults: {out}  ({report['elapsed_s']:.1f} s)")
     if failed is not None:
         print(f"peers failed: {report['error']}", file=sys.stderr)
