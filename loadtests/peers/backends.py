@@ -28,7 +28,8 @@ class PeersRedis:
         self.cluster: RedisClusterServer | None = None
         self.shards, self.replicas = shards, replicas
         self.slots: list[tuple[int, int, int]] = []  # (first, last, primary port)
-        self.primaries: dict[str, int] = {}  # shard label ("redis:<port>") -> pid
+        self.primaries: dict[str, int] = {}  # shard label -> pid
+        self.ports: dict[str, int] = {}
         self.replica_pids: list[int] = []
 
     def start(self) -> PeersRedis:
@@ -40,16 +41,21 @@ class PeersRedis:
         self.cluster = RedisClusterServer(primaries=self.shards, replicas=self.replicas).start()
         for node in self.cluster.primary_nodes():
             assert node.proc is not None
-            self.primaries[f"redis:{node.port}"] = node.proc.pid
+            ranges = []
             for line in node.cli("CLUSTER", "NODES").splitlines():
                 f = line.split()
                 if "myself" in f[2]:
                     for r in f[8:]:
                         lo, _, hi = r.partition("-")
                         if r[0] != "[":
-                            self.slots.append((int(lo), int(hi or lo), node.port))
+                            ranges.append((int(lo), int(hi or lo)))
+            # Labelled by its first slot range (as the gateway's shard metrics): the same in every
+            # run (`redis-cli --cluster create` splits the slots alike), unlike the ports.
+            label = "slots {}-{}".format(*min(ranges))
+            self.primaries[label], self.ports[label] = node.proc.pid, node.port
+            self.slots += [(lo, hi, node.port) for lo, hi in ranges]
         self.replica_pids = [n.proc.pid for n in self.cluster.nodes
-                             if n.proc is not None and f"redis:{n.port}" not in self.primaries]
+                             if n.proc is not None and n.port not in self.ports.values()]
         return self
 
     @property
@@ -68,7 +74,7 @@ class PeersRedis:
         slot = key_slot(keys.room(room_id))
         for lo, hi, port in self.slots:
             if lo <= slot <= hi:
-                return f"redis:{port}"
+                return next(label for label, p in self.ports.items() if p == port)
         raise LookupError(room_id)
 
     def cpu(self) -> dict[str, float]:
@@ -82,12 +88,13 @@ class PeersRedis:
         if self.single is not None:
             return {"redis": by_port[self.single.port]}
         assert self.cluster is not None
-        out = {label: by_port[int(label.split(":")[1])] for label in self.primaries}
-        replicas = [n.port for n in self.cluster.nodes if n.proc is not None and f"redis:{n.port}" not in out]
+        out = {label: by_port[port] for label, port in self.ports.items()}
+        replicas = [n.port for n in self.cluster.nodes if n.proc is not None and n.port not in self.ports.values()]
         return out | {f"replica{i}": by_port[port] for i, port in enumerate(replicas)}
 
     def pids(self) -> dict[str, int]:
-        """Every process to measure: each primary by its shard label, the replicas as `replica<i>`."""
+        """Every process to measure: each primary by its shard label ("redis" for a single Redis,
+        "slots 0-5460" on a cluster), the replicas as `replica<i>`."""
         return self.primaries | {f"replica{i}": pid for i, pid in enumerate(self.replica_pids)}
 
     def report(self, cpu: dict[str, float], events_by_shard: dict[str, int]) -> dict[str, Any]:

@@ -355,7 +355,7 @@ def shard_table(report: dict[str, Any]) -> str:
             continue
         lines.append(f"\n{name} ({m.get('redis')}): Redis CPU per event by shard (fan-out, medians)")
         lines += ["| shard | µs/event | events |", "|---|---|---|"]
-        for label, v in sorted(shards.items()):
+        for label, v in sorted(shards.items(), key=lambda kv: [int(x) for x in kv[0].split()[-1].split('-') if x.isdigit()]):
             us, n = v["cpu_us_per_event"], v["events"]
             lines.append(f"| {label} | {'n/a' if us is None else format(us, '.1f')} | {n or 0:,.0f} |")
         total = m.get("redis_cpu_us_per_event")
