@@ -399,19 +399,24 @@ async def run_all(args: argparse.Namespace, report: dict[str, Any], node: str | 
                 tag = f"{stamp[-6:]}-{target[:2]}{kind[0]}{workload[:2]}{i}"
                 print(f"[peers] {workload} {name} run {i + 1}/{args.repeat} …", file=sys.stderr, flush=True)
                 began = time.monotonic()
-                if workload == "fanout":
-                    r = await fanout_run(args, target, args.rate, args.duration, tag, node, kind)
-                    line = (f"ok={r['ok']} {r['server_cpu_us_per_delivery']:.2f} µs/delivery, "
-                            f"p50 {r['lat_p50_ms']:.2f} / p99 {r['lat_p99_ms']:.1f} ms, "
-                            f"redis {r['redis_cpu_us_per_event']:.1f} µs/event, missing {r['missing']}")
-                elif workload == "search":
-                    r = await search_run(args, target, tag, node, kind)
-                    line = f"highest rate held {r['max_rate_held']:g} events/s"
-                else:
-                    r = await connect_run(args, target, tag, node, kind)
-                    line = (f"{r['joined']}/{r['conns']} in {r['wall_s']:.2f} s = {r['connects_per_s']:,.0f}/s, "
-                            f"{r['server_cpu_us_per_connect']:.0f} µs CPU/connect, "
-                            f"{r['kib_per_socket']:.2f} KiB/socket, errors {r['errors']}")
+                try:
+                    if workload == "fanout":
+                        r = await fanout_run(args, target, args.rate, args.duration, tag, node, kind)
+                        line = (f"ok={r['ok']} {r['server_cpu_us_per_delivery']:.2f} µs/delivery, "
+                                f"p50 {r['lat_p50_ms']:.2f} / p99 {r['lat_p99_ms']:.1f} ms, "
+                                f"redis {r['redis_cpu_us_per_event']:.1f} µs/event, missing {r['missing']}")
+                    elif workload == "search":
+                        r = await search_run(args, target, tag, node, kind)
+                        line = f"highest rate held {r['max_rate_held']:g} events/s"
+                    else:
+                        r = await connect_run(args, target, tag, node, kind)
+                        line = (f"{r['joined']}/{r['conns']} in {r['wall_s']:.2f} s = {r['connects_per_s']:,.0f}/s, "
+                                f"{r['server_cpu_us_per_connect']:.0f} µs CPU/connect, "
+                                f"{r['kib_per_socket']:.2f} KiB/socket, errors {r['errors']}")
+                except (RuntimeError, TimeoutError, OSError) as exc:
+                    # One run that could not be set up (a timeout on a loaded machine): recorded, not fatal.
+                    r = {"target": target, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                    line = f"failed: {r['error']}"
                 r["run_s"] = time.monotonic() - began
                 report["runs"].setdefault(workload, {}).setdefault(name, []).append(r)
                 print(f"[peers]   {line} ({r['run_s']:.1f} s)", file=sys.stderr, flush=True)
@@ -420,13 +425,13 @@ async def run_all(args: argparse.Namespace, report: dict[str, Any], node: str | 
             keys = {k for _, k, *_ in [(w, k) for w, k, *_ in ROWS if w == workload]}
             m = {k: median_of(runs, k) for k in keys}
             m["all_ok"] = all(r["ok"] for r in runs)
-            if workload == "fanout":
-                shard_runs = [r["redis_shards"] for r in runs]
+            if workload == "fanout" and any("redis_shards" in r for r in runs):
+                shard_runs = [r["redis_shards"] for r in runs if "redis_shards" in r]
                 m["redis_shards"] = {label: {"cpu_us_per_event": median_of([s[label] for s in shard_runs],
                                                                            "cpu_us_per_event"),
                                              "events": median_of([s[label] for s in shard_runs], "events")}
                                      for label in shard_runs[0]}
-                m["redis"] = runs[0]["redis"]
+                m["redis"] = next(r["redis"] for r in runs if "redis" in r)
             report["medians"].setdefault(workload, {})[name] = m
 
 

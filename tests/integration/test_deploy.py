@@ -40,10 +40,11 @@ BASE = K8S / "base"
 TARGETS = {
     "base": BASE,
     "example": K8S / "overlays" / "example",
+    "redis-cluster": K8S / "overlays" / "redis-cluster",
     "podmonitors": K8S / "podmonitors",
     "loadtest": K8S / "loadtest",
 }
-APP_TARGETS = ("base", "example")  # the ones that deploy roomcast itself
+APP_TARGETS = ("base", "example", "redis-cluster")  # the ones that deploy roomcast itself
 MONITORING_API = "monitoring.coreos.com/v1"
 CRD_SCHEMAS = Path(__file__).with_name("schemas") / "monitoring.coreos.com_v1.json"
 # Kubernetes versions to validate against: the oldest we support (topologySpreadConstraints'
@@ -425,6 +426,29 @@ def test_roomcast_pods_read_config_secret_and_node_id(target: str) -> None:
         if c["name"] in ("gateway", "coordinator"):
             node = [e for e in c.get("env", []) if e["name"] == "NODE_ID"]
             assert node and node[0]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", f"{where}: NODE_ID"
+
+
+def test_redis_cluster_overlay_builds_redis_url_from_the_charts_secret() -> None:
+    """deploy/k8s/overlays/redis-cluster: the example overlay with REDIS_URL made from the Bitnami
+    redis-cluster chart's password Secret (expanded by Kubernetes: defined after the password),
+    naming the chart's Service; the URL is a valid setting. Everything else is the example's."""
+    docs = render("redis-cluster")
+    example = {ident(d): d for d in render("example")}
+    assert {ident(d) for d in docs} == set(example)
+    for name, container in (("roomcast-gateway", "gateway"), ("roomcast-coordinator", "coordinator")):
+        (c,) = [c for c in find(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]
+                if c["name"] == container]
+        env = [e["name"] for e in c["env"]]
+        assert env.index("REDIS_PASSWORD") < env.index("REDIS_URL"), env
+        password = next(e for e in c["env"] if e["name"] == "REDIS_PASSWORD")["valueFrom"]["secretKeyRef"]
+        assert password == {"name": "redis-cluster", "key": "redis-password"}
+        url = next(e for e in c["env"] if e["name"] == "REDIS_URL")["value"]
+        assert url == "redis://:$(REDIS_PASSWORD)@redis-cluster:6379/0"
+        loaded = Settings.load({**config_data(docs), **example_secret()["stringData"], "NODE_ID": "x",
+                                "REDIS_URL": url.replace("$(REDIS_PASSWORD)", "s3cretPassw0rd")})
+        assert loaded.redis_url == "redis://:s3cretPassw0rd@redis-cluster:6379/0"
+    # The migration Job needs no Redis: it keeps the example's environment.
+    assert find(docs, "Job", "roomcast-migrate") == example["Job/roomcast-migrate"]
 
 
 def test_migration_job() -> None:
