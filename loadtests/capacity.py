@@ -6,6 +6,7 @@ outside, before and after:
 
   rooms     --rooms host sockets (half on each gateway) each create a room (create_room).
   connect   --conns sockets connect, hello and join one of the rooms (half on each gateway).
+  idle      --idle-seconds with the sockets held and nothing sent: the fixed CPU per second.
   events    each room's host publishes ~--payload-bytes events, --events in all at --rate/s,
             every member receiving each (kept in the room's stream: below ROOM_HISTORY_MAXLEN).
 
@@ -150,6 +151,16 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             s2 = await probe.snap()
             out["connect"] = Probe.diff(s1, s2, max(1, joined)) | {
                 "joined": joined, "errors": [e for d in done for e in d["errors"]][:5]}
+            # Idle: what the held sockets cost per second with nothing happening (heartbeat
+            # flushes, pub/sub probes, Redis' own cron): the fixed part of the CPU figures.
+            await asyncio.sleep(args.idle_seconds)
+            s2i = await probe.snap()
+            idle_s = s2i["t"] - s2["t"]
+            out["idle"] = {"seconds": idle_s, "redis_cpu_cores": (s2i["redis_cpu_s"] - s2["redis_cpu_s"]) / idle_s,
+                           "gateway_cpu_cores": (s2i["gateway_cpu_s"] - s2["gateway_cpu_s"]) / idle_s,
+                           "commands_per_s": sum(c for c, _ in s2i["commandstats"].values()) / idle_s
+                           - sum(c for c, _ in s2["commandstats"].values()) / idle_s}
+            s2 = s2i
             # Phase 3: events, kept in the rooms' streams, delivered to every member.
             publish_s = await publish_paced(hosts, args.rate, args.events / args.rate)
             sent = sum(h.sent for h in hosts)
@@ -196,6 +207,9 @@ def summary(report: dict[str, Any]) -> str:
                  f"{ev['deliveries']:,.0f} deliveries of {ev['deliveries_expected']:,.0f} expected, "
                  f"gateway CPU {ev['gateway_cpu_us_per_delivery']:.2f} µs per delivery (both gateways)")
     lines.append(f"connect: {r['connect']['joined']:,} joined, errors {r['connect']['errors']}")
+    i = r["idle"]
+    lines.append(f"idle ({i['seconds']:.1f} s, sockets held): Redis {i['redis_cpu_cores'] * 1000:.1f} ms CPU/s, "
+                 f"gateways {i['gateway_cpu_cores'] * 1000:.1f} ms CPU/s, {i['commands_per_s']:.0f} Redis commands/s")
     for phase in ("rooms", "connect", "events"):
         cmds = r[phase]["commands"]
         top = ", ".join(f"{name} {c['per_op']:.2f} x {c['usec_per_call']:.1f} µs" for name, c in list(cmds.items())[:6])
@@ -218,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--redis", default="single", choices=KINDS)
     ap.add_argument("--shards", type=int, default=3)
     ap.add_argument("--cluster-replicas", type=int, default=1)
+    ap.add_argument("--idle-seconds", type=float, default=5.0, help="the idle measurement after the connects")
     ap.add_argument("--max-seconds", type=float, default=600.0)
     ap.add_argument("--out", help="JSON result file (default test-output/capacity-<time>.json)")
     args = ap.parse_args(argv)
