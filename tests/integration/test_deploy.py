@@ -733,6 +733,16 @@ def test_dockerignore_keeps_the_context_small() -> None:
 # ---------------------------------------------------------------- docs/kubernetes.md
 
 
+def test_scaling_doc_names_real_files_and_the_overlay() -> None:
+    """docs/scaling.md (capacity model, Redis Cluster on Kubernetes) names files that exist, and
+    the overlay it describes."""
+    text = (ROOT / "docs" / "scaling.md").read_text(encoding="utf-8")
+    for path in set(re.findall(r"\b((?:deploy|loadtests)/[\w./-]*\w)", text)):
+        assert (ROOT / path).exists(), f"docs/scaling.md names {path}, which does not exist"
+    for name in ("deploy/k8s/overlays/redis-cluster", "redis-url.yaml", "REDIS_URL", "rediss://", "loadtests/capacity.py"):
+        assert name in text, f"docs/scaling.md does not mention {name}"
+
+
 def test_kubernetes_walkthrough_names_real_files() -> None:
     walkthrough = ROOT / "docs" / "kubernetes.md"
     assert walkthrough.is_file(), "docs/kubernetes.md (the Kubernetes walkthrough) is missing"
