@@ -138,6 +138,7 @@ class RedisClusterServer:
     entry: int = 0  # the node `url` names
     tls: dict[str, Path] | None = None  # TLS only (clients, the cluster bus, replication)
     password: str | None = None
+    extra: tuple[str, ...] = ()  # more redis-server arguments for every node
 
     @property
     def url(self) -> str:
@@ -180,7 +181,7 @@ class RedisClusterServer:
                     "--cluster-node-timeout", str(self.node_timeout_ms), "--dir", str(folder),
                     "--cluster-require-full-coverage", "no", "--cluster-allow-reads-when-down", "no",
                     # Replicas in sync at once (no 5 s diskless delay), and always eligible to take over.
-                    "--repl-diskless-sync-delay", "0", "--cluster-replica-validity-factor", "0"))
+                    "--repl-diskless-sync-delay", "0", "--cluster-replica-validity-factor", "0", *self.extra))
                 self.nodes.append(node.start())
             auth = ["--tls", "--cacert", str(self.tls["ca"])] if self.tls else []
             if self.password:
@@ -243,144 +244,65 @@ class RedisClusterServer:
 # ---------------------------------------------------------------- redis cluster (sharded pub/sub tests)
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def cluster_port(taken: set[int]) -> int:
-    """A free port below 55536 whose cluster bus port (+10000) is free too."""
-    for _ in range(1000):
-        port = free_port()
-        if port < 55536 and port not in taken and port + 10000 not in taken and _bindable(port + 10000):
-            return port
-    import random
-
-    for _ in range(1000):
-        port = random.randrange(20000, 45000)
-        if port not in taken and _bindable(port) and _bindable(port + 10000):
-            return port
-    raise RuntimeError("no free port pair for a Redis Cluster node")
-
-
 @dataclass
 class PubSubRedisCluster:
-    """A throwaway Redis Cluster: `primaries` primaries with one replica each, from `redis-server
-    --cluster-enabled yes` and `redis-cli --cluster create`, on free 127.0.0.1 ports below 55536
-    (the cluster bus is port + 10000), node dirs in a temp folder, every process stopped by pid.
-    `cluster-node-timeout` is `node_timeout_ms`; replicas may always take over (validity factor 0)."""
+    """The sharded pub/sub tests' view of a `RedisClusterServer` (3 primaries + 3 replicas,
+    `cluster-node-timeout` `node_timeout_ms`, replicas always eligible to take over, sharded
+    pub/sub allowed while a shard is down): its nodes addressed by port. One fixture, two views."""
 
     primaries: int = 3
     node_timeout_ms: int = 2000
-    ports: list[int] | None = None
-    procs: dict[int, subprocess.Popen[bytes]] | None = None
-    base: Path | None = None
+    server: RedisClusterServer | None = None
+
+    def start(self) -> PubSubRedisCluster:
+        self.server = RedisClusterServer(primaries=self.primaries, replicas=1, node_timeout_ms=self.node_timeout_ms,
+                                         extra=("--cluster-allow-pubsubshard-when-down", "yes")).start()
+        return self
+
+    @property
+    def ports(self) -> list[int] | None:
+        return [n.port for n in self.server.nodes] if self.server else None
 
     @property
     def url(self) -> str:
         """A URL naming one node (the first); clients discover the others."""
-        assert self.ports
-        return f"redis://127.0.0.1:{self.ports[0]}/0"
+        assert self.server is not None
+        return self.server.url
 
-    def _spawn(self, port: int) -> None:
-        assert self.base is not None and self.procs is not None
-        d = self.base / str(port)
-        d.mkdir(exist_ok=True)
-        args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--protected-mode", "no", "--dir", str(d), "--logfile", str(d / "redis.log"),
-                "--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf"),
-                "--cluster-node-timeout", str(self.node_timeout_ms), "--cluster-replica-validity-factor", "0",
-                "--cluster-require-full-coverage", "no", "--cluster-allow-pubsubshard-when-down", "yes"]
-        self.procs[port] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-
-    def start(self) -> PubSubRedisCluster:
-        import tempfile
-
-        self.base = Path(tempfile.mkdtemp(prefix="roomcast-rcluster-"))
-        self.procs = {}
-        taken: set[int] = set()
-        self.ports = []
-        for _ in range(self.primaries * 2):
-            port = cluster_port(taken)
-            taken.update((port, port + 10000))
-            self.ports.append(port)
-        for port in self.ports:
-            self._spawn(port)
-        deadline = time.monotonic() + 10 * TIME_SCALE
-        for port in self.ports:
-            while self.cli(port, "PING") != "PONG":
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise TimeoutError(f"redis-server on {port} did not start")
-                time.sleep(0.02)
-        out = subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
-                              "--cluster-replicas", "1", "--cluster-yes"], capture_output=True, text=True,
-                             timeout=60)
-        if out.returncode != 0:
-            self.stop()
-            raise RuntimeError(f"redis-cli --cluster create failed: {out.stdout}{out.stderr}")
-        self.wait_healthy(30 * TIME_SCALE)
-        return self
+    def _node(self, port: int) -> RedisServer:
+        assert self.server is not None
+        return next(n for n in self.server.nodes if n.port == port)
 
     def wait_healthy(self, timeout: float) -> None:
         """Until every live node reports cluster_state:ok, and each primary has a synced replica."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            live = [p for p in self.live_ports()]
-            ok = all("cluster_state:ok" in self.cli(p, "CLUSTER", "INFO") for p in live)
-            synced = all("master_link_status:up" in self.cli(p, "INFO", "replication")
-                         for p in live if "role:slave" in self.cli(p, "INFO", "replication"))
-            if ok and synced and len(self.primary_ports()) == self.primaries:
-                return
-            time.sleep(0.1)
-        raise TimeoutError("the Redis Cluster did not become healthy")
+        assert self.server is not None
+        self.server.wait_ok(timeout / TIME_SCALE)
 
     def live_ports(self) -> list[int]:
-        assert self.procs is not None
-        return [p for p, proc in self.procs.items() if proc.poll() is None]
+        return [n.port for n in self.server.nodes if n.proc is not None] if self.server else []
 
     def primary_ports(self) -> list[int]:
-        return [p for p in self.live_ports() if "role:master" in self.cli(p, "INFO", "replication")]
+        return [n.port for n in self.server.primary_nodes()] if self.server else []
 
     def owner_port(self, key: str) -> int:
-        """The port of the primary that owns `key`'s slot (as the live nodes see it)."""
-        for p in self.live_ports():
-            slot = self.cli(p, "CLUSTER", "KEYSLOT", key)
-            for line in self.cli(p, "CLUSTER", "NODES").splitlines():
-                f = line.split()
-                if "master" in f[2] and "fail" not in f[2]:
-                    for r in f[8:]:
-                        a, _, b = r.partition("-")
-                        if a.isdigit() and int(a) <= int(slot) <= int(b or a):
-                            return int(f[1].split(":")[1].split("@")[0])
-        raise LookupError(key)
+        """The port of the primary that owns `key`'s slot."""
+        assert self.server is not None
+        return self.server.node_of(key).port
 
     def kill(self, port: int) -> None:
         """SIGKILL one node (a crash: no failover handshake)."""
-        assert self.procs is not None
-        proc = self.procs[port]
-        proc.kill()
-        proc.wait()
+        self._node(port).kill()
 
     def stop(self) -> None:
-        import shutil
-
-        for proc in (self.procs or {}).values():
-            stop_process(proc, 5)
-        self.procs = {}
-        if self.base is not None:
-            shutil.rmtree(self.base, ignore_errors=True)
+        if self.server is not None:
+            self.server.stop()
 
     def cli(self, port: int, *args: str) -> str:
+        """A command on one node ("" if it does not answer)."""
         try:
-            out = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10)
+            return self._node(port).cli(*args)
         except subprocess.TimeoutExpired:
             return ""
-        return out.stdout.strip()
 
 
 # ---------------------------------------------------------------- postgres
