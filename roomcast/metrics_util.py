@@ -27,6 +27,7 @@ class RedirectsCollector:
     Register it on a registry: `registry.register(RedirectsCollector(batcher.redirects.counts))`."""
 
     NAME = "roomcast_redis_redirects"
+    LABELS = ("kind", "node")
     HELP = ("MOVED and ASK replies from Redis Cluster nodes (slot map stale, or a slot migrating), "
             "by kind (moved, ask) and the node (host:port) that sent them.")
 
@@ -39,7 +40,7 @@ class RedirectsCollector:
     def collect(self) -> Any:
         from prometheus_client.core import CounterMetricFamily
 
-        family = CounterMetricFamily(self.NAME, self.HELP, labels=["kind", "node"])
+        family = CounterMetricFamily(self.NAME, self.HELP, labels=list(self.LABELS))
         for (kind, node), n in sorted(self.counts.items()):
             family.add_metric([kind, node], float(n))
         yield family

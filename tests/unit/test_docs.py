@@ -17,6 +17,7 @@ from gateway.metrics import Metrics
 from roomcast import docgen
 from roomcast.errors import CloseCode, ErrorCode
 from roomcast.history.flusher import FlusherMetrics
+from roomcast.metrics_util import RedirectsCollector
 from roomcast.protocol import MESSAGE_TYPES, RESERVED_EVENT_TYPES, ROOM_STATUSES
 from roomcast.settings import SPECS, markdown_table
 
@@ -137,6 +138,8 @@ def _exported_metrics() -> dict[str, tuple[str, frozenset[str]]]:
             (family,) = value.describe()
             name = family.name + ("_total" if family.type == "counter" else "")
             metrics[name] = (family.type, frozenset(value._labelnames))
+    # Collected at scrape time (gateway and coordinator register it beside their metrics).
+    metrics[RedirectsCollector.NAME + "_total"] = ("counter", frozenset(RedirectsCollector.LABELS))
     return metrics
 
 
