@@ -443,3 +443,47 @@ def _report(logs: dict[str, list[Publish]], victim_rooms: set[str], killed: floa
         },
         "readyz_not_200": sum(1 for _, _, s, _ in watch.readyz if s != 200),
     }
+
+
+async def test_first_command_after_a_failover_is_not_failed_by_a_stale_slot_map() -> None:
+    """The batcher's slot map may still name the dead primary after its replica took over
+    (it was refreshed while the failover was under way, and no command failed since). The
+    first command for those slots is refused by the dead node, so it cannot have run: the
+    batcher refreshes the map and sends it once more, to the new primary, instead of failing
+    it with `unavailable`."""
+    from roomcast.errors import ErrorCode, GatewayError
+    from roomcast.redis.batch import Batcher, cmd
+    from roomcast.redis.client import make_client
+
+    with redis_of_kind("redis-cluster") as redis:
+        assert isinstance(redis, RedisClusterServer)
+        batcher = Batcher(make_client(redis.url))
+        try:
+            assert await batcher.detect()
+            victim = next(n for n in redis.primary_nodes() if n.port != redis.port)
+            dead_key = next(f"k{{{n}}}" for n in range(1000) if redis.node_of(f"k{{{n}}}").port == victim.port)
+            live_key = next(f"k{{{n}}}" for n in range(1000) if redis.node_of(f"k{{{n}}}").port != victim.port)
+            assert await batcher.call(cmd("set", dead_key, "kept"))
+            assert victim.cli("WAIT", "1", "2000") == "1"  # on its replica too
+            victim.kill()
+            killed = time.monotonic()
+            with pytest.raises(GatewayError) as exc:
+                await batcher.call(cmd("get", dead_key))
+            assert exc.value.code is ErrorCode.UNAVAILABLE
+            await asyncio.sleep(0.3)  # a refresh is due: the next batch makes one
+            assert await batcher.call(cmd("incr", live_key)) == 1  # refreshed: the map still names the dead node
+            polls = 0
+            while True:  # the replica takes over (no batcher command meanwhile)
+                assert time.monotonic() - killed < RECOVERY_BOUND * UNIT, "no failover"
+                with contextlib.suppress(LookupError):
+                    if redis.node_of(dead_key).port != victim.port:
+                        break
+                polls += 1
+                await asyncio.sleep(0.1)
+            assert polls, "the failover was over before the map was refreshed"
+            await asyncio.sleep(0.3)
+            retried = batcher.retried
+            assert await batcher.call(cmd("get", dead_key)) == b"kept"  # the first try, not `unavailable`
+            assert batcher.retried == retried + 1
+        finally:
+            await batcher.aclose()
