@@ -311,6 +311,9 @@ class RedisLink:
             await asyncio.sleep(interval)
 
     def _observe_shards(self, shards: dict[str, bool]) -> None:
+        for gone in set(self.node.redis_shards) - set(shards):  # slots resharded: no stale series
+            with contextlib.suppress(KeyError):
+                self.metrics.redis_shard_up.remove(gone)
         self.node.redis_shards = shards
         for label, up in shards.items():
             self.metrics.redis_shard_up.labels(label).set(1 if up else 0)

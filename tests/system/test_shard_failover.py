@@ -272,6 +272,7 @@ async def _run(redis: RedisClusterServer, c: Cluster) -> None:
         await asyncio.sleep(1.5)  # > LOSS_WINDOW of acked traffic before the kill
         assert all((s, g) == (200, g) for _, g, s, _ in watch.readyz), "a gateway was not ready before the kill"
 
+        conns_before = _connections_received(redis, victim.port)
         victim.kill()
         killed = time.monotonic()
 
@@ -316,6 +317,10 @@ async def _run(redis: RedisClusterServer, c: Cluster) -> None:
         final_scrapes = [parse_metrics((await ahttp_get(g.http + "/metrics"))[1]) for g in c.gateways]
         report = _report(logs, victim_rooms, killed, recovered, back, label, watch)
         report["failed_shard"]["delivered_again_after_s"] = delivered
+        # Connections the live primaries accepted during the failover and the rest of the run
+        # (redis-py reconnects to every node after each slot-map refresh): for the report only.
+        report["live_primaries_connections_received"] = {
+            str(p): n - conns_before.get(p, 0) for p, n in _connections_received(redis, victim.port).items()}
         OUTPUT.mkdir(exist_ok=True)
         (OUTPUT / f"shard-failover-{int(time.time())}.json").write_bytes(
             orjson.dumps(report, option=orjson.OPT_INDENT_2))
@@ -404,6 +409,16 @@ async def _run(redis: RedisClusterServer, c: Cluster) -> None:
             await m.close()
 
 
+def _connections_received(redis: RedisClusterServer, victim: int) -> dict[int, int]:
+    out = {}
+    for n in redis.primary_nodes():
+        if n.port != victim:
+            for line in n.cli("INFO", "stats").splitlines():
+                if line.startswith("total_connections_received:"):
+                    out[n.port] = int(line.split(":")[1])
+    return out
+
+
 def _alert_expression_true(watch: Watch, label: str, killed: float, recovered: float) -> list[float]:
     """The times at which `max by (shard) (roomcast_pubsub_shard_connected) == 0` held for the
     shard, taking each gateway's latest scrape (as Prometheus would at that instant)."""
@@ -435,6 +450,9 @@ def _report(logs: dict[str, list[Publish]], victim_rooms: set[str], killed: floa
             "publishes": len(live), "in_failover_window": len(during),
             "p50": lat[len(lat) // 2] if lat else None, "p99": lat[int(len(lat) * 0.99)] if lat else None,
             "max": lat[-1] if lat else None, "not_acked_within_bound": slow,
+            "max_in_failover_window": max((p.latency for p in during), default=None),
+            "max_outside": max((p.latency for p in live if p not in during), default=None),
+            "slowest": sorted(((round(p.latency, 3), round(p.sent - killed, 2)) for p in live), reverse=True)[:5],
         },
         "failed_shard": {
             "publishes": len(failed), "acked": sum(p.acked for p in failed),
