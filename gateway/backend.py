@@ -201,6 +201,9 @@ class RedisLink:
         self.redis_ok = False
         self.bus_ok = False
         self.outage = OutageLog(log, "redis")
+        self.registration = OutageLog(log, "redis shard of ws:nodes")
+        self._shard_keys: tuple[object, dict[str, str]] = (None, {})
+        self._shards_down: set[str] = set()
         self.was_up = False
         self.reregister_due = False  # set when Redis came back; cleared once sockets are back
         self.closing = False
@@ -253,31 +256,76 @@ class RedisLink:
             self.outage.recovered("re-registering local sockets" if self.was_up else "")
             self.was_up = True
 
+    def _shard_checks(self) -> dict[str, asyncio.Future[object]]:
+        """Redis Cluster: one read per shard (a key in a slot its primary serves, as the bus's
+        slot map has it), queued now, by shard label (its first slot range, as the bus labels it)."""
+        m = self.bus.map
+        if not self.batcher.cluster or m is None or not m.cluster:
+            return {}
+        if self._shard_keys[0] is not m:
+            self._shard_keys = (m, {f"{r[0][0]}-{r[0][1]}": f"ws:probe:{{{m.tag_in(addr, 'h')}}}"
+                                    for addr, r in m.primaries().items()})
+        return {label: self.batcher.call(cmd("exists", key)) for label, key in self._shard_keys[1].items()}
+
     async def _heartbeat(self) -> None:
-        """Every tick: ping Redis, register this replica (with a TTL), flush presence."""
+        """Every tick: ping Redis, register this replica (with a TTL), flush presence.
+
+        On a Redis Cluster each shard is also checked: the replica stays ready while any shard
+        answers (requests on a dead shard's rooms get `unavailable`, the others' work), and
+        reports each shard in /readyz and roomcast_redis_shard_up. Registration and the ping go
+        to the shard of ws:nodes; its failing alone does not make the replica unready."""
         s = self.settings
         interval = min(1.0, s.node_ttl_ms / 3000)
         while True:
+            checks: dict[str, asyncio.Future[object]] = {}
+            error: object = None
             try:
                 started = time.perf_counter()
                 b = self.batcher
                 b.call(cmd("set", keys.node(s.node_id), str(now_ms()), px=s.node_ttl_ms))
                 b.call(cmd("zadd", keys.NODES, {s.node_id: now_ms()}))
                 replicas = b.call(cmd("zcount", keys.NODES, now_ms() - s.node_ttl_ms, "+inf"))
+                checks = self._shard_checks()
                 await b.call(cmd("ping"))
                 self.metrics.replicas.set(int(await replicas))
                 self.metrics.redis_rtt.observe(time.perf_counter() - started)
                 if not self.redis_ok:
                     await self.batcher.load_scripts()
                 self.redis_ok = True
-            except Exception as exc:  # any failure means not ready; logged once per outage
-                self.outage.failed(exc, _CONSEQUENCE)
+                self.registration.recovered()
+            except Exception as exc:  # any failure means not ready (but see the shards); logged once
                 self.redis_ok = False
+                error = exc
+            shards = dict(zip(checks, [not isinstance(r, BaseException) for r in
+                                       await asyncio.gather(*checks.values(), return_exceptions=True)], strict=True))
+            self._observe_shards(shards)
+            if not self.redis_ok:
+                if self.was_up and any(shards.values()):
+                    # Only some shards are down (failing over): still ready for the others' rooms.
+                    self.registration.failed(error, "this replica's registration and ping wait for its shard")
+                    self.redis_ok = True
+                else:
+                    self.outage.failed(error, _CONSEQUENCE)
             self._update()
             if self.reregister_due and self.node.backend_ok:
                 # Until every local socket and room is back in Redis; retried each tick.
                 self.reregister_due = not await self.node.reregister()
             await asyncio.sleep(interval)
+
+    def _observe_shards(self, shards: dict[str, bool]) -> None:
+        for gone in set(self.node.redis_shards) - set(shards):  # slots resharded: no stale series
+            with contextlib.suppress(KeyError):
+                self.metrics.redis_shard_up.remove(gone)
+        self.node.redis_shards = shards
+        for label, up in shards.items():
+            self.metrics.redis_shard_up.labels(label).set(1 if up else 0)
+            if up and label in self._shards_down:
+                self._shards_down.discard(label)
+                log.info("redis shard %s answers again", label)
+            elif not up and label not in self._shards_down:
+                self._shards_down.add(label)
+                log.warning("redis shard %s does not answer: its rooms get `unavailable` until it or its "
+                            "replica is back; the other shards' rooms are served", label)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

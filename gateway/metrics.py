@@ -78,6 +78,10 @@ class Metrics:
             "roomcast_pubsub_shard_failovers",
             "Times this replica saw another node take over a shard's slots (a replica promoted), by shard.",
             ["shard"], registry=r)
+        self.redis_shard_up = Gauge(
+            "roomcast_redis_shard_up",
+            "1 while the shard's primary answers this replica's commands (its per-second check), by shard "
+            "(Redis Cluster only). /readyz lists the same.", ["shard"], registry=r)
         self._shard_totals: dict[str, tuple[int, int]] = {}
         self.pubsub_lag = Histogram(
             "roomcast_pubsub_lag_seconds", "Time from an event's creation (its ts) to its fan-out on this replica.",

@@ -197,7 +197,8 @@ class Node(Handshake, RoomCommands):
                     for hook in self.upkeep_hooks:
                         await hook(now_ms())
             except GatewayError as exc:
-                if self.backend_ok:  # an outage is logged once, by the backend
+                # An outage (of Redis, or of one Redis Cluster shard) is logged once, by the backend.
+                if self.backend_ok and all(self.redis_shards.values()):
                     log.warning("upkeep: %s", exc.message)
 
     @property

@@ -87,6 +87,8 @@ class NodeBase:
         # Called with the stall's length (s) after one: the backend may re-register sockets.
         self.on_stall: Callable[[float], None] | None = None
         self.backend_ok = True  # false while a required backend (Redis) is unreachable
+        # Redis Cluster: each shard (slot range label) -> whether its primary answers (/readyz lists it).
+        self.redis_shards: dict[str, bool] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         metrics.ready.set(1)
 

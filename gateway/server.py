@@ -210,9 +210,13 @@ class Gateway:
         if path == "/healthz":
             return _text(200, "ok\n")
         if path == "/readyz":
+            # Redis Cluster: one line per shard. A shard down does not make the replica unready
+            # (the others' rooms still work here, and every replica shares the same shards).
+            shards = "".join(f"shard {label} {'up' if up else 'down'}\n"
+                             for label, up in sorted(self.node.redis_shards.items()))
             if self.node.accepting:
-                return _text(200, "ready\n")
-            return _text(503, "draining\n" if not self.node.ready else "backend unavailable\n")
+                return _text(200, "ready\n" + shards)
+            return _text(503, ("draining\n" if not self.node.ready else "backend unavailable\n") + shards)
         if path == "/metrics":
             return self.metrics_response()
         static = self.static.get(path)

@@ -115,6 +115,7 @@ class _Shard:
         self.task: asyncio.Task[None] | None = None
         self._auth: asyncio.Future[None] | None = None
         self._unsub_pending: dict[bytes, int] = {}
+        self._wake = asyncio.Event()  # set when `addr` changed: reconnect now, not after the backoff
 
     def send(self, *args: str | bytes) -> None:
         proto = self.proto
@@ -188,8 +189,13 @@ class _Shard:
                 self._unsub_pending.clear()
                 bus.session_ended(self, was)
             self.reconnects += 1
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            if not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                delay = min(delay * 2, 2.0)
+            else:
+                delay = 0.1  # a new address (a failover): its first attempt is not a retry
+            self._wake.clear()
 
     async def _session(self) -> None:
         bus = self.bus
@@ -486,6 +492,7 @@ class RedisBus:
                 shard.addr = heir
                 shard.failovers += 1
                 taken.add(heir)
+                shard._wake.set()  # the new primary at once, not after the dead one's backoff
                 shard.reconnect()
         for shard in self.shards.values():
             if shard.probe_channel == b"" or (shard.addr in primaries and m.owner(slot_of(shard.probe_channel))
@@ -552,10 +559,11 @@ class RedisBus:
                     await asyncio.Event().wait()  # one Redis: its slots never move
                 self._refresh.clear()
                 if self._homeless or any(not s.connected.is_set() for s in self.shards.values()):
-                    # Something is not placed or not up yet: look again soon (bounded backoff).
+                    # Something is not placed or not up yet: look again soon (bounded backoff; at
+                    # most 0.5 s apart, so a promoted replica is found soon after it takes over).
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._refresh.wait(), delay)
-                    delay = min(delay * 2, 2.0)
+                    delay = min(delay * 2, 0.5)
                 else:
                     delay = 0.1
                     with contextlib.suppress(TimeoutError):

@@ -46,6 +46,17 @@ UNAVAILABLE = "redis unavailable; retry"
 _DOWN = (RedisConnectionError, RedisTimeoutError, ClusterDownError, OSError)
 
 
+def _not_run(result: object) -> bool:
+    """Whether a cluster command's failure proves it did not run: its node refused the
+    connection or did not accept it in time (nothing was sent), or it answered CLUSTERDOWN."""
+    if isinstance(result, ClusterDownError):
+        return True
+    if isinstance(result, RedisTimeoutError):
+        return str(result) == "Timeout connecting to server"
+    return isinstance(result, RedisConnectionError) and isinstance(result.__context__, OSError) \
+        and " connecting to " in str(result)
+
+
 def cmd(name: str, *args: Any, **kwargs: Any) -> Op:
     """An op that adds one named redis-py command to the pipeline."""
     if name in ("publish", "ping"):
@@ -83,6 +94,7 @@ class Batcher:
         self._running = False
         self.batches = 0
         self.commands = 0
+        self.retried = 0  # commands sent again after a refresh (_retry_not_run)
         self.on_batch: Callable[[int, float], None] | None = None
         self.scripts: list[Script] = []
         self.redirects = Redirects()  # MOVED/ASK replies by node (cluster mode; read by the metrics)
@@ -168,7 +180,7 @@ class Batcher:
 
     async def _execute(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> list[Any]:
         if self.cluster:
-            return await self._execute_per_node(batch)
+            return await self._retry_not_run(batch, await self._execute_per_node(batch))
         pipe = self.client.pipeline(transaction=False)
         for op, _ in batch:
             op(pipe)
@@ -230,6 +242,24 @@ class Batcher:
         for indexes, reply in zip(groups.values(), replies, strict=True):
             for i, r in zip(indexes, reply, strict=True):
                 results[i] = r
+        return results
+
+    async def _retry_not_run(self, batch: list[tuple[Op, asyncio.Future[Any]]], results: list[Any]) -> list[Any]:
+        """A Redis Cluster after a failover: the slot map may still name the dead primary, so a
+        command for its slots fails although its replica has taken over. Commands known not to
+        have run (the node refused the connection or timed out connecting: nothing was sent; or
+        it answered CLUSTERDOWN) are sent once more after a slot-map refresh, when one is due,
+        so the client does not see that `unavailable`. Nothing that may have run is resent (a
+        timeout or a connection lost after sending: the client's own retry, with its
+        idempotency key, decides). MOVED and ASK are followed by redis-py itself."""
+        again = [i for i, r in enumerate(results) if _not_run(r)]
+        if not again or asyncio.get_running_loop().time() < self._next_refresh:
+            return results
+        self._stale_map = True
+        log.debug("redis: %d commands not run on a dead node; refreshing the slot map and retrying once", len(again))
+        for i, r in zip(again, await self._execute_per_node([batch[i] for i in again]), strict=True):
+            results[i] = r
+        self.retried += len(again)
         return results
 
     async def _run(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
