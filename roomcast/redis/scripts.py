@@ -150,6 +150,17 @@ local function del_sock(socks, s)
 end
 """
 
+
+def split_prelude(source: str) -> tuple[str, str]:
+    """(helpers, body) of a script: the helper functions it starts with (PRELUDE, SOCKETS) and
+    the rest. A Redis Function library defines the helpers once, at load, and runs the body per
+    call (roomcast/redis/batch.py, Script); EVALSHA runs the whole source."""
+    for helpers in (PRELUDE + SOCKETS, PRELUDE):
+        if source.startswith(helpers):
+            return helpers, source[len(helpers):]
+    return "", source
+
+
 # ARGV: room_id game_type max_players game_data now device socket user sender password_hash epoch maxlen
 #       spectator_events('1'/'0')   (maxlen '0' = do not trim: history mode)
 CREATE = PRELUDE + r"""
