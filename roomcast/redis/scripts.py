@@ -32,29 +32,35 @@ local function mfmt(role, status, sock, user, joined)
   return role .. '|' .. status .. '|' .. sock .. '|' .. user .. '|' .. joined
 end
 local function emit(room_id, tail, now, maxlen)
-  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-  redis.call('HSET', KEYS[1], 'updated_at', now)
+  -- One read and one write of the room hash per event (seq, updated_at and the stream's byte
+  -- total `hbytes` together), instead of an HINCRBY/HSET each: fewer calls is most of what an
+  -- event costs inside Redis (docs/benchmarks.md, "Redis cost per event").
+  local h = redis.call('HMGET', KEYS[1], 'seq', 'hbytes', 'flushed')
+  local seq = tonumber(h[1] or '0') + 1
   local frame = '{"type":"event","room_id":"' .. room_id .. '","seq":' .. seq .. ',' .. tail
   redis.call('XADD', KEYS[4], seq .. '-0', 'f', frame)
-  if maxlen ~= '0' then  -- '0': no trimming here at all
+  if maxlen == '0' then  -- '0': no trimming here at all
+    redis.call('HSET', KEYS[1], 'seq', seq, 'updated_at', now)
+  else
     -- maxlen is "<events>:<bytes>" (or "<events>"): drop the oldest entries, exactly, until
     -- both hold; the newest is always kept. `hbytes` is the frames' total in the stream.
     local most, most_bytes = string.match(maxlen, '^(%d+):(%d+)$')
     most, most_bytes = tonumber(most or maxlen), tonumber(most_bytes or '0')
-    local kept = redis.call('HINCRBY', KEYS[1], 'hbytes', #frame)
+    local kept = tonumber(h[2] or '0') + #frame
     local n = redis.call('XLEN', KEYS[4])
     -- History mode ("0:<bytes>"): only events Postgres holds (seq <= `flushed`, which the
     -- flusher sets) may go, and none by count (the flusher keeps its own count).
     local flushed = math.huge
-    if most == 0 then flushed = tonumber(redis.call('HGET', KEYS[1], 'flushed') or '0') end
+    if most == 0 then flushed = tonumber(h[3] or '0') end
     while n > 1 and ((most > 0 and n > most) or (most_bytes > 0 and kept > most_bytes)) do
       local old = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)[1]
       if tonumber(string.match(old[1], '^(%d+)')) > flushed then break end
       redis.call('XDEL', KEYS[4], old[1])
-      kept = redis.call('HINCRBY', KEYS[1], 'hbytes', -#(old[2][2] or ''))
+      kept = kept - #(old[2][2] or '')
       n = n - 1
     end
-    if n == 1 then redis.call('HSET', KEYS[1], 'hbytes', #frame) end  -- resync after any drift
+    if n == 1 then kept = #frame end  -- resync after any drift
+    redis.call('HSET', KEYS[1], 'seq', seq, 'updated_at', now, 'hbytes', kept)
   end
   redis.call('SPUBLISH', 'ws:room:{' .. room_id .. '}:events', frame)
   return seq
