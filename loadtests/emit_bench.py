@@ -48,6 +48,8 @@ async def one_run(args: argparse.Namespace, tag: str) -> dict[str, Any]:
     batcher = Batcher(make_client(redis.url))
     try:
         store = RedisStore(batcher)
+        if args.redis_py:
+            batcher.lean = None  # the A side: every batch through redis-py
         if args.evalsha:
             batcher.functions = False  # the A side: scripts by EVALSHA
         await batcher.load_scripts()
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=1000.0, help="events/s in total (0: unpaced)")
     ap.add_argument("--per-tick", type=int, default=1, help="publishes queued per loop tick")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--redis-py", action="store_true", help="send every batch through redis-py, not the lean connection (A/B)")
     ap.add_argument("--evalsha", action="store_true", help="run the scripts by EVALSHA, not as Functions (A/B)")
     ap.add_argument("--max-seconds", type=float, default=60.0)
     ap.add_argument("--out", help="JSON result file")

@@ -38,6 +38,8 @@ from roomcast.errors import ErrorCode, GatewayError
 from roomcast.redis import keys
 from roomcast.redis import scripts as lua
 from roomcast.redis.client import is_cluster, key_slot, make_cluster_client
+from roomcast.redis.lean import LeanConnection
+from roomcast.redis.resp import encode_command
 
 log = logging.getLogger("roomcast.redis")
 
@@ -87,8 +89,23 @@ class Script:
 def _forgotten(result: object) -> bool:
     """A call Redis could not run because it forgot the script or function (a restart, a
     FUNCTION FLUSH, a failover to a node that never had it): load again and rerun it."""
-    return isinstance(result, NoScriptError) or (
-        isinstance(result, ResponseError) and str(result).startswith("Function not found"))
+    if isinstance(result, NoScriptError):
+        return True
+    text = str(result) if isinstance(result, ResponseError) else ""
+    return "Function not found" in text or text.startswith("NOSCRIPT")  # redis-py's / the lean reader's
+
+
+class Raw:
+    """An op that is one raw command (a script call): the Batcher may send a batch made only of
+    these on its lean connection (roomcast/redis/lean.py) instead of through redis-py."""
+
+    __slots__ = ("args",)
+
+    def __init__(self, args: tuple[Any, ...]) -> None:
+        self.args = args
+
+    def __call__(self, pipe: Any) -> Any:
+        return pipe.execute_command(*self.args)
 
 
 class Batcher:
@@ -107,6 +124,9 @@ class Batcher:
         self.commands = 0
         self.on_batch: Callable[[int, float], None] | None = None
         self.scripts: list[Script] = []
+        # Batches of script calls only, on one Redis, go out on this connection (lean.py).
+        url = getattr(client, "url", "")
+        self.lean: LeanConnection | None = LeanConnection(url) if url else None
         # Whether the server has Redis Functions (FUNCTION LOAD/FCALL): not known until load_scripts().
         self.functions: bool | None = None
 
@@ -170,6 +190,8 @@ class Batcher:
             await self.client.script_load(script.source)
 
     async def aclose(self) -> None:
+        if self.lean is not None:
+            self.lean.close()
         if self.client is not self.single:
             await self.client.aclose()
         await self.single.aclose()
@@ -187,7 +209,7 @@ class Batcher:
         """Queue one script run (FCALL, or EVALSHA without Functions); the future gets its reply."""
         # The raw command: redis-py blocks `evalsha` in cluster pipelines (it routes EVALSHA by its keys).
         prefix = script.fcall_prefix if self.functions else script.evalsha_prefix
-        return self.call(lambda pipe: pipe.execute_command(*prefix, len(keys), *keys, *args))
+        return self.call(Raw((*prefix, len(keys), *keys, *args)))
 
     async def _drain(self) -> None:
         try:
@@ -202,6 +224,8 @@ class Batcher:
     async def _execute(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> list[Any]:
         if self.cluster:
             return await self._execute_per_node(batch)
+        if self.lean is not None and all(type(op) is Raw for op, _ in batch):
+            return await self.lean.execute([encode_command(*op.args) for op, _ in batch])  # type: ignore[attr-defined]
         pipe = self.client.pipeline(transaction=False)
         for op, _ in batch:
             op(pipe)
