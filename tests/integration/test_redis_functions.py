@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from loadtests.services import RedisClusterServer, RedisServer
 from roomcast.errors import ErrorCode, GatewayError
 from roomcast.protocol import event_tail
 from roomcast.redis import keys
@@ -19,8 +20,6 @@ from roomcast.redis.client import make_client
 from roomcast.store.base import Caller, ConnectionInfo, NewRoom
 from roomcast.store.redis import RedisStore
 from tests.harness import REDIS_KINDS, UNIT, redis_of_kind
-
-from loadtests.services import RedisClusterServer, RedisServer
 
 HOST = Caller("sock-h", "dev-h", None)
 
