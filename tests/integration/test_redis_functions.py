@@ -17,7 +17,7 @@ from roomcast.protocol import event_tail
 from roomcast.redis import keys
 from roomcast.redis.batch import Batcher
 from roomcast.redis.client import make_client
-from roomcast.store.base import Caller, ConnectionInfo, NewRoom
+from roomcast.store.base import Caller, ConnectionInfo, NewRoom, Service
 from roomcast.store.redis import RedisStore
 from tests.harness import REDIS_KINDS, UNIT, redis_of_kind
 
@@ -147,3 +147,21 @@ async def test_trims_stay_exact(kind: str) -> None:
             seqs = [int(e[0].split(b"-")[0]) for e in entries]
             assert seqs == list(range(seqs[0], 42)) and len(seqs) < 40
             assert int(await store.b.call(lambda p: p.hget(keys.room("trim-b"), "seq"))) == 41
+
+
+async def test_every_event_keeps_the_room_from_being_abandoned() -> None:
+    """emit writes updated_at with seq in its one HSET: the abandoned-room rule still sees the
+    last event (a publish, a disconnect, a server API publish)."""
+    server = RedisServer().start()
+    try:
+        async with store_on(server) as store:
+            await make_room(store, "idle")
+            await publish(store, "idle", 500)  # at 1500
+            await store.disconnect(HOST, "disconnected", "gone", 2000)  # participant_disconnected at 2000
+            assert await store.close_abandoned(idle_before_ms=1800, now_ms=9000) == []
+            tail = event_tail("tick", None, {}, Service("game").sender(), 3000)
+            assert await store.service_publish(Service("game"), "idle", tail, 3000) == 4
+            assert await store.close_abandoned(idle_before_ms=2500, now_ms=9000) == []
+            assert await store.close_abandoned(idle_before_ms=3001, now_ms=9000) == ["idle"]
+    finally:
+        server.stop()
