@@ -37,8 +37,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from roomcast.errors import ErrorCode, GatewayError
 from roomcast.redis import keys
 from roomcast.redis import scripts as lua
+from roomcast.redis.batch_lean import LeanConnection
 from roomcast.redis.client import is_cluster, key_slot, make_cluster_client
-from roomcast.redis.lean import LeanConnection
 from roomcast.redis.resp import encode_command
 
 log = logging.getLogger("roomcast.redis")
@@ -96,13 +96,20 @@ def _forgotten(result: object) -> bool:
 
 
 class Raw:
-    """An op that is one raw command (a script call): the Batcher may send a batch made only of
-    these on its lean connection (roomcast/redis/lean.py) instead of through redis-py."""
+    """An op that is one script call: the Batcher may send a batch made only of these on its
+    lean connection (roomcast/redis/batch_lean.py) instead of through redis-py. FCALL or EVALSHA
+    is chosen when the call is sent (a call queued before the first load, or rerun after a
+    reload, takes the form the server turned out to have)."""
 
-    __slots__ = ("args",)
+    __slots__ = ("batcher", "rest", "script")
 
-    def __init__(self, args: tuple[Any, ...]) -> None:
-        self.args = args
+    def __init__(self, batcher: Batcher, script: Script, rest: tuple[Any, ...]) -> None:
+        self.batcher, self.script, self.rest = batcher, script, rest
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        s = self.script
+        return (*(s.fcall_prefix if self.batcher.functions else s.evalsha_prefix), *self.rest)
 
     def __call__(self, pipe: Any) -> Any:
         return pipe.execute_command(*self.args)
@@ -124,7 +131,7 @@ class Batcher:
         self.commands = 0
         self.on_batch: Callable[[int, float], None] | None = None
         self.scripts: list[Script] = []
-        # Batches of script calls only, on one Redis, go out on this connection (lean.py).
+        # Batches of script calls only, on one Redis, go out on this connection (batch_lean.py).
         url = getattr(client, "url", "")
         self.lean: LeanConnection | None = LeanConnection(url) if url else None
         # Whether the server has Redis Functions (FUNCTION LOAD/FCALL): not known until load_scripts().
@@ -208,8 +215,7 @@ class Batcher:
     def eval(self, script: Script, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
         """Queue one script run (FCALL, or EVALSHA without Functions); the future gets its reply."""
         # The raw command: redis-py blocks `evalsha` in cluster pipelines (it routes EVALSHA by its keys).
-        prefix = script.fcall_prefix if self.functions else script.evalsha_prefix
-        return self.call(Raw((*prefix, len(keys), *keys, *args)))
+        return self.call(Raw(self, script, (len(keys), *keys, *args)))
 
     async def _drain(self) -> None:
         try:

@@ -1,4 +1,4 @@
-"""RESP2 command encoding for the pub/sub connection and the lean command connection (lean.py), and its error type. Pure.
+"""RESP2 command encoding for the pub/sub connection and the lean command connection (batch_lean.py), and its error type. Pure.
 
 Replies are parsed by hiredis' `Reader` (roomcast/bus/redis.py): measured 4-9x faster than
 the pure-Python parser this module used to hold (`python -m loadtests.resp_ab`).

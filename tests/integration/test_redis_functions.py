@@ -1,6 +1,6 @@
 """Room scripts as Redis Functions, on a real redis-server (single Redis and Redis Cluster): they
 are loaded again when Redis forgot them (FUNCTION FLUSH, a restart), the EVALSHA fallback works,
-the lean connection (roomcast/redis/lean.py) survives a dead Redis, and emit's trims stay exact
+the lean connection (roomcast/redis/batch_lean.py) survives a dead Redis, and emit's trims stay exact
 with its one read and one write of the room hash per event."""
 
 from __future__ import annotations
