@@ -133,7 +133,7 @@ class Batcher:
         self.scripts: list[Script] = []
         # Batches of script calls only, on one Redis, go out on this connection (batch_lean.py).
         url = getattr(client, "url", "")
-        self.lean: LeanConnection | None = LeanConnection(url) if url else None
+        self.lean: LeanConnection | None = LeanConnection(url) if url and LeanConnection.usable(url) else None
         # Whether the server has Redis Functions (FUNCTION LOAD/FCALL): not known until load_scripts().
         self.functions: bool | None = None
 

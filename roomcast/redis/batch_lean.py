@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any, cast
-from urllib.parse import unquote, urlparse
 
 import hiredis
+from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -73,16 +73,19 @@ class _Proto(asyncio.Protocol):
 
 class LeanConnection:
     """One connection to the Redis of `url` (redis:// or rediss://, password, user and db
-    from the URL, as redis-py reads them)."""
+    from the URL, as redis-py reads them; `usable` says whether a URL is one of those)."""
+
+    @staticmethod
+    def usable(url: str) -> bool:
+        return url.startswith(("redis://", "rediss://"))
 
     def __init__(self, url: str, timeout: float = 2.0, connect_timeout: float = 1.0) -> None:
-        u = urlparse(url)
-        self.host = u.hostname or "127.0.0.1"
-        self.port = u.port or 6379
-        self.username = unquote(u.username) if u.username else None
-        self.password = unquote(u.password) if u.password else None
-        path = u.path.lstrip("/")
-        self.db = int(path) if path.isdigit() else 0
+        kw = parse_url(url)  # redis-py's own reading of the URL (db also as ?db=, quoting)
+        self.host = str(kw.get("host") or "127.0.0.1")
+        self.port = int(kw.get("port") or 6379)
+        self.username = str(kw["username"]) if kw.get("username") else None
+        self.password = str(kw["password"]) if kw.get("password") else None
+        self.db = int(kw.get("db") or 0)
         self.ssl = tls_context(url)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
