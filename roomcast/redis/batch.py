@@ -190,9 +190,11 @@ class Batcher:
                     self.functions = True
                     continue
                 except ResponseError as exc:
-                    if self.functions or "unknown" not in str(exc).lower():
+                    # The first load tells: an unknown command (before Redis 7) or one this user
+                    # may not run (NOPERM: some managed Redis restrict FUNCTION) means EVALSHA.
+                    if self.functions:
                         raise
-                    log.info("this Redis has no Functions (%s): scripts run by EVALSHA", exc)
+                    log.info("Redis Functions unavailable (%s): scripts run by EVALSHA", exc)
                     self.functions = False
             await self.client.script_load(script.source)
 

@@ -165,3 +165,21 @@ async def test_every_event_keeps_the_room_from_being_abandoned() -> None:
             assert await store.close_abandoned(idle_before_ms=3001, now_ms=9000) == ["idle"]
     finally:
         server.stop()
+
+
+async def test_a_user_without_function_rights_gets_evalsha() -> None:
+    """A Redis whose ACL denies FUNCTION (as some managed services do): the scripts run by EVALSHA."""
+    server = RedisServer().start()
+    try:
+        server.cli("ACL", "SETUSER", "app", "on", ">pw", "~*", "&*", "+@all", "-function")
+        batcher = Batcher(make_client(f"redis://app:pw@127.0.0.1:{server.port}/0"))
+        store = RedisStore(batcher)
+        await batcher.load_scripts()
+        try:
+            assert batcher.functions is False
+            await make_room(store, "acl-room")
+            assert await publish(store, "acl-room", 1) == 2
+        finally:
+            await batcher.aclose()
+    finally:
+        server.stop()
