@@ -110,6 +110,31 @@ class PeersRedis:
                 "redis_shards": shards,
                 "redis_replicas_cpu_s": sum(v for k, v in cpu.items() if k.startswith("replica"))}
 
+    def _primary_nodes(self) -> list[Any]:
+        if self.single is not None:
+            return [self.single]
+        assert self.cluster is not None
+        return [n for n in self.cluster.nodes if n.port in self.ports.values()]
+
+    def reset_stats(self) -> None:
+        """CONFIG RESETSTAT on every primary: `commandstats()` then covers only what follows."""
+        for node in self._primary_nodes():
+            node.cli("CONFIG", "RESETSTAT")
+
+    def commandstats(self) -> dict[str, dict[str, float]]:
+        """`INFO commandstats` summed over the primaries: {command: {calls, usec, usec_per_call}}."""
+        from loadtests.peers.run import commandstats  # the parser lives with the report
+
+        total: dict[str, dict[str, float]] = {}
+        for node in self._primary_nodes():
+            for name, v in commandstats(node.cli("INFO", "commandstats")).items():
+                t = total.setdefault(name, {"calls": 0.0, "usec": 0.0})
+                t["calls"] += v.get("calls", 0.0)
+                t["usec"] += v.get("usec", 0.0)
+        for t in total.values():
+            t["usec_per_call"] = round(t["usec"] / t["calls"], 2) if t["calls"] else 0.0
+        return total
+
     def stop(self) -> None:
         if self.single is not None:
             self.single.stop()

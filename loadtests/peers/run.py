@@ -158,6 +158,7 @@ async def fanout_run(args: argparse.Namespace, target: str, rate: float, duratio
             for s in servers:
                 await s.settle()
             pids = {f"s{i}": s.pid for i, s in enumerate(servers)} | redis.pids()
+            redis.reset_stats()  # INFO commandstats over the window only
             cpu0 = {k: sum(procstat.cpu_times(p)) for k, p in pids.items()} | redis.cpu()
             load0 = procstat.loadavg()
             jiffies0 = procstat.machine_jiffies()
@@ -173,6 +174,7 @@ async def fanout_run(args: argparse.Namespace, target: str, rate: float, duratio
             cpu1 = {k: sum(procstat.cpu_times(p)) for k, p in pids.items()} | redis.cpu()
             jiffies1 = procstat.machine_jiffies()
             rss = [procstat.status_kib(s.pid) for s in servers]
+            stats = redis.commandstats()
             for w in procs:
                 w.send("exit")
         cpu = {k: cpu1[k] - cpu0[k] for k in pids}
@@ -180,14 +182,33 @@ async def fanout_run(args: argparse.Namespace, target: str, rate: float, duratio
         by_shard: dict[str, int] = {}
         for p in pubs:
             by_shard[redis.shard_of(p.room)] = by_shard.get(redis.shard_of(p.room), 0) + p.sent
-        return fanout_report(args, target, rate, pubs, results, t0, publish_s, cpu, load0,
-                             procstat.busy_cores(jiffies0, jiffies1, os.cpu_count() or 1), rss) | redis.report(cpu, by_shard)
+        out = fanout_report(args, target, rate, pubs, results, t0, publish_s, cpu, load0,
+                            procstat.busy_cores(jiffies0, jiffies1, os.cpu_count() or 1), rss) | redis.report(cpu, by_shard)
+        sent = max(1, out["events_sent"])
+        # Redis' own accounting per event (summed over the primaries): which commands, how often,
+        # and their usec (a script's usec includes the commands it calls, also listed on their own).
+        out["redis_commandstats"] = {name: {"calls_per_event": round(v["calls"] / sent, 3),
+                                            "usec_per_call": v["usec_per_call"],
+                                            "usec_per_event": round(v["usec"] / sent, 2)}
+                                     for name, v in sorted(stats.items(), key=lambda kv: -kv[1]["usec"])}
+        return out
     finally:
         for p in pubs:
             p.abort()
         for s in servers:
             await s.stop()
         redis.stop()
+
+
+def commandstats(info: str) -> dict[str, dict[str, float]]:
+    """`INFO commandstats` as {command: {calls, usec, usec_per_call}}."""
+    out: dict[str, dict[str, float]] = {}
+    for line in info.splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, fields = line[len("cmdstat_"):].partition(":")
+            kv = dict(f.split("=", 1) for f in fields.split(",") if "=" in f)
+            out[name] = {k: float(kv[k]) for k in ("calls", "usec", "usec_per_call") if k in kv}
+    return out
 
 
 def fanout_report(args: argparse.Namespace, target: str, rate: float, pubs: list[BenchSocket],
@@ -404,7 +425,10 @@ async def run_all(args: argparse.Namespace, report: dict[str, Any], node: str | 
                         r = await fanout_run(args, target, args.rate, args.duration, tag, node, kind)
                         line = (f"ok={r['ok']} {r['server_cpu_us_per_delivery']:.2f} µs/delivery, "
                                 f"p50 {r['lat_p50_ms']:.2f} / p99 {r['lat_p99_ms']:.1f} ms, "
-                                f"redis {r['redis_cpu_us_per_event']:.1f} µs/event, missing {r['missing']}")
+                                f"redis {r['redis_cpu_us_per_event']:.1f} µs/event, missing {r['missing']}; server CPU "
+                                f"s0 {r['server_cpu_s_each'][0]:.2f} s1 {r['server_cpu_s_each'][1]:.2f} s; commandstats "
+                                + ", ".join(f"{k} {v['calls_per_event']:g}x{v['usec_per_call']:g}us"
+                                            for k, v in list(r.get("redis_commandstats", {}).items())[:8]))
                     elif workload == "search":
                         r = await search_run(args, target, tag, node, kind)
                         line = f"highest rate held {r['max_rate_held']:g} events/s"

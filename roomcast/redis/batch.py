@@ -36,8 +36,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from roomcast.errors import ErrorCode, GatewayError
 from roomcast.redis import keys
+from roomcast.redis import scripts as lua
+from roomcast.redis.batch_lean import LeanConnection
 from roomcast.redis.client import is_cluster, key_slot, make_cluster_client
 from roomcast.redis.client_redirects import Redirects, follow
+from roomcast.redis.resp import encode_command
 
 log = logging.getLogger("roomcast.redis")
 
@@ -73,11 +76,55 @@ def _keyless(pipe: Any, name: str, *args: Any) -> Any:
 
 
 class Script:
-    """A Lua script run by EVALSHA; loaded at start and again if Redis forgot it."""
+    """A Lua script, run as a Redis Function (FCALL) where the server has them (Redis >= 7),
+    else by EVALSHA; loaded at start and again if Redis forgot it.
+
+    Each script is its own function library, named after the hash of its source: the helper
+    functions of its prelude (scripts.PRELUDE) are defined once when the library is loaded,
+    not re-created by every call as in the EVALSHA form, and a library never clashes with
+    another process's (the coordinator registers other scripts) or another version's."""
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self.name = f"rc_{self.sha[:24]}"  # the library's and its one function's name
+        helpers, body = lua.split_prelude(source)
+        # The library keeps KEYS and ARGV as upvalues the helpers share; each call sets them
+        # (Redis runs one function at a time), so the bodies are the same text in both forms.
+        self.library = (f"#!lua name={self.name}\nlocal KEYS, ARGV\n{helpers}\n"
+                        f"redis.register_function('{self.name}', function(keys, args)\n"
+                        f"KEYS, ARGV = keys, args\n{body}\nend)\n")
+        self.fcall_prefix = ("FCALL", self.name)
+        self.evalsha_prefix = ("EVALSHA", self.sha)
+
+
+def _forgotten(result: object) -> bool:
+    """A call Redis could not run because it forgot the script or function (a restart, a
+    FUNCTION FLUSH, a failover to a node that never had it): load again and rerun it."""
+    if isinstance(result, NoScriptError):
+        return True
+    text = str(result) if isinstance(result, ResponseError) else ""
+    return "Function not found" in text or text.startswith("NOSCRIPT")  # redis-py's / the lean reader's
+
+
+class Raw:
+    """An op that is one script call: the Batcher may send a batch made only of these on its
+    lean connection (roomcast/redis/batch_lean.py) instead of through redis-py. FCALL or EVALSHA
+    is chosen when the call is sent (a call queued before the first load, or rerun after a
+    reload, takes the form the server turned out to have)."""
+
+    __slots__ = ("batcher", "rest", "script")
+
+    def __init__(self, batcher: Batcher, script: Script, rest: tuple[Any, ...]) -> None:
+        self.batcher, self.script, self.rest = batcher, script, rest
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        s = self.script
+        return (*(s.fcall_prefix if self.batcher.functions else s.evalsha_prefix), *self.rest)
+
+    def __call__(self, pipe: Any) -> Any:
+        return pipe.execute_command(*self.args)
 
 
 class Batcher:
@@ -98,6 +145,11 @@ class Batcher:
         self.on_batch: Callable[[int, float], None] | None = None
         self.scripts: list[Script] = []
         self.redirects = Redirects()  # MOVED/ASK replies by node (cluster mode; read by the metrics)
+        # Batches of script calls only, on one Redis, go out on this connection (batch_lean.py).
+        url = getattr(client, "url", "")
+        self.lean: LeanConnection | None = LeanConnection(url) if url and LeanConnection.usable(url) else None
+        # Whether the server has Redis Functions (FUNCTION LOAD/FCALL): not known until load_scripts().
+        self.functions: bool | None = None
 
     def register(self, source: str) -> Script:
         script = Script(source)
@@ -144,12 +196,28 @@ class Batcher:
         return asyncio.gather(*(self.call(cmd(verb, keys.spread(name, b), *args, **kwargs)) for b in self.buckets()))
 
     async def load_scripts(self) -> None:
+        """Load every registered script (as a function library, or for EVALSHA on a Redis
+        without Functions). On a cluster redis-py sends FUNCTION LOAD / SCRIPT LOAD to every
+        primary; functions are also replicated, so a promoted replica has them."""
         await self.detect()
-        for script in self.scripts:
-            # On a cluster redis-py sends SCRIPT LOAD to every primary.
+        for script in list(self.scripts):
+            if self.functions is not False:
+                try:
+                    await self.client.function_load(script.library, replace=True)
+                    self.functions = True
+                    continue
+                except ResponseError as exc:
+                    # The first load tells: an unknown command (before Redis 7) or one this user
+                    # may not run (NOPERM: some managed Redis restrict FUNCTION) means EVALSHA.
+                    if self.functions:
+                        raise
+                    log.info("Redis Functions unavailable (%s): scripts run by EVALSHA", exc)
+                    self.functions = False
             await self.client.script_load(script.source)
 
     async def aclose(self) -> None:
+        if self.lean is not None:
+            self.lean.close()
         if self.client is not self.single:
             await self.client.aclose()
         await self.single.aclose()
@@ -164,9 +232,9 @@ class Batcher:
         return fut
 
     def eval(self, script: Script, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
-        """Queue one script run; the future gets its reply."""
+        """Queue one script run (FCALL, or EVALSHA without Functions); the future gets its reply."""
         # The raw command: redis-py blocks `evalsha` in cluster pipelines (it routes EVALSHA by its keys).
-        return self.call(lambda pipe: pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args))
+        return self.call(Raw(self, script, (len(keys), *keys, *args)))
 
     async def _drain(self) -> None:
         try:
@@ -181,6 +249,8 @@ class Batcher:
     async def _execute(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> list[Any]:
         if self.cluster:
             return await self._retry_not_run(batch, await self._execute_per_node(batch))
+        if self.lean is not None and all(type(op) is Raw for op, _ in batch):
+            return await self.lean.execute([encode_command(*op.args) for op, _ in batch])  # type: ignore[attr-defined]
         pipe = self.client.pipeline(transaction=False)
         for op, _ in batch:
             op(pipe)
@@ -214,7 +284,9 @@ class Batcher:
             verb = str(command.args[0]).upper()
             try:
                 # Keyless: PUBLISH to its channel's slot owner, PING to the heartbeat's (ws:nodes).
+                # FCALL by its first key here: redis-py would ask the server (COMMAND GETKEYS) each time.
                 slot = (key_slot(command.args[1]) if verb == "PUBLISH" else key_slot(keys.NODES) if verb == "PING"
+                        else key_slot(command.args[3]) if verb == "FCALL" and int(command.args[2]) > 0
                         else await client._determine_slot(*command.args))
                 node = client.nodes_manager.get_node_from_slot(slot)
                 name, nodes[node.name] = node.name, node
@@ -226,7 +298,8 @@ class Batcher:
             pipe = client.pipeline(transaction=False)
             for i in indexes:
                 kwargs = dict(queued[i].kwargs)
-                if "target_nodes" in kwargs and name in nodes:
+                # FCALL too: to the node found above (a MOVED reply is followed by redis-py).
+                if name in nodes and ("target_nodes" in kwargs or queued[i].args[0] == "FCALL"):
                     kwargs["target_nodes"] = nodes[name]
                 pipe.execute_command(*queued[i].args, **kwargs)
             try:
@@ -269,9 +342,10 @@ class Batcher:
             if self.cluster is None:
                 await self.detect()
             results = await self._execute(batch)
-            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            missing = [i for i, r in enumerate(results) if _forgotten(r)]
             if missing:
-                # Redis restarted and forgot our scripts: load them and rerun those calls.
+                # Redis restarted (or flushed its functions) and forgot our scripts: load them
+                # and rerun those calls (nothing of a call that was not found has run).
                 await self.load_scripts()
                 again = await self._execute([batch[i] for i in missing])
                 for i, r in zip(missing, again, strict=True):

@@ -31,33 +31,43 @@ end
 local function mfmt(role, status, sock, user, joined)
   return role .. '|' .. status .. '|' .. sock .. '|' .. user .. '|' .. joined
 end
-local function emit(room_id, tail, now, maxlen)
-  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-  redis.call('HSET', KEYS[1], 'updated_at', now)
+-- `h`: the room hash's seq, hbytes and flushed (HMGET), read by the caller with what else it
+-- needs of the hash (PUBLISH: one HMGET per event). One read and one write of the room hash per
+-- event (seq, updated_at and the stream's byte total `hbytes` together), instead of an
+-- HINCRBY/HSET each: each command a script calls costs Redis about as much again around it
+-- (docs/benchmarks.md, "Redis cost per event (issue 13)").
+local function emit_h(h, room_id, tail, now, maxlen)
+  local seq = tonumber(h[1] or '0') + 1
   local frame = '{"type":"event","room_id":"' .. room_id .. '","seq":' .. seq .. ',' .. tail
   redis.call('XADD', KEYS[4], seq .. '-0', 'f', frame)
-  if maxlen ~= '0' then  -- '0': no trimming here at all
+  if maxlen == '0' then  -- '0': no trimming here at all
+    redis.call('HSET', KEYS[1], 'seq', seq, 'updated_at', now)
+  else
     -- maxlen is "<events>:<bytes>" (or "<events>"): drop the oldest entries, exactly, until
     -- both hold; the newest is always kept. `hbytes` is the frames' total in the stream.
     local most, most_bytes = string.match(maxlen, '^(%d+):(%d+)$')
     most, most_bytes = tonumber(most or maxlen), tonumber(most_bytes or '0')
-    local kept = redis.call('HINCRBY', KEYS[1], 'hbytes', #frame)
+    local kept = tonumber(h[2] or '0') + #frame
     local n = redis.call('XLEN', KEYS[4])
     -- History mode ("0:<bytes>"): only events Postgres holds (seq <= `flushed`, which the
     -- flusher sets) may go, and none by count (the flusher keeps its own count).
     local flushed = math.huge
-    if most == 0 then flushed = tonumber(redis.call('HGET', KEYS[1], 'flushed') or '0') end
+    if most == 0 then flushed = tonumber(h[3] or '0') end
     while n > 1 and ((most > 0 and n > most) or (most_bytes > 0 and kept > most_bytes)) do
       local old = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)[1]
       if tonumber(string.match(old[1], '^(%d+)')) > flushed then break end
       redis.call('XDEL', KEYS[4], old[1])
-      kept = redis.call('HINCRBY', KEYS[1], 'hbytes', -#(old[2][2] or ''))
+      kept = kept - #(old[2][2] or '')
       n = n - 1
     end
-    if n == 1 then redis.call('HSET', KEYS[1], 'hbytes', #frame) end  -- resync after any drift
+    if n == 1 then kept = #frame end  -- resync after any drift
+    redis.call('HSET', KEYS[1], 'seq', seq, 'updated_at', now, 'hbytes', kept)
   end
   redis.call('SPUBLISH', 'ws:room:{' .. room_id .. '}:events', frame)
   return seq
+end
+local function emit(room_id, tail, now, maxlen)
+  return emit_h(redis.call('HMGET', KEYS[1], 'seq', 'hbytes', 'flushed'), room_id, tail, now, maxlen)
 end
 -- Idempotency (KEYS[5] hash key -> seq, KEYS[6] zset key -> first use in ms). A key used
 -- within `window` ms returns its first seq and emits nothing. Each keyed emit first drops
@@ -89,10 +99,12 @@ local function idem_note(ikey, seq, now, window, cap)
   redis.call('PEXPIRE', KEYS[6], window)
 end
 -- emit, unless `ikey` was used within the window: returns (seq, 1 if it was a duplicate).
-local function emit_once(room_id, tail, now, maxlen, ikey, window, cap)
+-- `h` (optional): as for emit_h, already read by the caller.
+local function emit_once(room_id, tail, now, maxlen, ikey, window, cap, h)
   local seen = idem_seen(ikey, now, window)
   if seen then return seen, 1 end
-  local seq = emit(room_id, tail, now, maxlen)
+  local seq
+  if h then seq = emit_h(h, room_id, tail, now, maxlen) else seq = emit(room_id, tail, now, maxlen) end
   if ikey ~= '' then idem_note(ikey, seq, now, window, cap) end
   return seq, 0
 end
@@ -149,6 +161,17 @@ local function del_sock(socks, s)
   return table.concat(out, ',')
 end
 """
+
+
+def split_prelude(source: str) -> tuple[str, str]:
+    """(helpers, body) of a script: the helper functions it starts with (PRELUDE, SOCKETS) and
+    the rest. A Redis Function library defines the helpers once, at load, and runs the body per
+    call (roomcast/redis/batch.py, Script); EVALSHA runs the whole source."""
+    for helpers in (PRELUDE + SOCKETS, PRELUDE):
+        if source.startswith(helpers):
+            return helpers, source[len(helpers):]
+    return "", source
+
 
 # ARGV: room_id game_type max_players game_data now device socket user sender password_hash epoch maxlen
 #       spectator_events('1'/'0')   (maxlen '0' = do not trim: history mode)
@@ -279,16 +302,19 @@ return {'ok', 1}
 # ARGV: room_id device tail now maxlen socket idempotency_key('') window_ms max_keys
 # Returns {'ok', seq, duplicate(0/1)}.
 PUBLISH = PRELUDE + SOCKETS + r"""
-local _, err = open_room()
-if err then return {'err', err} end
+-- The room hash is read once: open_room's status, the spectator rule and emit's fields.
+local h = redis.call('HMGET', KEYS[1], 'status', 'spectator_events', 'seq', 'hbytes', 'flushed')
+if not h[1] then return {'err', 'not_found'} end
+if h[1] == 'closed' then return {'err', 'room_closed'} end
 local v = redis.call('HGET', KEYS[2], ARGV[2])
 if not v then return {'err', 'not_member'} end
 local _r, pst, socks = mparse(v)
 if pst == 'left' or not has_sock(socks, ARGV[6]) then return {'err', 'not_member'} end
-if string.sub(v, 1, 10) == 'spectator|' and redis.call('HGET', KEYS[1], 'spectator_events') ~= '1' then
+if string.sub(v, 1, 10) == 'spectator|' and h[2] ~= '1' then
   return {'err', 'forbidden_spectator'}
 end
-local seq, dup = emit_once(ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[7] or '', ARGV[8] or '0', ARGV[9] or '1')
+local seq, dup = emit_once(ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[7] or '', ARGV[8] or '0', ARGV[9] or '1',
+  {h[3], h[4], h[5]})
 return {'ok', seq, dup}
 """
 

@@ -1,0 +1,145 @@
+"""A lean pipelined connection for the Batcher's hot commands (script calls) on one Redis.
+
+Why not redis-py here: a py-spy profile of the publishing side (`python -m loadtests.emit_bench`,
+docs/benchmarks.md "Redis cost per event (issue 13)") put redis-py's per-call machinery
+(Pipeline objects, command packing through its Encoder, response callbacks, an asyncio timeout
+per reply read, the connection pool) at about as much CPU as the send syscall itself; with this
+connection the publishing process spent 170 instead of 234 µs of CPU per event (emit_bench, 1
+publish per batch at 1,000/s, medians of 3 interleaved runs, load average 9-11). A batch made
+only of FCALL/EVALSHA calls is written here as one buffer (resp.encode_command) and its replies
+are parsed by hiredis' C Reader, as the pub/sub bus does. Everything else (and every command in
+cluster mode, where redis-py follows MOVED/ASK) stays on redis-py.
+
+One batch in flight at a time (the Batcher's own rule), so the connection only counts replies.
+A connection error or a reply that takes longer than `timeout` closes the connection and fails the
+batch with redis-py's ConnectionError/TimeoutError (the Batcher turns those into `unavailable`);
+the next batch reconnects. Error replies come back as redis-py ResponseError values, in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import hiredis
+from redis.asyncio.connection import parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from roomcast.redis.client import tls_context
+from roomcast.redis.resp import RespError, encode_command
+
+
+class _Proto(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader(protocolError=RespError, replyError=ResponseError)
+        self.transport: asyncio.Transport | None = None
+        self.want = 0
+        self.replies: list[Any] = []
+        self.done: asyncio.Future[None] | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        reader.feed(data)
+        replies = self.replies
+        try:
+            while True:
+                value = reader.gets()
+                if value is False:
+                    break
+                replies.append(value)
+        except RespError as exc:
+            self._fail(RedisConnectionError(f"bad reply from Redis: {exc}"))
+            return
+        done = self.done
+        if done is not None and not done.done() and len(replies) >= self.want:
+            done.set_result(None)
+
+    def _fail(self, exc: Exception) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
+
+
+class LeanConnection:
+    """One connection to the Redis of `url` (redis:// or rediss://, password, user and db
+    from the URL, as redis-py reads them; `usable` says whether a URL is one of those)."""
+
+    @staticmethod
+    def usable(url: str) -> bool:
+        return url.startswith(("redis://", "rediss://"))
+
+    def __init__(self, url: str, timeout: float = 2.0, connect_timeout: float = 1.0) -> None:
+        kw = parse_url(url)  # redis-py's own reading of the URL (db also as ?db=, quoting)
+        self.host = str(kw.get("host") or "127.0.0.1")
+        self.port = int(kw.get("port") or 6379)
+        self.username = str(kw["username"]) if kw.get("username") else None
+        self.password = str(kw["password"]) if kw.get("password") else None
+        self.db = int(kw.get("db") or 0)
+        self.ssl = tls_context(url)
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._proto: _Proto | None = None
+
+    async def _connect(self) -> _Proto:
+        loop = asyncio.get_running_loop()
+        try:
+            _, proto = await asyncio.wait_for(loop.create_connection(
+                _Proto, self.host, self.port, ssl=self.ssl,
+                server_hostname=self.host if self.ssl is not None else None), self.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            raise RedisConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: {exc}") from exc
+        hello: list[bytes] = []
+        if self.password is not None:
+            auth = [b"AUTH", *([self.username.encode()] if self.username else []), self.password.encode()]
+            hello.append(encode_command(*auth))
+        if self.db:
+            hello.append(encode_command(b"SELECT", self.db))
+        if hello:
+            for reply in await self._roundtrip(proto, hello):
+                if isinstance(reply, ResponseError):
+                    proto._fail(RedisConnectionError(f"Redis refused the connection setup: {reply}"))
+                    raise RedisConnectionError(f"Redis refused the connection setup: {reply}")
+        return proto
+
+    async def _roundtrip(self, proto: _Proto, commands: list[bytes]) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        proto.replies = []
+        proto.want = len(commands)
+        proto.done = loop.create_future()
+        assert proto.transport is not None
+        proto.transport.write(b"".join(commands))
+        try:
+            await asyncio.wait_for(proto.done, self.timeout)
+        except TimeoutError:
+            proto._fail(RedisTimeoutError("Redis reply timed out"))
+            raise RedisTimeoutError(f"no reply from Redis within {self.timeout}s") from None
+        finally:
+            proto.done = None
+        replies, proto.replies = proto.replies, []
+        return replies
+
+    async def execute(self, commands: list[bytes]) -> list[Any]:
+        """Send the encoded commands as one write; their replies, in order (error replies as
+        ResponseError values). Raises redis-py's ConnectionError/TimeoutError if Redis fails."""
+        proto = self._proto
+        if proto is None or proto.closed:
+            self._proto = None
+            proto = self._proto = await self._connect()
+        return await self._roundtrip(proto, commands)
+
+    def close(self) -> None:
+        if self._proto is not None and self._proto.transport is not None:
+            self._proto.closed = True
+            self._proto.transport.close()
+        self._proto = None
