@@ -146,9 +146,11 @@ async def fanout_run(args: argparse.Namespace, target: str, rate: float, duratio
                 await s.settle()
             pids = {f"s{i}": s.pid for i, s in enumerate(servers)} | {"redis": redis.proc.pid}  # type: ignore[union-attr]
             cpu0 = {k: sum(procstat.cpu_times(p)) for k, p in pids.items()}
+            sys0 = [procstat.syscalls(s.pid) for s in servers]  # type: ignore[arg-type]
             load0 = procstat.loadavg()
             jiffies0 = procstat.machine_jiffies()
             t0 = time.monotonic_ns()
+            print(f"[peers]   publishing {rate:g} events/s for {duration:g} s", file=sys.stderr, flush=True)
             publish_s = await publish_paced(pubs, rate, duration)
             want = {p.room: p.sent for p in pubs}
             for w in procs:
@@ -158,13 +160,15 @@ async def fanout_run(args: argparse.Namespace, target: str, rate: float, duratio
             while any(p.count < p.sent for p in pubs) and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
             cpu1 = {k: sum(procstat.cpu_times(p)) for k, p in pids.items()}
+            sys1 = [procstat.syscalls(s.pid) for s in servers]  # type: ignore[arg-type]
             jiffies1 = procstat.machine_jiffies()
             rss = [procstat.status_kib(s.pid) for s in servers]
             for w in procs:
                 w.send("exit")
         return fanout_report(args, target, rate, pubs, results, t0, publish_s,
                              {k: cpu1[k] - cpu0[k] for k in pids}, load0,
-                             procstat.busy_cores(jiffies0, jiffies1, os.cpu_count() or 1), rss)
+                             procstat.busy_cores(jiffies0, jiffies1, os.cpu_count() or 1), rss,
+                             [(b[0] - a[0], b[1] - a[1]) for a, b in zip(sys0, sys1, strict=True)])
     finally:
         for p in pubs:
             p.abort()
@@ -175,7 +179,8 @@ async def fanout_run(args: argparse.Namespace, target: str, rate: float, duratio
 
 def fanout_report(args: argparse.Namespace, target: str, rate: float, pubs: list[BenchSocket],
                   results: list[dict[str, Any]], t0: int, publish_s: float, cpu: dict[str, float],
-                  load0: list[float], busy: float, rss: list[int]) -> dict[str, Any]:
+                  load0: list[float], busy: float, rss: list[int],
+                  syscalls: list[tuple[int, int]] | None = None) -> dict[str, Any]:
     sent = sum(p.sent for p in pubs)
     received = sum(r["received"] for r in results) + sum(p.count for p in pubs)
     lat = array("q")
@@ -213,6 +218,9 @@ def fanout_report(args: argparse.Namespace, target: str, rate: float, pubs: list
         "lat_p50_ms": percentile(lat_ms, 50), "lat_p99_ms": percentile(lat_ms, 99),
         "lat_max_ms": lat_ms[-1] if lat_ms else float("nan"),
         "echo_p99_ms_by_second": [round(percentile(sorted(v), 99), 1) for _, v in sorted(by_second.items())],
+        "server_syscalls_each": syscalls or [],
+        "server_writes_per_delivery": sum(w for _, w in syscalls or []) / received if received else float("nan"),
+        "server_reads_per_delivery": sum(r for r, _ in syscalls or []) / received if received else float("nan"),
         "server_rss_kib": rss, "loadavg_before": load0, "machine_busy_cores": busy,
     }
     out["ok"] = (out["missing"] == 0 and out["extra"] == 0 and out["gaps"] == 0 and out["disorder"] == 0
@@ -271,6 +279,7 @@ async def connect_run(args: argparse.Namespace, target: str, tag: str, node: str
             rss0 = procstat.status_kib(server.pid)
             pids = {"server": server.pid, "redis": redis.proc.pid}  # type: ignore[union-attr]
             cpu0 = {k: sum(procstat.cpu_times(p)) for k, p in pids.items()}
+            sys0 = [procstat.syscalls(s.pid) for s in servers]  # type: ignore[arg-type]
             load0 = procstat.loadavg()
             for w in procs:
                 w.send("go")
@@ -311,6 +320,9 @@ async def connect_run(args: argparse.Namespace, target: str, tag: str, node: str
 ROWS: list[tuple[str, str, str, str, bool]] = [
     # (workload, key, label, format, higher is better)
     ("fanout", "server_cpu_us_per_delivery", "fan-out: server CPU µs/delivery (A+B)", ".2f", False),
+    ("fanout", "server_writes_per_delivery", "fan-out: server write syscalls/delivery", ".3f", False),
+    ("fanout", "server_cpu_util", "fan-out: server CPU busy (cores, both)", ".2f", False),
+    ("fanout", "machine_busy_cores", "fan-out: machine busy (cores)", ".2f", False),
     ("fanout", "lat_p50_ms", "fan-out: latency p50 ms", ".2f", False),
     ("fanout", "lat_p99_ms", "fan-out: latency p99 ms", ".1f", False),
     ("fanout", "redis_cpu_us_per_event", "fan-out: Redis CPU µs/event", ".1f", False),
