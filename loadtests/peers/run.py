@@ -279,7 +279,6 @@ async def connect_run(args: argparse.Namespace, target: str, tag: str, node: str
             rss0 = procstat.status_kib(server.pid)
             pids = {"server": server.pid, "redis": redis.proc.pid}  # type: ignore[union-attr]
             cpu0 = {k: sum(procstat.cpu_times(p)) for k, p in pids.items()}
-            sys0 = [procstat.syscalls(s.pid) for s in servers]  # type: ignore[arg-type]
             load0 = procstat.loadavg()
             for w in procs:
                 w.send("go")
