@@ -147,6 +147,7 @@ async def fanout_run(args: argparse.Namespace, target: str, rate: float, duratio
             pids = {f"s{i}": s.pid for i, s in enumerate(servers)} | {"redis": redis.proc.pid}  # type: ignore[union-attr]
             cpu0 = {k: sum(procstat.cpu_times(p)) for k, p in pids.items()}
             sys0 = [procstat.syscalls(s.pid) for s in servers]  # type: ignore[arg-type]
+            stime0 = [procstat.cpu_times(s.pid)[1] for s in servers]  # type: ignore[arg-type]
             load0 = procstat.loadavg()
             jiffies0 = procstat.machine_jiffies()
             t0 = time.monotonic_ns()
@@ -161,6 +162,7 @@ async def fanout_run(args: argparse.Namespace, target: str, rate: float, duratio
                 await asyncio.sleep(0.01)
             cpu1 = {k: sum(procstat.cpu_times(p)) for k, p in pids.items()}
             sys1 = [procstat.syscalls(s.pid) for s in servers]  # type: ignore[arg-type]
+            stime = sum(procstat.cpu_times(s.pid)[1] for s in servers) - sum(stime0)  # type: ignore[arg-type]
             jiffies1 = procstat.machine_jiffies()
             rss = [procstat.status_kib(s.pid) for s in servers]
             for w in procs:
@@ -168,7 +170,7 @@ async def fanout_run(args: argparse.Namespace, target: str, rate: float, duratio
         return fanout_report(args, target, rate, pubs, results, t0, publish_s,
                              {k: cpu1[k] - cpu0[k] for k in pids}, load0,
                              procstat.busy_cores(jiffies0, jiffies1, os.cpu_count() or 1), rss,
-                             [(b[0] - a[0], b[1] - a[1]) for a, b in zip(sys0, sys1, strict=True)])
+                             [(b[0] - a[0], b[1] - a[1]) for a, b in zip(sys0, sys1, strict=True)], stime)
     finally:
         for p in pubs:
             p.abort()
@@ -180,7 +182,7 @@ async def fanout_run(args: argparse.Namespace, target: str, rate: float, duratio
 def fanout_report(args: argparse.Namespace, target: str, rate: float, pubs: list[BenchSocket],
                   results: list[dict[str, Any]], t0: int, publish_s: float, cpu: dict[str, float],
                   load0: list[float], busy: float, rss: list[int],
-                  syscalls: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+                  syscalls: list[tuple[int, int]] | None = None, stime: float = float("nan")) -> dict[str, Any]:
     sent = sum(p.sent for p in pubs)
     received = sum(r["received"] for r in results) + sum(p.count for p in pubs)
     lat = array("q")
@@ -219,6 +221,7 @@ def fanout_report(args: argparse.Namespace, target: str, rate: float, pubs: list
         "lat_max_ms": lat_ms[-1] if lat_ms else float("nan"),
         "echo_p99_ms_by_second": [round(percentile(sorted(v), 99), 1) for _, v in sorted(by_second.items())],
         "server_syscalls_each": syscalls or [],
+        "server_kernel_share": stime / server_cpu if server_cpu else float("nan"),  # stime / (utime+stime)
         "server_writes_per_delivery": sum(w for _, w in syscalls or []) / received if received else float("nan"),
         "server_reads_per_delivery": sum(r for r, _ in syscalls or []) / received if received else float("nan"),
         "server_rss_kib": rss, "loadavg_before": load0, "machine_busy_cores": busy,
@@ -320,6 +323,7 @@ ROWS: list[tuple[str, str, str, str, bool]] = [
     # (workload, key, label, format, higher is better)
     ("fanout", "server_cpu_us_per_delivery", "fan-out: server CPU µs/delivery (A+B)", ".2f", False),
     ("fanout", "server_writes_per_delivery", "fan-out: server write syscalls/delivery", ".3f", False),
+    ("fanout", "server_kernel_share", "fan-out: server CPU in the kernel (stime share)", ".2f", False),
     ("fanout", "server_cpu_util", "fan-out: server CPU busy (cores, both)", ".2f", False),
     ("fanout", "machine_busy_cores", "fan-out: machine busy (cores)", ".2f", False),
     ("fanout", "lat_p50_ms", "fan-out: latency p50 ms", ".2f", False),
