@@ -247,12 +247,11 @@ class Hub:
             return
         local.queued = None
         members = local.members
-        written = 0  # deliveries: a member that joined after an event does not count it
+        written = 0  # deliveries made: not to a member that joined after the event, nor a closing one
         if len(queued) == 1:
             seq, ws_frame, _ = queued[0]
             for session, start in members.items():
-                if seq > start:
-                    session.write_frame(ws_frame)
+                if seq > start and session.write_frame(ws_frame):
                     written += 1
         else:
             first, last = queued[0][0], queued[-1][0]
@@ -260,12 +259,12 @@ class Hub:
             n = len(queued)
             for session, start in members.items():
                 if first > start:
-                    session.write_frame(joined)
-                    written += n
+                    if session.write_frame(joined):
+                        written += n
                 elif last > start:  # joined in between: only what follows its join
                     later = [f for s, f, _ in queued if s > start]
-                    session.write_frame(b"".join(later))
-                    written += len(later)
+                    if session.write_frame(b"".join(later)):
+                        written += len(later)
         self.metrics.out_event.inc(written)
         done = time.perf_counter()
         observe = self.metrics.fanout_latency.observe
