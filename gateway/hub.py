@@ -5,14 +5,14 @@ WebSocket frame once and writes the same bytes to every local member (convention
 A socket that is joining is `pending`: events that arrive while its join is in flight
 are buffered and handed over after its replay, so it sees each seq exactly once.
 
-Writes are coalesced per loop iteration: the events a room gets in one pass of the event loop
-(one read of the pub/sub connection, or several connections ready at once) are queued on the
-room and written at the next iteration (`call_soon`) as one buffer per member, so a socket
-costs one `write(2)` per iteration instead of one per event. Under light load that is one event
-per write, as before; as load rises, events bunch up and the system calls per delivery fall
-(docs/benchmarks.md "Fan-out per delivery (issue 14)"). A queued room is written out before a
-member leaves it and when its `room_closed` arrives, so no event a member would have been
-written is dropped or reordered by the wait.
+Writes are coalesced per bus read: the events a room gets in one read of the pub/sub
+connection (RedisBus calls `begin_batch`/`end_batch` around each read) are queued on the room
+and written at the end of the read as one buffer per member, so a socket costs one `write(2)`
+per read instead of one per event. Under light load a read holds one event, as before; as load
+rises, events bunch up in each read and the system calls per delivery fall (docs/benchmarks.md
+"Fan-out per delivery (issue 14)"). Outside a batch (the embedded bus, gap repairs) each event
+is written at once. Nothing awaits inside a batch, so no join, leave or reply can come between
+an event and its write.
 """
 
 from __future__ import annotations
@@ -95,8 +95,11 @@ class Hub:
         self._repairs: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
         self._dirty: list[LocalRoom] = []  # rooms with queued events, in arrival order
-        self._flush_scheduled = False
+        self._batching = False
         bus.set_sink(self.deliver)
+        set_batch = getattr(bus, "set_batch", None)
+        if set_batch is not None:
+            set_batch(self.begin_batch, self.end_batch)
 
     # ------------------------------------------------------------ membership
 
@@ -172,8 +175,6 @@ class Hub:
         local = self.rooms.get(room_id)
         if local is None:
             return
-        if local.queued is not None and session in local.members:
-            self._write(local)  # what arrived before the leave still goes out
         local.members.pop(session, None)
         local.pending.pop(session, None)
         await self._maybe_forget(room_id, local)
@@ -208,9 +209,20 @@ class Hub:
             return
         self._fanout(room_id, local, seq, frame)
 
+    def begin_batch(self) -> None:
+        """Events from here to `end_batch` are written per room and member at once."""
+        self._batching = True
+
+    def end_batch(self) -> None:
+        """Write every room's queued events: one buffer per member."""
+        self._batching = False
+        dirty, self._dirty = self._dirty, []
+        for local in dirty:
+            self._write(local)
+
     def _fanout(self, room_id: str, local: LocalRoom, seq: int, frame: bytes) -> None:
-        """Queue one event for the room's members (written by `_flush`), buffer it for the
-        joining ones. `seq` is above every seq queued before it."""
+        """Write one event to the room's members (queued for `end_batch` inside a batch),
+        buffer it for the joining ones. `seq` is above every seq queued before it."""
         started = time.perf_counter()
         i = frame.rfind(_TS)
         if i > 0:  # the tail ends with "ts":<ms>}
@@ -219,10 +231,10 @@ class Hub:
         queued = local.queued
         if queued is None:
             local.queued = [(seq, text_frame(frame), started)]
-            self._dirty.append(local)
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush)
+            if self._batching:
+                self._dirty.append(local)
+            else:
+                self._write(local)
         else:
             queued.append((seq, text_frame(frame), started))
         for pending_session, buffer in local.pending.items():
@@ -233,13 +245,6 @@ class Hub:
         if j >= 0 and frame.startswith(_ROOM_CLOSED, j + len(_EVENT_TYPE)):
             self._write(local)
             self._closed(room_id, local)
-
-    def _flush(self) -> None:
-        """Write every room's queued events: one buffer per member."""
-        self._flush_scheduled = False
-        dirty, self._dirty = self._dirty, []
-        for local in dirty:
-            self._write(local)
 
     def _write(self, local: LocalRoom) -> None:
         queued = local.queued

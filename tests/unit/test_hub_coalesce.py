@@ -1,12 +1,12 @@
-"""The hub's per-iteration write coalescing (gateway/hub.py), driven through the embedded bus:
-events of one loop iteration reach each member as one buffer, in seq order; a member that
-joined between two queued events gets only the later ones; a leave and a room_closed write
-what was queued first; the delivery counter counts deliveries made. The sessions are stand-ins
-that record what is written to them (a real socket's writes are in tests/integration)."""
+"""The hub's write coalescing (gateway/hub.py): the events of one batch (one read of a pub/sub
+connection: RedisBus brackets it with begin_batch/end_batch) reach each member as one buffer, in
+seq order; a member that joined between two queued events gets only the later ones; room_closed
+writes what was queued first; outside a batch every event is written at once; the delivery
+counter counts deliveries made. Driven through the embedded bus; the sessions are stand-ins that
+record what is written to them (real sockets: tests/integration/test_fanout_batches.py)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import cast
 
 import orjson
@@ -59,21 +59,21 @@ def delivered(metrics: Metrics) -> float:
     return float(value or 0.0)
 
 
-async def test_one_iteration_one_buffer_per_member_in_seq_order() -> None:
+async def test_one_batch_one_buffer_per_member_in_seq_order() -> None:
     room = "r1"
     a, b = Recording(), Recording()
     hub, bus, metrics = hub_with(room)
     await join(hub, room, a, 0)
     await join(hub, room, b, 0)
+    hub.begin_batch()
     for seq in range(1, 6):
         bus.publish(room, seq, event(room, seq))
-    assert a.writes == [] and b.writes == []  # queued until the next loop iteration
-    await asyncio.sleep(0)
+    assert a.writes == [] and b.writes == []  # queued until the end of the batch
+    hub.end_batch()
     want = b"".join(text_frame(event(room, s)) for s in range(1, 6))
     assert a.writes == [want] and b.writes == [want]
     assert delivered(metrics) == 10
-    bus.publish(room, 6, event(room, 6))
-    await asyncio.sleep(0)
+    bus.publish(room, 6, event(room, 6))  # outside a batch: written at once
     assert a.writes[-1] == text_frame(event(room, 6))
 
 
@@ -82,38 +82,34 @@ async def test_a_member_that_joined_between_queued_events_gets_only_the_later_on
     early, late = Recording(), Recording()
     hub, bus, metrics = hub_with(room)
     await join(hub, room, early, 0)
+    hub.begin_batch()
     bus.publish(room, 1, event(room, 1))
     bus.publish(room, 2, event(room, 2))
     # `late` joins (its join took effect at seq 2) before the queue is written, then 3 and 4 come.
     hub.rooms[room].members[cast(Session, late)] = 2
     bus.publish(room, 3, event(room, 3))
     bus.publish(room, 4, event(room, 4))
-    await asyncio.sleep(0)
+    hub.end_batch()
     assert early.writes == [b"".join(text_frame(event(room, s)) for s in (1, 2, 3, 4))]
     assert late.writes == [b"".join(text_frame(event(room, s)) for s in (3, 4))]
     assert delivered(metrics) == 6
 
 
-async def test_a_leave_and_room_closed_write_what_was_queued_first() -> None:
+async def test_room_closed_writes_what_was_queued_first() -> None:
     room = "r3"
-    stays, leaves = Recording(), Recording()
+    member = Recording()
     hub, bus, _ = hub_with(room)
-    await join(hub, room, stays, 0)
-    await join(hub, room, leaves, 0)
-    bus.publish(room, 1, event(room, 1))
-    await hub.remove(room, cast(Session, leaves))
-    assert leaves.writes == [text_frame(event(room, 1))]  # before the leave took effect
-    bus.publish(room, 2, event(room, 2))
+    await join(hub, room, member, 0)
     closed: list[tuple[str, int]] = []
     hub.on_room_closed = lambda r, sessions: closed.append((r, len(sessions)))
-    bus.publish(room, 3, event(room, 3, "room_closed"))
+    hub.begin_batch()
+    bus.publish(room, 1, event(room, 1))
+    bus.publish(room, 2, event(room, 2, "room_closed"))
     # room_closed is written at once, after what was queued, and the members are dropped.
-    assert stays.writes == [text_frame(event(room, 1)),
-                            text_frame(event(room, 2)) + text_frame(event(room, 3, "room_closed"))]
+    assert member.writes == [text_frame(event(room, 1)) + text_frame(event(room, 2, "room_closed"))]
     assert closed == [(room, 1)] and room not in hub.rooms
-    assert leaves.writes == [text_frame(event(room, 1))]
-    await asyncio.sleep(0)
-    assert len(stays.writes) == 2  # nothing is written twice by the scheduled flush
+    hub.end_batch()
+    assert len(member.writes) == 1  # nothing is written twice at the end of the batch
 
 
 async def test_a_closing_member_is_not_counted_as_a_delivery() -> None:
@@ -123,8 +119,9 @@ async def test_a_closing_member_is_not_counted_as_a_delivery() -> None:
     await join(hub, room, ok, 0)
     await join(hub, room, gone, 0)
     gone.closing = True
+    hub.begin_batch()
     bus.publish(room, 1, event(room, 1))
     bus.publish(room, 2, event(room, 2))
-    await asyncio.sleep(0)
+    hub.end_batch()
     assert gone.writes == [] and len(ok.writes) == 1
     assert delivered(metrics) == 2
