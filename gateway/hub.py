@@ -4,6 +4,15 @@ Each room event arrives once from the bus as complete JSON bytes; the hub wraps 
 WebSocket frame once and writes the same bytes to every local member (conventions 6, 7).
 A socket that is joining is `pending`: events that arrive while its join is in flight
 are buffered and handed over after its replay, so it sees each seq exactly once.
+
+Writes are coalesced per bus read: the events a room gets in one read of the pub/sub
+connection (RedisBus calls `begin_batch`/`end_batch` around each read) are queued on the room
+and written at the end of the read as one buffer per member, so a socket costs one `write(2)`
+per read instead of one per event. Under light load a read holds one event, as before; as load
+rises, events bunch up in each read and the system calls per delivery fall (docs/benchmarks.md
+"Fan-out per delivery (issue 14)"). Outside a batch (the embedded bus, gap repairs) each event
+is written at once. Nothing awaits inside a batch, so no join, leave or reply can come between
+an event and its write.
 """
 
 from __future__ import annotations
@@ -55,7 +64,7 @@ class Pending:
 
 
 class LocalRoom:
-    __slots__ = ("epoch", "held", "last_seq", "members", "pending", "ready")
+    __slots__ = ("epoch", "held", "last_seq", "members", "pending", "queued", "ready")
 
     def __init__(self) -> None:
         # member -> the seq its join took effect at: it gets only events after that. The
@@ -68,6 +77,8 @@ class LocalRoom:
         self.ready = asyncio.Event()  # set once the bus subscription is confirmed
         self.held: list[tuple[int, bytes]] | None = None  # events waiting for a gap repair
         self.epoch: str | None = None  # the room's epoch when our members joined
+        # Events fanned out in this loop iteration, not yet written: (seq, frame, arrived at).
+        self.queued: list[tuple[int, bytes, float]] | None = None
 
 
 class Hub:
@@ -83,7 +94,12 @@ class Hub:
         metrics.before_scrape.append(self._count_members)
         self._repairs: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
+        self._dirty: list[LocalRoom] = []  # rooms with queued events, in arrival order
+        self._batching = False
         bus.set_sink(self.deliver)
+        set_batch = getattr(bus, "set_batch", None)
+        if set_batch is not None:
+            set_batch(self.begin_batch, self.end_batch)
 
     # ------------------------------------------------------------ membership
 
@@ -193,26 +209,72 @@ class Hub:
             return
         self._fanout(room_id, local, seq, frame)
 
+    def begin_batch(self) -> None:
+        """Events from here to `end_batch` are written per room and member at once."""
+        self._batching = True
+
+    def end_batch(self) -> None:
+        """Write every room's queued events: one buffer per member."""
+        self._batching = False
+        dirty, self._dirty = self._dirty, []
+        for local in dirty:
+            self._write(local)
+
     def _fanout(self, room_id: str, local: LocalRoom, seq: int, frame: bytes) -> None:
+        """Write one event to the room's members (queued for `end_batch` inside a batch),
+        buffer it for the joining ones. `seq` is above every seq queued before it."""
         started = time.perf_counter()
         i = frame.rfind(_TS)
         if i > 0:  # the tail ends with "ts":<ms>}
             self.metrics.pubsub_lag.observe(max(0.0, time.time() - int(frame[i + 5 : -1]) / 1000))
         local.last_seq = seq
-        ws_frame = text_frame(frame)
-        members = local.members
-        for session, start in members.items():
-            if seq > start:
-                session.write_frame(ws_frame)
+        queued = local.queued
+        if queued is None:
+            local.queued = [(seq, text_frame(frame), started)]
+            if self._batching:
+                self._dirty.append(local)
+            else:
+                self._write(local)
+        else:
+            queued.append((seq, text_frame(frame), started))
         for pending_session, buffer in local.pending.items():
             buffer.add(pending_session, seq, frame)
-        self.metrics.out_event.inc(len(members))
         if self.log_events:
             log.info("event %s", frame.decode(errors="replace"))
         j = frame.find(_EVENT_TYPE)
         if j >= 0 and frame.startswith(_ROOM_CLOSED, j + len(_EVENT_TYPE)):
+            self._write(local)
             self._closed(room_id, local)
-        self.metrics.fanout_latency.observe(time.perf_counter() - started)
+
+    def _write(self, local: LocalRoom) -> None:
+        queued = local.queued
+        if queued is None:
+            return
+        local.queued = None
+        members = local.members
+        written = 0  # deliveries made: not to a member that joined after the event, nor a closing one
+        if len(queued) == 1:
+            seq, ws_frame, _ = queued[0]
+            for session, start in members.items():
+                if seq > start and session.write_frame(ws_frame):
+                    written += 1
+        else:
+            first, last = queued[0][0], queued[-1][0]
+            joined = b"".join([f for _, f, _ in queued])
+            n = len(queued)
+            for session, start in members.items():
+                if first > start:
+                    if session.write_frame(joined):
+                        written += n
+                elif last > start:  # joined in between: only what follows its join
+                    later = [f for s, f, _ in queued if s > start]
+                    if session.write_frame(b"".join(later)):
+                        written += len(later)
+        self.metrics.out_event.inc(written)
+        done = time.perf_counter()
+        observe = self.metrics.fanout_latency.observe
+        for _, _, started in queued:
+            observe(done - started)
 
     def repair(self, room_ids: list[str]) -> None:
         """After a resubscribe: fetch whatever each room missed while we were away."""

@@ -62,6 +62,13 @@ def tree_cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
+def syscalls(pid: int) -> tuple[int, int]:
+    """(read-like, write-like) system calls the process has made so far (/proc/<pid>/io syscr,
+    syscw): socket writes per delivery show how far a server coalesces its writes."""
+    counts = dict(line.split(": ", 1) for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(counts["syscr"]), int(counts["syscw"])
+
+
 def status_kib(pid: int, key: str = "VmRSS") -> int:
     """A `kB` line of /proc/<pid>/status (VmRSS, VmHWM, RssAnon…) in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -160,9 +160,12 @@ async def fanout_run(args: argparse.Namespace, target: str, rate: float, duratio
             pids = {f"s{i}": s.pid for i, s in enumerate(servers)} | redis.pids()
             redis.reset_stats()  # INFO commandstats over the window only
             cpu0 = {k: sum(procstat.cpu_times(p)) for k, p in pids.items()} | redis.cpu()
+            sys0 = [procstat.syscalls(s.pid) for s in servers]  # type: ignore[arg-type]
+            stime0 = [procstat.cpu_times(s.pid)[1] for s in servers]  # type: ignore[arg-type]
             load0 = procstat.loadavg()
             jiffies0 = procstat.machine_jiffies()
             t0 = time.monotonic_ns()
+            print(f"[peers]   publishing {rate:g} events/s for {duration:g} s", file=sys.stderr, flush=True)
             publish_s = await publish_paced(pubs, rate, duration)
             want = {p.room: p.sent for p in pubs}
             for w in procs:
@@ -172,6 +175,8 @@ async def fanout_run(args: argparse.Namespace, target: str, rate: float, duratio
             while any(p.count < p.sent for p in pubs) and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
             cpu1 = {k: sum(procstat.cpu_times(p)) for k, p in pids.items()} | redis.cpu()
+            sys1 = [procstat.syscalls(s.pid) for s in servers]  # type: ignore[arg-type]
+            stime = sum(procstat.cpu_times(s.pid)[1] for s in servers) - sum(stime0)  # type: ignore[arg-type]
             jiffies1 = procstat.machine_jiffies()
             rss = [procstat.status_kib(s.pid) for s in servers]
             stats = redis.commandstats()
@@ -183,7 +188,9 @@ async def fanout_run(args: argparse.Namespace, target: str, rate: float, duratio
         for p in pubs:
             by_shard[redis.shard_of(p.room)] = by_shard.get(redis.shard_of(p.room), 0) + p.sent
         out = fanout_report(args, target, rate, pubs, results, t0, publish_s, cpu, load0,
-                            procstat.busy_cores(jiffies0, jiffies1, os.cpu_count() or 1), rss) | redis.report(cpu, by_shard)
+                            procstat.busy_cores(jiffies0, jiffies1, os.cpu_count() or 1), rss,
+                            [(b[0] - a[0], b[1] - a[1]) for a, b in zip(sys0, sys1, strict=True)],
+                            stime) | redis.report(cpu, by_shard)
         sent = max(1, out["events_sent"])
         # Redis' own accounting per event (summed over the primaries): which commands, how often,
         # and their usec (a script's usec includes the commands it calls, also listed on their own).
@@ -213,7 +220,8 @@ def commandstats(info: str) -> dict[str, dict[str, float]]:
 
 def fanout_report(args: argparse.Namespace, target: str, rate: float, pubs: list[BenchSocket],
                   results: list[dict[str, Any]], t0: int, publish_s: float, cpu: dict[str, float],
-                  load0: list[float], busy: float, rss: list[int]) -> dict[str, Any]:
+                  load0: list[float], busy: float, rss: list[int],
+                  syscalls: list[tuple[int, int]] | None = None, stime: float = float("nan")) -> dict[str, Any]:
     sent = sum(p.sent for p in pubs)
     received = sum(r["received"] for r in results) + sum(p.count for p in pubs)
     lat = array("q")
@@ -251,6 +259,10 @@ def fanout_report(args: argparse.Namespace, target: str, rate: float, pubs: list
         "lat_p50_ms": percentile(lat_ms, 50), "lat_p99_ms": percentile(lat_ms, 99),
         "lat_max_ms": lat_ms[-1] if lat_ms else float("nan"),
         "echo_p99_ms_by_second": [round(percentile(sorted(v), 99), 1) for _, v in sorted(by_second.items())],
+        "server_syscalls_each": syscalls or [],
+        "server_kernel_share": stime / server_cpu if server_cpu else float("nan"),  # stime / (utime+stime)
+        "server_writes_per_delivery": sum(w for _, w in syscalls or []) / received if received else float("nan"),
+        "server_reads_per_delivery": sum(r for r, _ in syscalls or []) / received if received else float("nan"),
         "server_rss_kib": rss, "loadavg_before": load0, "machine_busy_cores": busy,
     }
     out["ok"] = (out["missing"] == 0 and out["extra"] == 0 and out["gaps"] == 0 and out["disorder"] == 0
@@ -353,6 +365,10 @@ async def connect_run(args: argparse.Namespace, target: str, tag: str, node: str
 ROWS: list[tuple[str, str, str, str, bool]] = [
     # (workload, key, label, format, higher is better)
     ("fanout", "server_cpu_us_per_delivery", "fan-out: server CPU µs/delivery (A+B)", ".2f", False),
+    ("fanout", "server_writes_per_delivery", "fan-out: server write syscalls/delivery", ".3f", False),
+    ("fanout", "server_kernel_share", "fan-out: server CPU in the kernel (stime share)", ".2f", False),
+    ("fanout", "server_cpu_util", "fan-out: server CPU busy (cores, both)", ".2f", False),
+    ("fanout", "machine_busy_cores", "fan-out: machine busy (cores)", ".2f", False),
     ("fanout", "lat_p50_ms", "fan-out: latency p50 ms", ".2f", False),
     ("fanout", "lat_p99_ms", "fan-out: latency p99 ms", ".1f", False),
     ("fanout", "redis_cpu_us_per_event", "fan-out: Redis CPU µs/event", ".1f", False),

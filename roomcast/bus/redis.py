@@ -10,7 +10,9 @@ every slot: the same code, one connection, opened at start (Redis 7 has sharded 
 
 Each connection carries SSUBSCRIBE/SUNSUBSCRIBE and the `smessage` pushes; hiredis' C `Reader`
 parses them (4-9x faster than pure Python, `python -m loadtests.resp_ab`, docs/benchmarks.md)
-and each frame goes to the sink undecoded.
+and each frame goes to the sink undecoded. The sink calls of one read are bracketed by
+`batch_begin`/`batch_end` (`set_batch`), so the gateway can write a room's events of one read
+to each socket at once.
 
 Health, per shard: every `probe_interval` the replica publishes to its own probe channel of that
 shard (hash-tagged into a slot the shard owns) through the command connection; if the probe does
@@ -52,6 +54,10 @@ def _drop(room_id: str, seq: int, frame: bytes) -> None:
     return None
 
 
+def _nothing() -> None:
+    return None
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, shard: _Shard) -> None:
         self.shard = shard
@@ -66,7 +72,16 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         reader = self.reader
         reader.feed(data)
-        sink = self.shard.bus.sink
+        bus = self.shard.bus
+        # Every message of this read reaches the sink between one begin and one end call, so
+        # the gateway writes a room's events of the read to each socket in one write.
+        bus.batch_begin()
+        try:
+            self._messages(reader, bus.sink)
+        finally:
+            bus.batch_end()
+
+    def _messages(self, reader: hiredis.Reader, sink: EventSink) -> None:
         while True:
             try:
                 value = reader.gets()
@@ -293,6 +308,9 @@ class RedisBus:
         self.probe_timeout = probe_timeout
         self.subscribe_timeout = subscribe_timeout
         self.sink: EventSink = _drop
+        # Called around each read of a subscriber connection (the hub's write coalescing).
+        self.batch_begin: Callable[[], None] = _nothing
+        self.batch_end: Callable[[], None] = _nothing
         self.map: ShardMap | None = None
         self.shards: dict[str, _Shard] = {}  # by label
         self.room_shard: dict[str, _Shard] = {}  # every wanted room -> the shard it is subscribed on
@@ -327,6 +345,11 @@ class RedisBus:
 
     def set_sink(self, sink: EventSink) -> None:
         self.sink = sink
+
+    def set_batch(self, begin: Callable[[], None], end: Callable[[], None]) -> None:
+        """`begin` and `end` are called around each read of a subscriber connection: the sink
+        calls in between are the messages of that read."""
+        self.batch_begin, self.batch_end = begin, end
 
     def shard_stats(self) -> list[tuple[str, bool, int, int]]:
         """(label, connected, rooms resubscribed, failovers seen) of every shard opened so far."""
