@@ -35,7 +35,7 @@ from roomcast.store.base import (
     Service,
     fail,
 )
-from roomcast.store.redis_codec import _check, _member, _pairs, _Retry, _room_wire, _s
+from roomcast.store.redis_codec import _check, _member, _pairs, _participants, _Retry, _room_wire, _s
 from roomcast.store.redis_connections import RedisConnections
 from roomcast.store.redis_index import RoomIndex
 
@@ -146,12 +146,11 @@ class RedisStore(RedisConnections):
     def _join_result(self, reply: list[Any]) -> JoinResult:
         head = int(reply[1])
         room = _pairs(reply[5])
-        members = _pairs(reply[6])
         state = int(reply[4])  # -1 no replay, 0 not every event after `since` is kept, 1 all are
         rest = int(reply[9]) if len(reply) > 9 else -1
         return JoinResult(
             room=_room_wire(room, head),
-            participants=[_member(d, v) for d, v in members.items() if v.split("|")[1] != LEFT],
+            participants=_participants(reply[6], LEFT),
             seq=head,
             epoch=_s(reply[2]),
             role=_s(reply[3]),
