@@ -120,6 +120,7 @@ class Handshake(NodeBase):
         session.caller = caller
         session.device_id = device_id
         self.presence.touch(session.socket_id, now_ms())
+        self.presence.recorded(device_id)  # connect wrote its last_heartbeat: none due before the next flush
         self.reply(session, "welcome", {
             "type": "welcome",
             "re": msg.id,
