@@ -2,10 +2,10 @@
 so the budget is the same whichever replica a client reaches. The script is
 `roomcast.limits.base.take_tokens` in Lua (compared with it by a contract test).
 
-`TAKE_BUCKET` (roomcast/redis/scripts.py) is that step as a Lua function, so a store script can take from a bucket in
-the same atomic step as its own work (the hello's connect script takes the device's
-connect budget, roomcast/redis/scripts.py CONNECT): the bucket key must then be in the
-script's slot, which a device's buckets are (`roomcast.redis.keys.device_limit`)."""
+`TAKE_BUCKET` (roomcast/redis/scripts.py) is that step as a Lua function, so that a store
+script can take from a bucket in the same atomic step as its own work (the hello's CONNECT
+takes the device's connect budget, the join's ADMIT_JOIN its join budget): the bucket key
+must then be in the script's slot, which a device's buckets are (`keys.device_limit`)."""
 
 from __future__ import annotations
 
