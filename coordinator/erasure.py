@@ -77,6 +77,7 @@ async def _forget_in_redis(b: Batcher, device_id: str, rooms: set[str], sockets:
                            report: EraseReport) -> None:
     needle = device_id.encode()
     doomed = [keys.connection(device_id), keys.device_rooms(device_id), keys.device_token(device_id),
+              keys.device_limit(device_id, "connect"), keys.device_limit(device_id, "join"),
               *(keys.socket(s) for s in sockets)]
     # One DEL per key: the socket keys are in other slots than the device's (a cluster).
     deleted = [b.call(cmd("delete", key)) for key in doomed]

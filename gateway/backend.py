@@ -154,7 +154,8 @@ def memory_node(settings: Settings, metrics: Metrics) -> Node:
             metrics.rooms_by_game_type_seen)
 
     metrics.before_scrape.append(room_counts)
-    node = Node(settings, store, bus, MemoryPresence(), metrics)
+    # One set of buckets: those the store takes in its steps (connect, admit_join) and the node's.
+    node = Node(settings, store, bus, MemoryPresence(), metrics, store.limits)
     node.upkeep_hooks.append(EmbeddedCleanup(settings, store, metrics))
     return node
 

@@ -9,7 +9,8 @@ import time
 from roomcast import protocol as p
 from roomcast.errors import CloseCode, ErrorCode, GatewayError
 from roomcast.privacy import MetadataTooLarge
-from roomcast.store.base import Caller, ConnectionInfo
+from roomcast.redis import keys
+from roomcast.store.base import Budget, Caller, ConnectionInfo
 
 from . import auth
 from .node_base import NodeBase, now_ms
@@ -60,7 +61,12 @@ class Handshake(NodeBase):
             self.metrics.rate_limited.labels("connections_per_device").inc()
             session.close(CloseCode.RATE_LIMITED, "too many connections for this device")
             return
-        if await self.limited("connect_device", device_id, s.connect_rate_per_device, 10):
+        budget = Budget(keys.device_limit(device_id, "connect"), s.connect_rate_per_device, 10)
+        # The device's connect budget is taken in the store's connect step itself (one atomic
+        # step: the budget, then the record), unless something must come between the two: the
+        # backend's webhook (never asked for a refused hello) or a new device token.
+        folded = self.webhooks is None and grant is None
+        if not folded and await self._take(budget, "connect_device"):
             session.close(CloseCode.RATE_LIMITED, "this device connects too often")
             return
         if self.webhooks is not None:
@@ -87,12 +93,17 @@ class Handshake(NodeBase):
         try:
             if tokens is not None and grant is not None:
                 issued = await tokens.issue(device_id, grant)
-            result = await self.store.connect(caller, info, now_ms())
+            result = await self.store.connect(caller, info, now_ms(), budget if folded else None)
         except BaseException:
             self._release_device(device_id)
             if tokens is not None and issued is not None:
                 await tokens.revoke(device_id, issued)
             raise
+        if result.wait_ms:  # (folded: no token was issued) the budget was short, nothing recorded
+            self._release_device(device_id)
+            self.metrics.rate_limited.labels("connect_device").inc()
+            session.close(CloseCode.RATE_LIMITED, "this device connects too often")
+            return
         refused = result.open_sockets > s.max_connections_per_device
         if refused:
             # The cluster-wide count (other replicas included) is over the limit.
@@ -109,6 +120,7 @@ class Handshake(NodeBase):
         session.caller = caller
         session.device_id = device_id
         self.presence.touch(session.socket_id, now_ms())
+        self.presence.recorded(device_id)  # connect wrote its last_heartbeat: none due before the next flush
         self.reply(session, "welcome", {
             "type": "welcome",
             "re": msg.id,
@@ -122,6 +134,13 @@ class Handshake(NodeBase):
             "rooms": [r.wire() for r in result.rooms],
             **({"device_token": issued.token} if issued is not None else {}),
         })
+
+    async def _take(self, budget: Budget, what: str) -> int:
+        """Take one token from a device's budget on its own (0, or the ms to wait: counted)."""
+        wait = await self.limiter.take(budget.key, budget.rate, budget.burst, now_ms())
+        if wait:
+            self.metrics.rate_limited.labels(what).inc()
+        return wait
 
     async def _ping(self, session: Session, msg: p.Ping) -> None:
         self.reply(session, "pong", {"type": "pong", "re": msg.id, "t": now_ms()})

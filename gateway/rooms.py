@@ -8,8 +8,9 @@ import logging
 
 from roomcast import protocol as p
 from roomcast.errors import CloseCode, ErrorCode, GatewayError
+from roomcast.redis import keys
 from roomcast.room import new_join_code
-from roomcast.store.base import REPLAY_CHUNK, Caller, JoinResult, NewRoom, RoomOwner
+from roomcast.store.base import REPLAY_CHUNK, Budget, Caller, JoinResult, NewRoom, RoomOwner
 
 from . import passwords
 from .node_base import NodeBase, now_ms
@@ -79,12 +80,17 @@ class RoomCommands(NodeBase):
         room_id = msg.room_id
         self._check_room_budget(session, room_id)
         s = self.settings
-        wait = await self.limited("join", caller.device_id, s.join_rate, 20)
-        if wait:
-            raise GatewayError(ErrorCode.RATE_LIMITED, "joining too fast", retry_after_ms=wait)
-        if room_id not in session.rooms:
-            await self._check_device_rooms(caller.device_id, room_id)
-        stored = await self.store.password_hash(room_id)
+        # One round trip: the device's join budget and room count (one step on its slot) and
+        # the room's password hash; checked in that order.
+        rejoin = room_id in session.rooms
+        check = await self.store.admit_join(caller.device_id, room_id, Budget(
+            keys.device_limit(caller.device_id, "join"), s.join_rate, 20), not rejoin, now_ms())
+        if check.wait_ms:
+            self.metrics.rate_limited.labels("join").inc()
+            raise GatewayError(ErrorCode.RATE_LIMITED, "joining too fast", retry_after_ms=check.wait_ms)
+        if not rejoin and check.rooms >= s.max_rooms_per_device:
+            raise GatewayError(ErrorCode.FORBIDDEN, f"this device is already in {s.max_rooms_per_device} rooms (the limit)")
+        stored = check.password_hash
         if stored is not None:
             if msg.password is None:
                 raise GatewayError(ErrorCode.FORBIDDEN, "this room needs a password")

@@ -15,7 +15,6 @@ import hmac
 import ipaddress
 import logging
 import os
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -44,6 +43,7 @@ class Privacy:
                 kid, _, key = entry.partition(":")
                 self._keys.append((kid, AESGCM(base64.b64decode(key))))
         self.ip_storage = ip_storage
+        self._addresses: dict[str, str | None] = {}  # address() of recent addresses
         self.user_agent_storage = user_agent_storage
         if user_agent_storage == "encrypt" and not self._keys and persistent:
             log.warning("USER_AGENT_STORAGE=encrypt without PRIVACY_ENCRYPTION_KEYS: user agents are not stored")
@@ -56,6 +56,15 @@ class Privacy:
             return None
         if self.ip_storage == "full":
             return ip
+        # Every hello asks, and clients share few addresses: the last few thousand answers are kept.
+        if ip in self._addresses:
+            return self._addresses[ip]
+        if len(self._addresses) >= 4096:
+            self._addresses.clear()
+        stored = self._addresses[ip] = self._address(ip)
+        return stored
+
+    def _address(self, ip: str) -> str | None:
         if self.ip_storage == "hash":
             return self.hash(ip)[:45]
         try:
@@ -124,8 +133,7 @@ class Privacy:
               max_bytes: int | None = None) -> ConnectionInfo:
         # The metadata first: a refused one costs no address, hash or encryption work.
         metadata = self.device_info(info.metadata, max_entries, max_bytes)
-        return replace(
-            info,
+        return ConnectionInfo(
             ip=self.address(info.ip),
             user_agent=self.user_agent(info.user_agent),
             fingerprint=None if info.fingerprint is None else self.hash(info.fingerprint),

@@ -1,28 +1,28 @@
 """Keyed token buckets in Redis, shared by every replica: one small Lua step per check,
 so the budget is the same whichever replica a client reaches. The script is
-`roomcast.limits.base.take_tokens` in Lua (compared with it by a contract test)."""
+`roomcast.limits.base.take_tokens` in Lua (compared with it by a contract test).
+
+`TAKE_BUCKET` (roomcast/redis/scripts.py) is that step as a Lua function, so that a store
+script can take from a bucket in the same atomic step as its own work (the hello's CONNECT
+takes the device's connect budget, the join's ADMIT_JOIN its join budget): the bucket key
+must then be in the script's slot, which a device's buckets are (`keys.device_limit`)."""
 
 from __future__ import annotations
 
 from roomcast.redis.batch import Batcher
+from roomcast.redis.scripts import TAKE_BUCKET
 
-BUCKET = r"""
--- KEYS[1] bucket hash {tokens, at}; ARGV: rate (tokens/s), burst, now_ms, cost
-local rate, burst, now, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local v = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens, at = tonumber(v[1]), tonumber(v[2])
-if not tokens then tokens, at = burst, now end
-tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
-local wait = 0
-if cost == 0 then  -- a peek: would one token be available?
-  if tokens < 1 then wait = math.max(1, math.ceil((1 - tokens) * 1000 / rate)) end
-elseif cost < 0 then  -- a refund: give tokens back, up to the burst
-  tokens = math.min(burst, tokens - cost)
-elseif tokens >= cost then tokens = tokens - cost else wait = math.max(1, math.ceil((cost - tokens) * 1000 / rate)) end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) * 1000 / rate) + 1000)
-return wait
+# KEYS[1] bucket hash {tokens, at}; ARGV: rate (tokens/s), burst, now_ms, cost
+BUCKET = TAKE_BUCKET + r"""
+return take_bucket(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 """
+
+
+def bucket_key(name: str) -> str:
+    """The Redis key of bucket `name`: a name that is already a key of the layout (a
+    device's bucket, `ws:...{device}...`) is used as it is, in its owner's slot; any other
+    name is its own hash tag."""
+    return name if name.startswith("ws:") else f"ws:rl:{{{name}}}"
 
 
 class RedisLimiter:
@@ -31,5 +31,5 @@ class RedisLimiter:
         self.script = batcher.register(BUCKET)
 
     async def take(self, key: str, rate: float, burst: int, now_ms: int, cost: int = 1) -> int:
-        wait = await self.b.eval(self.script, [f"ws:rl:{{{key}}}"], [rate, burst, now_ms, cost])
+        wait = await self.b.eval(self.script, [bucket_key(key)], [rate, burst, now_ms, cost])
         return int(wait)

@@ -10,6 +10,9 @@ class MemoryPresence:
     def touch(self, socket_id: str, now_ms: int, device_id: str | None = None) -> None:
         self._last[socket_id] = now_ms
 
+    def recorded(self, device_id: str) -> None:
+        return None
+
     def remove(self, socket_id: str) -> None:
         self._last.pop(socket_id, None)
 

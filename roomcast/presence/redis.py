@@ -30,17 +30,25 @@ class RedisPresence:
         self.b = batcher
         self._pending: dict[str, int] = {}
         self._devices: dict[str, int] = {}  # device_id -> latest heartbeat since the last flush
+        # Devices whose record a hello wrote since the last flush (last_heartbeat = then): a
+        # heartbeat of theirs in the same window would cost a script and say about the same.
+        self._fresh: set[str] = set()
         self.s_heartbeat = batcher.register(HEARTBEAT)
 
     def touch(self, socket_id: str, now_ms: int, device_id: str | None = None) -> None:
         self._pending[socket_id] = now_ms
-        if device_id is not None:
+        if device_id is not None and device_id not in self._fresh:
             self._devices[device_id] = now_ms
+
+    def recorded(self, device_id: str) -> None:
+        self._fresh.add(device_id)
+        self._devices.pop(device_id, None)
 
     def remove(self, socket_id: str) -> None:
         self._pending.pop(socket_id, None)
 
     async def flush(self) -> None:
+        self._fresh.clear()
         if not self._pending and not self._devices:
             return
         batch, self._pending = self._pending, {}

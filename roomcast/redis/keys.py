@@ -128,6 +128,13 @@ def device_token(device_id: str) -> str:
     return f"ws:connections:{{{device_id}}}:token"
 
 
+def device_limit(device_id: str, what: str) -> str:
+    """Hash with a TTL {tokens, at}: one of the device's rate-limit buckets (`connect`,
+    `join`), in the device's slot so that the hello's and the join's device steps take it
+    in the same atomic step as their own work (roomcast/limits/redis.py)."""
+    return f"ws:connections:{{{device_id}}}:rl:{what}"
+
+
 def socket(socket_id: str) -> str:
     """String: the socket's device_id."""
     return f"ws:socket:{socket_id}"

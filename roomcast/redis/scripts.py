@@ -162,12 +162,65 @@ local function del_sock(socks, s)
 end
 """
 
+# A token bucket (roomcast/limits: `take_tokens` line by line, compared with it by a contract
+# test): take_bucket(key, rate (tokens/s), burst, now_ms, cost) -> 0 if taken, else ms to wait.
+# The bucket hash {tokens, at} expires once full again. roomcast.limits.redis.BUCKET runs it
+# alone; CONNECT and ADMIT_JOIN take a device's bucket (keys.device_limit) in their own step.
+TAKE_BUCKET = r"""
+local function take_bucket(key, rate, burst, now, cost)
+  rate, burst, now, cost = tonumber(rate), tonumber(burst), tonumber(now), tonumber(cost)
+  local v = redis.call('HMGET', key, 'tokens', 'at')
+  local tokens, at = tonumber(v[1]), tonumber(v[2])
+  if not tokens then tokens, at = burst, now end
+  tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
+  local wait = 0
+  if cost == 0 then  -- a peek: would one token be available?
+    if tokens < 1 then wait = math.max(1, math.ceil((1 - tokens) * 1000 / rate)) end
+  elseif cost < 0 then  -- a refund: give tokens back, up to the burst
+    tokens = math.min(burst, tokens - cost)
+  elseif tokens >= cost then tokens = tokens - cost else wait = math.max(1, math.ceil((cost - tokens) * 1000 / rate)) end
+  redis.call('HSET', key, 'tokens', tostring(tokens), 'at', now)
+  redis.call('PEXPIRE', key, math.ceil((burst - tokens) * 1000 / rate) + 1000)
+  return wait
+end
+"""
+
+# A hello's connection record, in one step on the device's slot (the socket key and the
+# presence entry, in other slots, follow in the next batch once this one has counted the
+# socket). KEYS[1] connection hash, KEYS[2] device rooms set, KEYS[3] (optional) the
+# device's connect bucket. ARGV: socket now user status rate burst.
+# Returns {wait} when the bucket is short (nothing else is changed), else
+# {0, connections (this one included), open sockets (this one included), room ids}.
+CONNECT = TAKE_BUCKET + r"""
+if KEYS[3] then
+  local wait = take_bucket(KEYS[3], ARGV[5], ARGV[6], ARGV[2], 1)
+  if wait > 0 then return {wait} end
+end
+local count = redis.call('HINCRBY', KEYS[1], 'connections', 1)
+local sockets = redis.call('HINCRBY', KEYS[1], 'sockets', 1)
+redis.call('HSET', KEYS[1], 'socket_id', ARGV[1], 'connected_at', ARGV[2], 'last_heartbeat', ARGV[2],
+  'user_id', ARGV[3], 'status', ARGV[4])
+redis.call('PERSIST', KEYS[1])
+return {0, count, sockets, redis.call('SMEMBERS', KEYS[2])}
+"""
+
+# What a join needs to know of its device before it goes ahead, in one step on the device's
+# slot: take the device's join bucket, then count the device's rooms other than the one
+# joined. KEYS[1] device rooms set, KEYS[2] the device's join bucket. ARGV: room_id('' =
+# count every room) rate burst now count('1'/'0'). Returns {wait, rooms} (rooms -1: not counted).
+ADMIT_JOIN = TAKE_BUCKET + r"""
+local wait = take_bucket(KEYS[2], ARGV[2], ARGV[3], ARGV[4], 1)
+if wait > 0 or ARGV[5] ~= '1' then return {wait, -1} end
+local n = redis.call('SCARD', KEYS[1])
+if ARGV[1] ~= '' then n = n - redis.call('SISMEMBER', KEYS[1], ARGV[1]) end
+return {0, n}
+"""
 
 def split_prelude(source: str) -> tuple[str, str]:
     """(helpers, body) of a script: the helper functions it starts with (PRELUDE, SOCKETS) and
     the rest. A Redis Function library defines the helpers once, at load, and runs the body per
     call (roomcast/redis/batch.py, Script); EVALSHA runs the whole source."""
-    for helpers in (PRELUDE + SOCKETS, PRELUDE):
+    for helpers in (PRELUDE + SOCKETS, PRELUDE, TAKE_BUCKET):
         if source.startswith(helpers):
             return helpers, source[len(helpers):]
     return "", source
@@ -190,6 +243,8 @@ return {'ok', 0, ARGV[11], 'host', 0, redis.call('HGETALL', KEYS[1]), redis.call
 """
 
 # ARGV: room_id device socket user role since(-1) epoch('') now sender maxlen max_participants replay_chunk
+# Returns {'ok', head, epoch, role, recovered, room, members, replay, first kept, rest, was a
+# participant already (1/0: a fresh join has no entry in the prune queue to take out)}.
 JOIN = PRELUDE + SOCKETS + r"""
 local room_id, device, sock, user, role = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local since, want_epoch, now, sender, maxlen = tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9], ARGV[10]
@@ -248,7 +303,7 @@ else
   emit(room_id, ptail('participant_joined', device, role, '', sender, now), now, maxlen)
 end
 return {'ok', head, epoch, role, recovered, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), replay,
-  first, rest}
+  first, rest, (v and st ~= 'left') and 1 or 0}
 """
 
 # ARGV: room_id device now sender reason maxlen only_if_disconnected(0/1) socket('' = the device)

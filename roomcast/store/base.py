@@ -56,10 +56,31 @@ class DeviceRoom:
 
 
 @dataclass(frozen=True, slots=True)
+class Budget:
+    """A rate-limit bucket (roomcast.limits) that a store step takes one token from in the
+    same atomic step as its own work: `key` names it (a device's bucket: keys.device_limit,
+    in the device's slot), `rate` tokens per second, at most `burst`."""
+
+    key: str
+    rate: float
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectResult:
     reconnect_count: int
     rooms: list[DeviceRoom]
     open_sockets: int = 1  # the device's open sockets across the cluster, this one included
+    wait_ms: int = 0  # > 0: connect's budget was short, nothing was recorded; retry after this
+
+
+@dataclass(frozen=True, slots=True)
+class JoinCheck:
+    """What a join needs to know before it goes ahead (RoomStore.admit_join)."""
+
+    wait_ms: int  # > 0: the join budget is short (then nothing else was looked at)
+    rooms: int  # the device's rooms other than the one joined (-1: not counted)
+    password_hash: str | None  # the room's, None if it has none (or does not exist)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +157,11 @@ class RoomStore(Protocol):
     changes nothing. Events a method makes are handed to the bus before it returns.
     """
 
-    async def connect(self, caller: Caller, info: ConnectionInfo, now_ms: int) -> ConnectResult:
-        """Record a new socket of a device; return its earlier-connection count and rooms."""
+    async def connect(self, caller: Caller, info: ConnectionInfo, now_ms: int,
+                      budget: Budget | None = None) -> ConnectResult:
+        """Record a new socket of a device; return its earlier-connection count and rooms.
+        With `budget`, first take one token from it, in the same step: when it is short,
+        nothing is recorded and the result's `wait_ms` says for how long."""
         ...
 
     async def disconnect(self, caller: Caller, status: str, reason: str, now_ms: int) -> None:
@@ -182,6 +206,13 @@ class RoomStore(Protocol):
 
     async def password_hash(self, room_id: str) -> str | None:
         """The stored password hash of a room, or None if it has none (or does not exist)."""
+        ...
+
+    async def admit_join(self, device_id: str, room_id: str, budget: Budget, count_rooms: bool,
+                         now_ms: int) -> JoinCheck:
+        """Before a join, in one go: take one token from the device's join `budget` (when
+        short, nothing else is looked at), count the device's rooms other than `room_id`
+        (if `count_rooms`; MAX_ROOMS_PER_DEVICE) and read the room's password hash."""
         ...
 
     async def join(

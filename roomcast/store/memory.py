@@ -16,6 +16,7 @@ import orjson
 from roomcast import merge_patch
 from roomcast.bus.memory import MemoryBus
 from roomcast.errors import ErrorCode
+from roomcast.limits.memory import MemoryLimiter
 from roomcast.protocol import event_frame, event_tail
 from roomcast.room import (
     ACTIVE,
@@ -31,6 +32,7 @@ from roomcast.room import (
 )
 from roomcast.store.base import (
     REPLAY_CHUNK,
+    Budget,
     Caller,
     ConnectionInfo,
     ConnectResult,
@@ -41,6 +43,7 @@ from roomcast.store.base import (
     Service,
     fail,
 )
+from roomcast.store.memory_admit import MemoryAdmission
 from roomcast.store.memory_idem import IdempotencyKeys
 from roomcast.store.memory_index import MemoryRoomIndex
 from roomcast.store.memory_records import DeviceRecord, SocketRecord
@@ -53,7 +56,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class MemoryStore:
+class MemoryStore(MemoryAdmission):
     def __init__(
         self,
         bus: MemoryBus,
@@ -72,6 +75,7 @@ class MemoryStore:
         idempotency_max_keys: int = 1000,
     ) -> None:
         self.bus = bus
+        self.limits = MemoryLimiter()  # the budgets connect and admit_join take (memory_admit)
         self.idem = IdempotencyKeys(idempotency_window_ms, idempotency_max_keys)  # see _emit_once
         self.max_participants = max_participants
         # History mode (embedded gateway with DATABASE_URL): every event and lifecycle
@@ -213,7 +217,10 @@ class MemoryStore:
 
     # ------------------------------------------------------------ connections
 
-    async def connect(self, caller: Caller, info: ConnectionInfo, now_ms: int) -> ConnectResult:
+    async def connect(self, caller: Caller, info: ConnectionInfo, now_ms: int,
+                      budget: Budget | None = None) -> ConnectResult:
+        if budget is not None and (wait := await self.limits.take(budget.key, budget.rate, budget.burst, now_ms)):
+            return ConnectResult(0, [], 0, wait)  # nothing recorded
         dev = self.devices.get(caller.device_id)
         if dev is None:
             dev = self.devices[caller.device_id] = DeviceRecord()

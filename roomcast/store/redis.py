@@ -23,20 +23,20 @@ from roomcast.protocol import event_tail
 from roomcast.redis import keys
 from roomcast.redis import scripts as lua
 from roomcast.redis.batch import Batcher, cmd
-from roomcast.room import ACTIVE, LEFT, new_epoch
+from roomcast.room import LEFT, new_epoch
 from roomcast.store.base import (
     REPLAY_CHUNK,
+    Budget,
     Caller,
-    ConnectionInfo,
-    ConnectResult,
-    DeviceRoom,
+    JoinCheck,
     JoinResult,
     NewRoom,
     RoomPage,
     Service,
     fail,
 )
-from roomcast.store.redis_codec import _check, _member, _pairs, _Retry, _room_wire, _s
+from roomcast.store.redis_codec import _check, _member, _pairs, _participants, _Retry, _room_wire, _s
+from roomcast.store.redis_connections import RedisConnections
 from roomcast.store.redis_index import RoomIndex
 
 LIFECYCLE = keys.LIFECYCLE
@@ -56,7 +56,7 @@ def _change(status: str | None, patch: dict[str, Any] | None) -> dict[str, Any]:
     return payload
 
 
-class RedisStore:
+class RedisStore(RedisConnections):
     def __init__(
         self,
         batcher: Batcher,
@@ -100,6 +100,8 @@ class RedisStore:
         self.s_update = batcher.register(lua.UPDATE)
         self.s_close = batcher.register(lua.CLOSE)
         self.s_disconnect = batcher.register(lua.DISCONNECT)
+        self.s_connect = batcher.register(lua.CONNECT)
+        self.s_admit_join = batcher.register(lua.ADMIT_JOIN)
         self.s_close_idle = batcher.register(lua.CLOSE_IDLE)
         self.s_restore = batcher.register(lua.RESTORE)
         self.index = RoomIndex(batcher)  # list_rooms
@@ -135,87 +137,6 @@ class RedisStore:
         # A device's records in one stream (their order kept), spread by device in a cluster.
         self.b.call(cmd("xadd", self._at(LIFECYCLE, str(fields["device_id"])), fields, maxlen=self.lifecycle_maxlen, approximate=True))
 
-    # ------------------------------------------------------------ connections
-
-    async def connect(self, caller: Caller, info: ConnectionInfo, now_ms: int) -> ConnectResult:
-        dev, conn = caller.device_id, keys.connection(caller.device_id)
-        b = self.b
-        count = b.call(lambda p: p.hincrby(conn, "connections", 1))
-        open_sockets = b.call(lambda p: p.hincrby(conn, "sockets", 1))
-        b.call(lambda p: p.hset(conn, mapping={
-            "socket_id": caller.socket_id, "connected_at": now_ms, "last_heartbeat": now_ms,
-            "user_id": caller.user_id or "", "status": ACTIVE}))
-        b.call(lambda p: p.persist(conn))
-        b.call(lambda p: p.set(keys.socket(caller.socket_id), dev))
-        b.call(cmd("zadd", self._at(keys.PRESENCE, caller.socket_id), {caller.socket_id: now_ms}))
-        rooms_f = b.call(lambda p: p.smembers(keys.device_rooms(dev)))
-        earlier = int(await count) - 1
-        # After the count: the row's reconnect_count is the welcome's (one meaning).
-        self._lifecycle({"kind": "connect", "socket_id": caller.socket_id, "device_id": dev,
-                         "user_id": caller.user_id or "", "ts": now_ms, "ip": info.ip or "",
-                         "user_agent": info.user_agent or "", "fingerprint": info.fingerprint or "",
-                         "metadata": orjson.dumps(info.metadata or {}), "reconnect_count": earlier})
-        room_ids = sorted(_s(r) for r in await rooms_f)
-        return ConnectResult(earlier, await self._device_rooms(dev, room_ids), int(await open_sockets))
-
-    async def restore(self, caller: Caller, now_ms: int) -> None:
-        dev, conn = caller.device_id, keys.connection(caller.device_id)
-        b = self.b
-        # A socket is counted in the device's `sockets` exactly while it is in the presence
-        # set (connect adds both, the first disconnect removes both). Not there any more
-        # (Redis restarted empty, or the reaper ended it meanwhile): count it again.
-        presence = self._at(keys.PRESENCE, caller.socket_id)
-        added = b.call(cmd("zadd", presence, {caller.socket_id: now_ms}, nx=True))
-        b.call(cmd("zadd", presence, {caller.socket_id: now_ms}))
-        b.call(cmd("hset", conn, mapping={"socket_id": caller.socket_id, "last_heartbeat": now_ms,
-                                          "user_id": caller.user_id or "", "status": ACTIVE}))
-        b.call(cmd("persist", conn))
-        await b.call(cmd("set", keys.socket(caller.socket_id), dev))
-        if int(await added):
-            await b.call(cmd("hincrby", conn, "sockets", 1))
-
-    async def _device_rooms(self, device_id: str, room_ids: list[str]) -> list[DeviceRoom]:
-        futs = [
-            (rid, self.b.call(cmd("hmget", keys.room(rid), "status", "seq")),
-             self.b.call(cmd("hget", keys.members(rid), device_id)))
-            for rid in room_ids
-        ]
-        out = []
-        for rid, room_f, member_f in futs:
-            status, seq = await room_f
-            member = await member_f
-            if status is None or _s(status) == "closed" or member is None:
-                continue
-            role, pstatus = _s(member).split("|")[:2]
-            if pstatus != LEFT:
-                out.append(DeviceRoom(rid, role, int(seq)))
-        return out
-
-    async def disconnect(self, caller: Caller, status: str, reason: str, now_ms: int) -> None:
-        dev, conn = caller.device_id, keys.connection(caller.device_id)
-        room_ids = [_s(r) for r in await self.b.call(lambda p: p.smembers(keys.device_rooms(dev)))]
-        futs = [self.b.eval(self.s_disconnect, self.room_keys(rid),
-                            [rid, dev, caller.socket_id, now_ms, reason, self.history]) for rid in room_ids]
-        b = self.b
-        removed = b.call(cmd("zrem", self._at(keys.PRESENCE, caller.socket_id), caller.socket_id))
-        b.call(lambda p: p.pexpire(keys.socket(caller.socket_id), self.connection_ttl_ms))
-        for rid, fut in zip(room_ids, futs, strict=True):
-            reply = _check(await fut)
-            if int(reply[1]):
-                b.call(cmd("zadd", self._at(keys.DISCONNECTED, rid), {f"{rid}|{dev}": now_ms}))
-                self._dirty(rid)
-        if not int(await removed):
-            # Only the first to end a socket (the gateway or the reaper) records it and counts
-            # it off the device: ending it again must leave the device's other sockets alone.
-            return
-        self._lifecycle({"kind": "disconnect", "status": status, "socket_id": caller.socket_id,
-                         "device_id": dev, "ts": now_ms, "reason": reason})
-        if reason == "refused":  # refused before its welcome: not one of the device's connections
-            b.call(lambda p: p.hincrby(conn, "connections", -1))
-        if int(await b.call(lambda p: p.hincrby(conn, "sockets", -1))) <= 0:
-            b.call(lambda p: p.hset(conn, mapping={"sockets": 0, "status": status, "disconnected_at": now_ms}))
-            await b.call(lambda p: p.pexpire(conn, self.connection_ttl_ms))
-
     # ------------------------------------------------------------ rooms
 
     def _check_game_data(self, data: bytes) -> None:
@@ -225,12 +146,11 @@ class RedisStore:
     def _join_result(self, reply: list[Any]) -> JoinResult:
         head = int(reply[1])
         room = _pairs(reply[5])
-        members = _pairs(reply[6])
         state = int(reply[4])  # -1 no replay, 0 not every event after `since` is kept, 1 all are
         rest = int(reply[9]) if len(reply) > 9 else -1
         return JoinResult(
             room=_room_wire(room, head),
-            participants=[_member(d, v) for d, v in members.items() if v.split("|")[1] != LEFT],
+            participants=_participants(reply[6], LEFT),
             seq=head,
             epoch=_s(reply[2]),
             role=_s(reply[3]),
@@ -354,29 +274,6 @@ class RedisStore:
                 self.b.call(cmd("zadd", self._at(keys.DISCONNECTED, room_id), {f"{room_id}|{device}": now_ms}, nx=True))
         return True
 
-    async def device_room_count(self, device_id: str, other_than: str | None = None) -> int:
-        count = self.b.call(cmd("scard", keys.device_rooms(device_id)))
-        if other_than is None:
-            return int(await count)
-        member = self.b.call(cmd("sismember", keys.device_rooms(device_id), other_than))
-        return int(await count) - int(await member)
-
-    async def device_known(self, device_id: str) -> bool:
-        conn = self.b.call(cmd("exists", keys.connection(device_id)))
-        rooms = self.b.call(cmd("scard", keys.device_rooms(device_id)))
-        return bool(int(await conn)) or bool(int(await rooms))
-
-    async def device_token_hash(self, device_id: str) -> str | None:
-        value = await self.b.call(cmd("get", keys.device_token(device_id)))
-        return None if value is None else _s(value)
-
-    async def set_device_token_hash(self, device_id: str, new: str | None, old: str | None, ttl_ms: int) -> bool:
-        return bool(int(await self.b.eval(self.s_device_token, [keys.device_token(device_id)],
-                                          [new or "", old or "", ttl_ms])))
-
-    async def touch_device_token(self, device_id: str, ttl_ms: int) -> None:
-        await self.b.call(cmd("pexpire", keys.device_token(device_id), ttl_ms))
-
     async def password_hash(self, room_id: str) -> str | None:
         status, value = await self.b.call(cmd("hmget", keys.room(room_id), "status", "password_hash"))
         if status is None and self.stored_room is not None and await self._restore(room_id, int(time.time() * 1000)):
@@ -384,6 +281,20 @@ class RedisStore:
             # join that found it missing is checked against it.
             value = await self.b.call(cmd("hget", keys.room(room_id), "password_hash"))
         return _s(value) if value else None
+
+    async def admit_join(self, device_id: str, room_id: str, budget: Budget, count_rooms: bool,
+                         now_ms: int) -> JoinCheck:
+        # One batch: the device's step (budget, room count) and the room's password hash.
+        device = self.b.eval(self.s_admit_join, [keys.device_rooms(device_id), budget.key],
+                             [room_id, budget.rate, budget.burst, now_ms, "1" if count_rooms else "0"])
+        room = self.b.call(cmd("hmget", keys.room(room_id), "status", "password_hash"))
+        wait, rooms = (int(x) for x in await device)
+        status, value = await room
+        if wait:
+            return JoinCheck(wait, -1, None)
+        if status is None and self.stored_room is not None:
+            return JoinCheck(0, rooms, await self.password_hash(room_id))  # lost by Redis: from history
+        return JoinCheck(0, rooms, _s(value) if value else None)
 
     async def join(
         self, caller: Caller, room_id: str, role: str, since: int | None, epoch: str | None, now_ms: int
@@ -406,10 +317,14 @@ class RedisStore:
         self._dirty(room_id)
         reply = _check(await fut)
         b = self.b
-        b.call(lambda p: p.sadd(keys.device_rooms(caller.device_id), room_id))
-        # Awaited (same batch as the SADD): once `joined` is sent, every replica counts this
-        # room for the device (MAX_ROOMS_PER_DEVICE) and lists it in welcome.rooms.
-        await b.call(lambda p: p.zrem(self._at(keys.DISCONNECTED, room_id), f"{room_id}|{caller.device_id}"))
+        # Awaited: once `joined` is sent, every replica counts this room for the device
+        # (MAX_ROOMS_PER_DEVICE) and lists it in welcome.rooms.
+        added = b.call(cmd("sadd", keys.device_rooms(caller.device_id), room_id))
+        if len(reply) <= 10 or int(reply[10]):
+            # A participant already (disconnected, maybe): out of the prune queue. A fresh
+            # join has no entry there (a stale one is harmless: prune checks the status).
+            added = b.call(cmd("zrem", self._at(keys.DISCONNECTED, room_id), f"{room_id}|{caller.device_id}"))
+        await added
         return self._join_result(reply)
 
     async def leave(self, caller: Caller, room_id: str, now_ms: int) -> None:

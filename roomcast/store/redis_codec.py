@@ -17,7 +17,21 @@ def _s(value: Any) -> str:
 
 
 def _pairs(flat: list[Any]) -> dict[str, str]:
-    return {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
+    it = iter(map(_s, flat))
+    return dict(zip(it, it, strict=True))
+
+
+def _participants(flat: list[Any], left: str) -> list[dict[str, Any]]:
+    """A members hash (HGETALL: device, value, ...) as the protocol's participants, those
+    whose status is not `left`; each value is split once."""
+    out = []
+    it = iter(map(_s, flat))
+    for device_id, value in zip(it, it, strict=True):
+        role, status, _sock, user, joined = value.split("|")
+        if status != left:
+            out.append({"device_id": device_id, "user_id": user or None, "role": role, "status": status,
+                        "joined_at": int(joined)})
+    return out
 
 
 def _room_wire(h: dict[str, str], head: int | None = None) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from roomcast.redis.batch import Batcher, cmd
 from roomcast.redis.client import make_client
 from roomcast.store.base import (
     REPLAY_CHUNK,
+    Budget,
     Caller,
     ConnectionInfo,
     ConnectResult,
@@ -1503,3 +1504,72 @@ async def test_kicking_a_player_rooms_host_hands_the_room_over(store: RoomStore,
     assert [(e["event_type"], e["payload"]["device_id"]) for e in events] == [
         ("participant_left", HOST.device_id), ("host_changed", P1.device_id)]
     assert events[0]["payload"]["reason"] == "kicked"
+
+
+# ---------------------------------------------------------------- admission (issue 14): budgets taken in the step
+# The device budgets that `connect` and `admit_join` take in the same step as their own work:
+# a short budget refuses and changes nothing.
+
+ADMIT_INFO = ConnectionInfo(ip="127.0.0.1")
+
+
+def device_budget(device_id: str, what: str, rate: float = 1.0, burst: int = 2) -> Budget:
+    return Budget(keys.device_limit(device_id, what), rate, burst)
+
+
+async def test_connect_takes_its_budget_and_refuses_without_recording(store: RoomStore, log: EventLog) -> None:
+    a, b, c = person("d", 1), person("d", 2), person("d", 3)
+    first = await store.connect(a, ADMIT_INFO, T0, device_budget(a.device_id, "connect"))
+    second = await store.connect(b, ADMIT_INFO, T0, device_budget(a.device_id, "connect"))
+    assert (first.wait_ms, first.reconnect_count, first.open_sockets) == (0, 0, 1)
+    assert (second.wait_ms, second.reconnect_count, second.open_sockets) == (0, 1, 2)
+    # The burst (2) is spent: the third is refused, with the wait until a token is back (1/s).
+    third = await store.connect(c, ADMIT_INFO, T0, device_budget(a.device_id, "connect"))
+    assert third.wait_ms == 1000
+    # Nothing was recorded for it: the next connect counts two earlier ones and three sockets.
+    later = await store.connect(c, ADMIT_INFO, T0 + 1000, device_budget(a.device_id, "connect"))
+    assert (later.wait_ms, later.reconnect_count, later.open_sockets) == (0, 2, 3)
+    # Without a budget nothing is taken (the gateway took it on its own beforehand).
+    free = await store.connect(person("d", 4), ADMIT_INFO, T0 + 1000)
+    assert (free.wait_ms, free.reconnect_count) == (0, 3)
+
+
+async def test_connect_budgets_are_per_device(store: RoomStore, log: EventLog) -> None:
+    for n in (1, 2):
+        assert (await store.connect(person("x", n), ADMIT_INFO, T0, device_budget("device-x", "connect", burst=2))).wait_ms == 0
+    assert (await store.connect(person("x", 3), ADMIT_INFO, T0, device_budget("device-x", "connect", burst=2))).wait_ms > 0
+    assert (await store.connect(person("y", 1), ADMIT_INFO, T0, device_budget("device-y", "connect", burst=2))).wait_ms == 0
+
+
+async def test_connect_lists_the_rooms_the_device_is_in(store: RoomStore, log: EventLog) -> None:
+    await create(store, log)
+    await hello(store, P1)
+    await join(store, P1)
+    again = await store.connect(person("p1", 2), ADMIT_INFO, T0, device_budget(P1.device_id, "connect"))
+    assert [(r.room_id, r.role) for r in again.rooms] == [(ROOM, "player")]
+
+
+async def test_admit_join_takes_the_budget_counts_rooms_and_reads_the_password(
+    store: RoomStore, log: EventLog
+) -> None:
+    await create(store, log, password_hash="scrypt$hash")
+    await hello(store, P1)
+    check = await store.admit_join(P1.device_id, ROOM, device_budget(P1.device_id, "join", burst=2), True, T0)
+    assert (check.wait_ms, check.rooms, check.password_hash) == (0, 0, "scrypt$hash")
+    # The host is in the room: it does not count against the host's cap when rejoining it.
+    host = await store.admit_join(HOST.device_id, ROOM, device_budget(HOST.device_id, "join"), True, T0)
+    assert (host.wait_ms, host.rooms) == (0, 0)
+    other = await store.admit_join(HOST.device_id, "room-2", device_budget(HOST.device_id, "join"), True, T0)
+    assert (other.rooms, other.password_hash) == (1, None)
+    # Spent: refused with the wait, nothing else looked at.
+    short = await store.admit_join(HOST.device_id, ROOM, device_budget(HOST.device_id, "join"), True, T0)
+    assert (short.wait_ms, short.rooms, short.password_hash) == (1000, -1, None)
+    # Not counting (a rejoin from the same socket): rooms -1.
+    assert (await store.admit_join(P1.device_id, ROOM, device_budget(P1.device_id, "join"), False, T0)).rooms == -1
+
+
+async def test_a_device_budget_is_one_bucket_for_connect_and_join(store: RoomStore, log: EventLog) -> None:
+    """connect and join budgets of one device are separate buckets (keys.device_limit)."""
+    for n in (1, 2):
+        assert (await store.connect(person("z", n), ADMIT_INFO, T0, device_budget("device-z", "connect", burst=2))).wait_ms == 0
+    assert (await store.admit_join("device-z", ROOM, device_budget("device-z", "join", burst=2), True, T0)).wait_ms == 0
