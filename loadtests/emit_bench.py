@@ -32,7 +32,7 @@ from roomcast.store.base import Caller, ConnectionInfo, NewRoom
 from roomcast.store.redis import RedisStore
 
 from . import procstat
-from .peers.run import commandstats
+from .peers.backends import commandstats
 from .services import RedisServer
 
 

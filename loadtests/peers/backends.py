@@ -19,6 +19,17 @@ from ..services import RedisClusterServer, RedisServer
 KINDS = ("single", "cluster")
 
 
+def commandstats(info: str) -> dict[str, dict[str, float]]:
+    """`INFO commandstats` as {command: {calls, usec, usec_per_call}}."""
+    out: dict[str, dict[str, float]] = {}
+    for line in info.splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, fields = line[len("cmdstat_"):].partition(":")
+            kv = dict(f.split("=", 1) for f in fields.split(",") if "=" in f)
+            out[name] = {k: float(kv[k]) for k in ("calls", "usec", "usec_per_call") if k in kv}
+    return out
+
+
 class PeersRedis:
     def __init__(self, kind: str, shards: int = 3, replicas: int = 1) -> None:
         if kind not in KINDS:
@@ -123,8 +134,6 @@ class PeersRedis:
 
     def commandstats(self) -> dict[str, dict[str, float]]:
         """`INFO commandstats` summed over the primaries: {command: {calls, usec, usec_per_call}}."""
-        from loadtests.peers.run import commandstats  # the parser lives with the report
-
         total: dict[str, dict[str, float]] = {}
         for node in self._primary_nodes():
             for name, v in commandstats(node.cli("INFO", "commandstats")).items():

@@ -207,17 +207,6 @@ async def fanout_run(args: argparse.Namespace, target: str, rate: float, duratio
         redis.stop()
 
 
-def commandstats(info: str) -> dict[str, dict[str, float]]:
-    """`INFO commandstats` as {command: {calls, usec, usec_per_call}}."""
-    out: dict[str, dict[str, float]] = {}
-    for line in info.splitlines():
-        if line.startswith("cmdstat_"):
-            name, _, fields = line[len("cmdstat_"):].partition(":")
-            kv = dict(f.split("=", 1) for f in fields.split(",") if "=" in f)
-            out[name] = {k: float(kv[k]) for k in ("calls", "usec", "usec_per_call") if k in kv}
-    return out
-
-
 def fanout_report(args: argparse.Namespace, target: str, rate: float, pubs: list[BenchSocket],
                   results: list[dict[str, Any]], t0: int, publish_s: float, cpu: dict[str, float],
                   load0: list[float], busy: float, rss: list[int],
