@@ -77,7 +77,7 @@ class LocalRoom:
         self.ready = asyncio.Event()  # set once the bus subscription is confirmed
         self.held: list[tuple[int, bytes]] | None = None  # events waiting for a gap repair
         self.epoch: str | None = None  # the room's epoch when our members joined
-        # Events fanned out in this loop iteration, not yet written: (seq, frame, arrived at).
+        # Events fanned out in this pub/sub read (begin_batch..end_batch), not yet written: (seq, frame, arrived at).
         self.queued: list[tuple[int, bytes, float]] | None = None
 
 

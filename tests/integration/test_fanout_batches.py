@@ -1,5 +1,5 @@
-"""Fan-out writes coalesced per loop iteration (gateway/hub.py): a burst of events that reach a
-room in one pass of the event loop goes out as one buffer per member. What users rely on stays:
+"""Fan-out writes coalesced per pub/sub read (gateway/hub.py): a burst of events that reach a
+room in one read of the subscriber connection goes out as one buffer per member. What users rely on stays:
 every member gets every event once, in seq order, a member that leaves gets a gap-free run up
 to its `left`, and the delivery counter counts deliveries. Embedded and cluster mode (Redis
 pub/sub, where one read of the subscriber connection carries many events)."""
