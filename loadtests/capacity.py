@@ -41,25 +41,13 @@ from .wsclient import open_conn
 
 def redis_info(redis: PeersRedis, section: str) -> list[dict[str, str]]:
     """`INFO <section>` of every primary, parsed."""
-    nodes = [redis.single] if redis.single is not None else [
-        n for n in (redis.cluster.nodes if redis.cluster else []) if n.port in redis.ports.values()]
-    out = []
-    for node in nodes:
-        assert node is not None
-        out.append(dict(line.split(":", 1) for line in node.cli("INFO", section).splitlines() if ":" in line))
-    return out
+    return [dict(line.split(":", 1) for line in node.cli("INFO", section).splitlines() if ":" in line)
+            for node in redis.primary_nodes()]
 
 
 def commandstats(redis: PeersRedis) -> dict[str, tuple[int, float]]:
     """(calls, usec) per command, summed over the primaries."""
-    total: dict[str, tuple[int, float]] = {}
-    for info in redis_info(redis, "commandstats"):
-        for key, value in info.items():
-            if key.startswith("cmdstat_"):
-                f = dict(kv.split("=") for kv in value.split(","))
-                calls, usec = total.get(key[8:], (0, 0.0))
-                total[key[8:]] = (calls + int(f["calls"]), usec + float(f["usec"]))
-    return total
+    return {name: (int(v["calls"]), v["usec"]) for name, v in redis.commandstats().items()}
 
 
 class Probe:

@@ -121,7 +121,8 @@ class PeersRedis:
                 "redis_shards": shards,
                 "redis_replicas_cpu_s": sum(v for k, v in cpu.items() if k.startswith("replica"))}
 
-    def _primary_nodes(self) -> list[Any]:
+    def primary_nodes(self) -> list[Any]:
+        """The primaries' servers (the one Redis, or each cluster primary)."""
         if self.single is not None:
             return [self.single]
         assert self.cluster is not None
@@ -129,13 +130,13 @@ class PeersRedis:
 
     def reset_stats(self) -> None:
         """CONFIG RESETSTAT on every primary: `commandstats()` then covers only what follows."""
-        for node in self._primary_nodes():
+        for node in self.primary_nodes():
             node.cli("CONFIG", "RESETSTAT")
 
     def commandstats(self) -> dict[str, dict[str, float]]:
         """`INFO commandstats` summed over the primaries: {command: {calls, usec, usec_per_call}}."""
         total: dict[str, dict[str, float]] = {}
-        for node in self._primary_nodes():
+        for node in self.primary_nodes():
             for name, v in commandstats(node.cli("INFO", "commandstats")).items():
                 t = total.setdefault(name, {"calls": 0.0, "usec": 0.0})
                 t["calls"] += v.get("calls", 0.0)
