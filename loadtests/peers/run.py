@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import shutil
 import subprocess
@@ -164,9 +165,14 @@ async def fanout_run(args: argparse.Namespace, target: str, rate: float, duratio
             stime0 = [procstat.cpu_times(s.pid)[1] for s in servers]  # type: ignore[arg-type]
             load0 = procstat.loadavg()
             jiffies0 = procstat.machine_jiffies()
+            gc.collect()  # the publishers (this process) too: no collection pause inside the window
+            gc.disable()
             t0 = time.monotonic_ns()
             print(f"[peers]   publishing {rate:g} events/s for {duration:g} s", file=sys.stderr, flush=True)
-            publish_s = await publish_paced(pubs, rate, duration)
+            try:
+                publish_s = await publish_paced(pubs, rate, duration)
+            finally:
+                gc.enable()
             want = {p.room: p.sent for p in pubs}
             for w in procs:
                 w.send("expect", {"want": want, "timeout": args.drain_timeout})
