@@ -1,4 +1,6 @@
-"""Batch Redis commands: calls made in the same loop tick go out as one pipeline.
+"""Batch Redis commands: calls made in the same loop tick go out as one pipeline (with
+REDIS_BATCH_WINDOW, those of the next few ms too: one round trip and one Redis wakeup for
+several events at low rates, at the cost of that much latency).
 
 Calls are executed in the order they were made, one pipeline in flight at a time, so a
 socket's requests keep their order while many sockets share each round trip
@@ -128,7 +130,7 @@ class Raw:
 
 
 class Batcher:
-    def __init__(self, client: Redis, max_batch: int = 512) -> None:
+    def __init__(self, client: Redis, max_batch: int = 512, window_ms: int = 0) -> None:
         self.single = client
         # The client batches go through: `single`, or the RedisCluster made by detect().
         self.client: Any = client
@@ -137,6 +139,11 @@ class Batcher:
         self._next_refresh = 0.0
         self.spread = 0
         self.max_batch = max_batch
+        # REDIS_BATCH_WINDOW: an idle batcher waits this long after the first call before sending,
+        # so calls of the next few ms share its round trip (0: only those of the same loop tick).
+        # Only the first batch after idle waits: what queues while a batch is in flight goes
+        # out as soon as it is back, as without a window.
+        self.window = window_ms / 1000
         self._queue: list[tuple[Op, asyncio.Future[Any]]] = []
         self._running = False
         self.batches = 0
@@ -238,7 +245,7 @@ class Batcher:
 
     async def _drain(self) -> None:
         try:
-            await asyncio.sleep(0)  # let this tick's callers join the batch
+            await asyncio.sleep(self.window)  # let this tick's callers (and the window's) join the batch
             while self._queue:
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]
