@@ -27,7 +27,7 @@ from roomcast.errors import ErrorCode, GatewayError
 
 from .frames import text_frame
 from .metrics import Metrics
-from .session import Session
+from .session import REPLAY_HIGH_WATER, Session
 
 log = logging.getLogger("roomcast.hub")
 
@@ -129,12 +129,20 @@ class Hub:
             local.pending.pop(session, None)
             raise GatewayError(ErrorCode.UNAVAILABLE, "room subscription failed; retry")
 
-    async def finish_join(self, room_id: str, session: Session, head: int, epoch: str | None = None) -> None:
+    async def finish_join(self, room_id: str, session: Session, head: int, epoch: str | None = None,
+                          reply: bytes | None = None) -> None:
         """The join took effect at `head` and its replay (events up to `head`) is written:
         hand over the events held meanwhile (those after head, paced by the socket's
-        buffer), then make it a member. Its first live event follows the last held one."""
+        buffer), then make it a member. Its first live event follows the last held one.
+
+        `reply`: the join's reply (a WebSocket frame) when the caller has written nothing yet
+        (no replay): it is written first, in the same buffer as the first held events, so a
+        join that holds its own `participant_joined` costs one write(2), not two. Held events
+        are written in buffers of up to REPLAY_HIGH_WATER bytes, each paced."""
         local = self.rooms.get(room_id)
         if local is None:
+            if reply is not None:
+                session.write_frame(reply)
             return
         if epoch is not None:
             local.epoch = epoch
@@ -145,16 +153,29 @@ class Hub:
                 frames = buffered.take()
                 if not frames:
                     break
+                parts = [] if reply is None else [reply]
+                size = 0 if reply is None else len(reply)
+                reply = None
                 sent = 0
                 for seq, frame in frames:
                     if seq > start:
                         start = seq
                         sent += 1
-                        if not await session.send_paced(frame):
-                            break
+                        ws_frame = text_frame(frame)
+                        parts.append(ws_frame)
+                        size += len(ws_frame)
+                        if size >= REPLAY_HIGH_WATER:
+                            written = await session.write_paced(b"".join(parts))
+                            parts, size = [], 0
+                            if not written:
+                                break
+                if parts and not session.closing:
+                    await session.write_paced(parts[0] if len(parts) == 1 else b"".join(parts))
                 self.metrics.out_event.inc(sent)
                 if session.closing:
                     break
+        if reply is not None:  # nothing was held (no await since the caller's last write)
+            session.write_frame(reply)
         # No await from here on: nothing can arrive between the last held event and membership.
         if self.rooms.get(room_id) is not local or local.pending.get(session) is not buffered:
             return  # the room closed meanwhile (its room_closed was held and sent), or we left

@@ -23,6 +23,7 @@ from roomcast.settings import Settings
 from roomcast.store.base import RoomStore
 
 from . import auth
+from .frames import text_frame
 from .hub import Hub
 from .metrics import Metrics
 from .session import Session
@@ -105,12 +106,17 @@ class NodeBase:
 
     def reply(self, session: Session, kind: str, message: dict[str, Any]) -> None:
         """Send a direct reply; its `re` is dropped when the request had no id."""
+        session.write_frame(self.reply_frame(kind, message))
+
+    def reply_frame(self, kind: str, message: dict[str, Any]) -> bytes:
+        """A direct reply as a WebSocket frame, counted as sent: the caller writes it (now, or
+        together with what follows it: Hub.finish_join)."""
         if "re" in message and message["re"] is None:
             del message["re"]
-        session.send(p.encode(message))
         counter = self.metrics.out_by_type.get(kind)
         if counter is not None:
             counter.inc()
+        return text_frame(p.encode(message))
 
     def error(self, session: Session, exc: GatewayError, re: Any = None, has_re: bool = False) -> None:
         if isinstance(exc, ProtocolError):

@@ -69,9 +69,10 @@ class RoomCommands(NodeBase):
                 await self.hub.abort_join(room_id, session)
                 raise
             session.rooms[room_id] = result.role
-            self.reply(session, "room_created", {"type": "room_created", "re": msg.id, "room": result.room,
-                                                 "epoch": result.epoch})
-            await self.hub.finish_join(room_id, session, result.seq, result.epoch)
+            # Written by finish_join, with the host's own participant_joined if it is held by then.
+            reply = self.reply_frame("room_created", {"type": "room_created", "re": msg.id, "room": result.room,
+                                                      "epoch": result.epoch})
+            await self.hub.finish_join(room_id, session, result.seq, result.epoch, reply)
             return
 
     async def _join(self, session: Session, msg: p.Join) -> None:
@@ -120,7 +121,7 @@ class RoomCommands(NodeBase):
                 if not result.replay:  # (since > 0: the store gave no replay) the kept part follows
                     result.replay_rest_after = upto if upto < result.seq else None
         session.rooms[room_id] = result.role
-        self.reply(session, "joined", {
+        reply = self.reply_frame("joined", {
             "type": "joined",
             "re": msg.id,
             "room": result.room,
@@ -130,6 +131,12 @@ class RoomCommands(NodeBase):
             "role": result.role,
             "recovered": result.recovered,
         })
+        if older is None and not result.replay and result.replay_rest_after is None:
+            # Nothing to replay (a fresh join): finish_join writes `joined` together with the
+            # events held meanwhile (usually the joiner's own participant_joined), one write(2).
+            await self.hub.finish_join(room_id, session, result.seq, result.epoch, reply)
+            return
+        session.write_frame(reply)
         try:
             await self._send_replay(session, room_id, result, older)
         except Exception as exc:  # the store or history failed mid-replay: never leave a gap

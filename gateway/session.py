@@ -111,7 +111,11 @@ class Session:
         wait until the client has read it down to the low one (replays: a client reading at
         full speed is never too slow, one that does not read holds no more than that).
         False once the socket is closing."""
-        if not self.write_frame(text_frame(payload)):
+        return await self.write_paced(text_frame(payload))
+
+    async def write_paced(self, frames: bytes) -> bool:
+        """send_paced for pre-built WebSocket frames (one or several, written as one buffer)."""
+        if not self.write_frame(frames):
             return False
         if self.transport.get_write_buffer_size() > REPLAY_HIGH_WATER:
             try:

@@ -129,6 +129,27 @@ class Raw:
         return pipe.execute_command(*self.args)
 
 
+class RawCommand:
+    """An op that is one plain command given as its RESP arguments, whose reply needs no
+    decoding by redis-py (the value hiredis reads is what the caller uses: an integer, a bulk
+    string or nil, an array of those; a status reply such as SET's OK is bytes here and True
+    through redis-py, so callers must not read it). A batch made only of these and of script
+    calls (Raw) goes out on the lean connection; through a redis-py pipeline (cluster mode,
+    no lean connection) it is the same command, routed by its key as redis-py routes it."""
+
+    __slots__ = ("args",)
+
+    def __init__(self, *args: str | bytes | int | float) -> None:
+        self.args = args
+
+    def __call__(self, pipe: Any) -> Any:
+        return pipe.execute_command(*self.args)
+
+
+raw = RawCommand
+_LEAN_OPS = (Raw, RawCommand)
+
+
 class Batcher:
     def __init__(self, client: Redis, max_batch: int = 512, window_ms: int = 0) -> None:
         self.single = client
@@ -152,7 +173,8 @@ class Batcher:
         self.on_batch: Callable[[int, float], None] | None = None
         self.scripts: list[Script] = []
         self.redirects = Redirects()  # MOVED/ASK replies by node (cluster mode; read by the metrics)
-        # Batches of script calls only, on one Redis, go out on this connection (batch_lean.py).
+        # Batches of script calls and plain commands only (Raw, RawCommand), on one Redis, go
+        # out on this connection (batch_lean.py).
         url = getattr(client, "url", "")
         self.lean: LeanConnection | None = LeanConnection(url) if url and LeanConnection.usable(url) else None
         # Whether the server has Redis Functions (FUNCTION LOAD/FCALL): not known until load_scripts().
@@ -256,7 +278,7 @@ class Batcher:
     async def _execute(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> list[Any]:
         if self.cluster:
             return await self._retry_not_run(batch, await self._execute_per_node(batch))
-        if self.lean is not None and all(type(op) is Raw for op, _ in batch):
+        if self.lean is not None and all(type(op) in _LEAN_OPS for op, _ in batch):
             return await self.lean.execute([encode_command(*op.args) for op, _ in batch])  # type: ignore[attr-defined]
         pipe = self.client.pipeline(transaction=False)
         for op, _ in batch:

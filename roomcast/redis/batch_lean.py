@@ -6,9 +6,10 @@ docs/benchmarks.md "Redis cost per event (issue 13)") put redis-py's per-call ma
 per reply read, the connection pool) at about as much CPU as the send syscall itself; with this
 connection the publishing process spent 170 instead of 234 µs of CPU per event (emit_bench, 1
 publish per batch at 1,000/s, medians of 3 interleaved runs, load average 9-11). A batch made
-only of FCALL/EVALSHA calls is written here as one buffer (resp.encode_command) and its replies
-are parsed by hiredis' C Reader, as the pub/sub bus does. Everything else (and every command in
-cluster mode, where redis-py follows MOVED/ASK) stays on redis-py.
+only of FCALL/EVALSHA calls and plain commands given as their arguments (batch.RawCommand: the
+connect path's SET, ZADD, HMGET, SADD...) is written here as one buffer (resp.encode_command) and
+its replies are parsed by hiredis' C Reader, as the pub/sub bus does. Everything else (and every
+command in cluster mode, where redis-py follows MOVED/ASK) stays on redis-py.
 
 One batch in flight at a time (the Batcher's own rule), so the connection only counts replies.
 A connection error or a reply that takes longer than `timeout` closes the connection and fails the

@@ -22,7 +22,7 @@ from roomcast.history.base import StoredRoom, device_uuid
 from roomcast.protocol import event_tail
 from roomcast.redis import keys
 from roomcast.redis import scripts as lua
-from roomcast.redis.batch import Batcher, cmd
+from roomcast.redis.batch import Batcher, cmd, raw
 from roomcast.room import LEFT, new_epoch
 from roomcast.store.base import (
     REPLAY_CHUNK,
@@ -127,7 +127,7 @@ class RedisStore(RedisConnections):
     def _dirty(self, room_id: str) -> None:
         """Tell the flusher this room has new events (same pipeline as the event)."""
         if self.history_mode:
-            self.b.call(cmd("sadd", self._at(keys.FLUSH_DIRTY, room_id), room_id))
+            self.b.call(raw("SADD", self._at(keys.FLUSH_DIRTY, room_id), room_id))
 
     def _lifecycle(self, fields: dict[str, Any]) -> None:
         # Only the history flusher reads the lifecycle stream: without Postgres nothing
@@ -135,7 +135,9 @@ class RedisStore(RedisConnections):
         if not self.history_mode:
             return
         # A device's records in one stream (their order kept), spread by device in a cluster.
-        self.b.call(cmd("xadd", self._at(LIFECYCLE, str(fields["device_id"])), fields, maxlen=self.lifecycle_maxlen, approximate=True))
+        pairs = [x for kv in fields.items() for x in kv]
+        self.b.call(raw("XADD", self._at(LIFECYCLE, str(fields["device_id"])), "MAXLEN", "~", self.lifecycle_maxlen,
+                        "*", *pairs))
 
     # ------------------------------------------------------------ rooms
 
@@ -287,7 +289,7 @@ class RedisStore(RedisConnections):
         # One batch: the device's step (budget, room count) and the room's password hash.
         device = self.b.eval(self.s_admit_join, [keys.device_rooms(device_id), budget.key],
                              [room_id, budget.rate, budget.burst, now_ms, "1" if count_rooms else "0"])
-        room = self.b.call(cmd("hmget", keys.room(room_id), "status", "password_hash"))
+        room = self.b.call(raw("HMGET", keys.room(room_id), "status", "password_hash"))
         wait, rooms = (int(x) for x in await device)
         status, value = await room
         if wait:
@@ -319,11 +321,11 @@ class RedisStore(RedisConnections):
         b = self.b
         # Awaited: once `joined` is sent, every replica counts this room for the device
         # (MAX_ROOMS_PER_DEVICE) and lists it in welcome.rooms.
-        added = b.call(cmd("sadd", keys.device_rooms(caller.device_id), room_id))
+        added = b.call(raw("SADD", keys.device_rooms(caller.device_id), room_id))
         if len(reply) <= 10 or int(reply[10]):
             # A participant already (disconnected, maybe): out of the prune queue. A fresh
             # join has no entry there (a stale one is harmless: prune checks the status).
-            added = b.call(cmd("zrem", self._at(keys.DISCONNECTED, room_id), f"{room_id}|{caller.device_id}"))
+            added = b.call(raw("ZREM", self._at(keys.DISCONNECTED, room_id), f"{room_id}|{caller.device_id}"))
         await added
         return self._join_result(reply)
 

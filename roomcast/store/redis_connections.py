@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from roomcast.redis import keys
-from roomcast.redis.batch import Batcher, Script, cmd
+from roomcast.redis.batch import Batcher, Script, cmd, raw
 from roomcast.room import ACTIVE, LEFT
 from roomcast.store.base import Budget, Caller, ConnectionInfo, ConnectResult, DeviceRoom
 from roomcast.store.redis_codec import _check, _s
@@ -57,8 +57,9 @@ class RedisConnections:
         if int(reply[0]):
             return ConnectResult(0, [], 0, int(reply[0]))  # the budget is short: nothing was recorded
         earlier, open_sockets = int(reply[1]) - 1, int(reply[2])
-        b.call(cmd("set", keys.socket(caller.socket_id), dev))
-        added = b.call(cmd("zadd", self._at(keys.PRESENCE, caller.socket_id), {caller.socket_id: now_ms}))
+        # Plain commands (raw): with the script calls they go out on the lean connection (batch.py).
+        b.call(raw("SET", keys.socket(caller.socket_id), dev))
+        added = b.call(raw("ZADD", self._at(keys.PRESENCE, caller.socket_id), now_ms, caller.socket_id))
         lookups = self._room_lookups(dev, sorted(_s(r) for r in reply[3]))
         # After the count: the row's reconnect_count is the welcome's (one meaning).
         self._lifecycle({"kind": "connect", "socket_id": caller.socket_id, "device_id": dev,
@@ -87,8 +88,8 @@ class RedisConnections:
     def _room_lookups(self, device_id: str, room_ids: list[str]) -> list[tuple[str, Any, Any]]:
         """Queue the reads of the device's rooms (status, seq, its member entry): `_read_rooms`."""
         return [
-            (rid, self.b.call(cmd("hmget", keys.room(rid), "status", "seq")),
-             self.b.call(cmd("hget", keys.members(rid), device_id)))
+            (rid, self.b.call(raw("HMGET", keys.room(rid), "status", "seq")),
+             self.b.call(raw("HGET", keys.members(rid), device_id)))
             for rid in room_ids
         ]
 
