@@ -164,6 +164,7 @@ class Batcher:
         self._lanes: dict[str, _Lane] = {}
         self._slots: dict[int, tuple[str, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # the lanes' pumps (a reference keeps them alive)
+        self._refreshing: asyncio.Task[None] | None = None  # the slot-map refresh under way
         self.batches = 0
         self.commands = 0
         self.retried = 0  # commands sent again after a refresh (_retry_not_run)
@@ -241,6 +242,8 @@ class Batcher:
             await self.client.script_load(script.source)
 
     async def aclose(self) -> None:
+        if self._refreshing is not None:
+            self._refreshing.cancel()
         if self.lean is not None:
             self.lean.close()
         if self.client is not self.single:
@@ -293,17 +296,30 @@ class Batcher:
         results: list[Any] = await pipe.execute(raise_on_error=False)
         return results
 
-    async def _refresh_if_due(self) -> None:
+    def _start_refresh(self) -> asyncio.Task[None] | None:
+        """The slot-map refresh under way, or one started now if one is due (a node failed:
+        until its replica takes over, its slots fail fast; at most every 0.25 s), else None.
+        It runs beside the lanes: a refresh that waits on a node that does not answer holds
+        no other node's commands."""
+        if self._refreshing is not None and not self._refreshing.done():
+            return self._refreshing
         client = self.client
         now = asyncio.get_running_loop().time()
-        if (client._initialize or self._stale_map) and now >= self._next_refresh:
-            # Refresh the slot map from a live node (after a node failed: until its replica
-            # takes over, its slots fail fast). Not client.initialize(): that also asks COMMAND
-            # of the first primary of the map, which may be the dead one. redis-py lets the
-            # pipelines in flight on a node finish before it recycles that node's connections.
-            self._next_refresh = now + 0.25
-            await client.nodes_manager.initialize()
-            client._initialize = self._stale_map = False
+        if not (client._initialize or self._stale_map) or now < self._next_refresh:
+            return None
+        self._next_refresh = now + 0.25
+        self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
+        return self._refreshing
+
+    async def _refresh(self) -> None:
+        # Not client.initialize(): that also asks COMMAND of the first primary of the map, which
+        # may be the dead one. redis-py lets the pipelines in flight on a node finish before it
+        # recycles that node's connections.
+        try:
+            await self.client.nodes_manager.initialize()
+            self.client._initialize = self._stale_map = False
+        except Exception as exc:  # no node answered: the map stays; the next one due tries again
+            log.debug("redis slot map refresh failed: %s", exc)
 
     async def _group(self, batch: list[Entry]) -> tuple[list[Any], list[str], dict[str, Any], list[int | None]]:
         """The batch's commands recorded by a cluster pipeline, and for each its node's name
@@ -358,7 +374,9 @@ class Batcher:
     async def _execute_per_node(self, batch: list[Entry]) -> list[Any]:
         """A Redis Cluster, outside the lanes (a retry after a refresh, a rerun after a
         reload): one pipeline per primary, sent concurrently, the results once all answered."""
-        await self._refresh_if_due()
+        refresh = self._start_refresh()
+        if refresh is not None:
+            await asyncio.shield(refresh)  # these commands are sent by the refreshed map
         queued, names, nodes, _ = await self._group(batch)
         groups: dict[str, list[int]] = {}
         for i, name in enumerate(names):
@@ -376,8 +394,8 @@ class Batcher:
         the lanes that are idle. A slot with commands still queued or in flight on some lane
         (its owner changed in the map since) keeps its later commands on that lane, so they
         cannot overtake the earlier ones on the new owner."""
+        self._start_refresh()  # not awaited: these commands go by the map as it is now
         try:
-            await self._refresh_if_due()
             queued, names, nodes, slots = await self._group(batch)
         except Exception as exc:
             self._fail(batch, exc)
@@ -436,12 +454,13 @@ class Batcher:
         """A Redis Cluster after a failover: the slot map may still name the dead primary, so a
         command for its slots fails although its replica has taken over. Commands known not to
         have run (the node refused the connection or timed out connecting: nothing was sent; or
-        it answered CLUSTERDOWN) are sent once more after a slot-map refresh, when one is due,
-        so the client does not see that `unavailable`. Nothing that may have run is resent (a
-        timeout or a connection lost after sending: the client's own retry, with its
-        idempotency key, decides). MOVED and ASK are followed by redis-py itself."""
+        it answered CLUSTERDOWN) are sent once more after a slot-map refresh (the one under way,
+        or one now if one is due), so the client does not see that `unavailable`. Nothing that
+        may have run is resent (a timeout or a connection lost after sending: the client's own
+        retry, with its idempotency key, decides). MOVED and ASK are followed by redis-py itself."""
         again = [i for i, r in enumerate(results) if _not_run(r)]
-        if not again or asyncio.get_running_loop().time() < self._next_refresh:
+        refreshing = self._refreshing is not None and not self._refreshing.done()
+        if not again or (not refreshing and asyncio.get_running_loop().time() < self._next_refresh):
             return results
         self._stale_map = True
         log.debug("redis: %d commands not run on a dead node; refreshing the slot map and retrying once", len(again))
