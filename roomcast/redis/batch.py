@@ -10,10 +10,10 @@ command's slot and every primary gets its own lane: one pipeline in flight per n
 commands sent in call order, its futures resolved as soon as that node has answered. A node
 that is slow or dead (a primary SIGKILLed or paused, until its replica takes over) delays only
 its own commands: the next batches' commands for the other nodes go out while it hangs (no
-head-of-line blocking across shards, issue 13). A slot keeps its order across a slot-map
-change: while a slot has commands queued or in flight on one node, its later commands queue
-behind them on that node (and follow the MOVED from there) instead of overtaking them on the
-new owner. MOVED/ASK/TRYAGAIN are followed per node; scripts are loaded on every primary.
+head-of-line blocking across shards, issue 13); the slot-map refresh runs beside the lanes
+too. A slot keeps its order across a slot-map change: while some of its commands are
+unanswered on the old owner's lane, its later commands wait (parked) and then go to the new
+owner, instead of overtaking them there. MOVED/ASK/TRYAGAIN are followed per node; scripts are loaded on every primary.
 `spread` is then the number of buckets the global keys are spread over (keys.SPREAD), 0 on
 one Redis. Commands for different slots never had an order between them beyond their batch.
 """
@@ -160,9 +160,12 @@ class Batcher:
         self._queue: list[Entry] = []
         self._running = False
         # Cluster mode: a lane per node (_dispatch), and for each slot with commands queued or in
-        # flight the lane they are on and how many (its later commands join that lane).
+        # flight the lane they are on and how many.
         self._lanes: dict[str, _Lane] = {}
         self._slots: dict[int, tuple[str, int]] = {}
+        # A slot's commands that wait for its earlier ones, still unanswered on the node that
+        # owned it before the map changed (op, future, command, the new owner's name and node).
+        self._parked: dict[int, list[tuple[Op, asyncio.Future[Any], Any, str, Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # the lanes' pumps (a reference keeps them alive)
         self._refreshing: asyncio.Task[None] | None = None  # the slot-map refresh under way
         self.batches = 0
@@ -391,9 +394,10 @@ class Batcher:
 
     async def _dispatch(self, batch: list[Entry]) -> None:
         """A Redis Cluster: queue each command on its node's lane, in call order, and start
-        the lanes that are idle. A slot with commands still queued or in flight on some lane
-        (its owner changed in the map since) keeps its later commands on that lane, so they
-        cannot overtake the earlier ones on the new owner."""
+        the lanes that are idle. A slot whose owner changed in the map while some of its
+        commands are unanswered on the old owner's lane parks its later commands until those
+        are answered (then they go to the new owner), so they cannot overtake them there; a
+        hot slot is not kept on the old lane for good."""
         self._start_refresh()  # not awaited: these commands go by the map as it is now
         try:
             queued, names, nodes, slots = await self._group(batch)
@@ -404,23 +408,53 @@ class Batcher:
         for (op, fut), command, name, slot in zip(batch, queued, names, slots, strict=True):
             if slot is not None:
                 held = self._slots.get(slot)
-                if held is not None:
-                    name = held[0]
+                if held is not None and (held[0] != name or slot in self._parked):
+                    # The slot's earlier commands are unanswered on another node (the map changed
+                    # since): this one waits for them, then goes to the new owner (_release).
+                    self._parked.setdefault(slot, []).append((op, fut, command, name, nodes.get(name)))
+                    continue
                 self._slots[slot] = (name, held[1] + 1 if held is not None else 1)
-            lane = self._lanes.get(name)
-            if lane is None:
-                lane = self._lanes[name] = _Lane(nodes.get(name))
-            elif name in nodes:
-                lane.node = nodes[name]  # the map's current object for this node
-            lane.queue.append((op, fut, command, slot))
-            if not lane.busy:
-                lane.busy = True
-                started.append((name, lane))
+            self._enqueue(name, nodes.get(name), (op, fut, command, slot), started)
+        self._start_pumps(started)
+
+    def _enqueue(self, name: str, node: Any, entry: tuple[Op, asyncio.Future[Any], Any, int | None],
+                 started: list[tuple[str, _Lane]]) -> None:
+        lane = self._lanes.get(name)
+        if lane is None:
+            lane = self._lanes[name] = _Lane(node)
+        elif node is not None:
+            lane.node = node  # the map's current object for this node
+        lane.queue.append(entry)
+        if not lane.busy:
+            lane.busy = True
+            started.append((name, lane))
+
+    def _start_pumps(self, started: list[tuple[str, _Lane]]) -> None:
         loop = asyncio.get_running_loop()
         for name, lane in started:
             task = loop.create_task(self._pump(name, lane))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _release(self, slots: list[int | None]) -> None:
+        """These commands are answered: a slot with none left unanswered lets its parked
+        commands go, in call order, to the node the map named last."""
+        started: list[tuple[str, _Lane]] = []
+        for slot in slots:
+            if slot is None:
+                continue
+            owner, count = self._slots[slot]
+            if count > 1:
+                self._slots[slot] = (owner, count - 1)
+                continue
+            del self._slots[slot]
+            parked = self._parked.pop(slot, None)
+            if parked:
+                _, _, _, name, node = parked[-1]
+                self._slots[slot] = (name, len(parked))
+                for op, fut, command, _, _ in parked:
+                    self._enqueue(name, node, (op, fut, command, slot), started)
+        self._start_pumps(started)
 
     async def _pump(self, name: str, lane: _Lane) -> None:
         """Send one node's queued commands, one pipeline at a time, until its lane is empty;
@@ -438,13 +472,7 @@ class Batcher:
                 try:
                     await self._run(batch, first)
                 finally:
-                    for *_, slot in entries:
-                        if slot is not None:
-                            owner, count = self._slots[slot]
-                            if count > 1:
-                                self._slots[slot] = (owner, count - 1)
-                            else:
-                                del self._slots[slot]
+                    self._release([slot for *_, slot in entries])
         finally:
             lane.busy = False
             if not lane.queue and self._lanes.get(name) is lane:

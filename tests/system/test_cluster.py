@@ -581,12 +581,13 @@ async def test_batcher_a_paused_primary_delays_only_its_own_commands() -> None:
     socket accepts and never answers, like a primary that hangs or died without closing).
     Commands for the other primaries, in the same batch as the paused node's command and in
     the batches after it, are answered while that command is still pending; the paused node's
-    next command waits behind its first (one pipeline in flight per node) and both are
-    answered, in call order, once it runs again (SIGCONT)."""
+    next command waits behind its first (one pipeline in flight per node), one sent after the
+    slot map changed under the slot waits for those two instead of overtaking them on the new
+    owner, and all three are answered, in call order, once the node runs again (SIGCONT)."""
     import os
 
     from roomcast.redis.batch import Batcher, cmd
-    from roomcast.redis.client import make_client
+    from roomcast.redis.client import key_slot, make_client
 
     with redis_of_kind("redis-cluster") as redis:
         assert isinstance(redis, RedisClusterServer)
@@ -605,6 +606,7 @@ async def test_batcher_a_paused_primary_delays_only_its_own_commands() -> None:
             victim = next(n for n in redis.primary_nodes() if n.port != redis.port)
             stuck_key = by_node[victim.port]
             live_keys = [k for port, k in by_node.items() if port != victim.port]
+            live_port = next(port for port in by_node if port != victim.port)
             # Open a connection to every node first, and make the paused node's socket wait as
             # long as the test runs: its command must stay pending until SIGCONT, not time out.
             for node in batcher.client.nodes_manager.nodes_cache.values():
@@ -630,11 +632,23 @@ async def test_batcher_a_paused_primary_delays_only_its_own_commands() -> None:
                     assert len(done) == 2, "a later batch's live commands waited for the paused node"
                     assert [f.result() for f in later] == [n, n]
                     assert not stuck.done() and not stuck_next.done()
+                # The map changes under the paused node's slot (as a refresh or a MOVED would
+                # change it): its next command must not overtake the two unanswered ones on the
+                # new owner; it waits for them, then goes there (and follows MOVED back).
+                slot = key_slot(stuck_key)
+                manager = batcher.client.nodes_manager
+                manager.slots_cache[slot] = [manager.get_node(host="127.0.0.1", port=int(live_port))]
+                moved = batcher.call(cmd("incr", stuck_key))
+                later = [batcher.call(cmd("incr", k)) for k in live_keys]
+                done, _ = await asyncio.wait(later, timeout=30 * UNIT)
+                assert len(done) == 2
+                assert not moved.done() and slot in batcher._parked, "sent before the slot's earlier commands were answered"
             finally:
                 os.kill(victim.proc.pid, signal.SIGCONT)
             assert stuck_next is not None
             assert await stuck == 1
             assert await stuck_next == 2  # sent after the first one had its answer: call order kept
-            assert await batcher.call(cmd("get", stuck_key)) == b"2"
+            assert await moved == 3
+            assert await batcher.call(cmd("get", stuck_key)) == b"3"
         finally:
             await batcher.aclose()
