@@ -136,14 +136,15 @@ class Raw:
 
 
 class _Lane:
-    """One cluster node's commands, in call order (op, future, recorded command, slot), and
+    """One cluster node's commands, in call order (op, future, recorded command, slot, the
+    slot map they were routed by: Batcher._maps), and
     whether a task is sending them (one pipeline in flight per node)."""
 
     __slots__ = ("busy", "node", "queue")
 
     def __init__(self, node: Any) -> None:
         self.node = node  # the ClusterNode; None for commands whose slot is not in the map
-        self.queue: list[tuple[Op, asyncio.Future[Any], Any, int | None]] = []
+        self.queue: list[tuple[Op, asyncio.Future[Any], Any, int | None, int]] = []
         self.busy = False
 
 
@@ -165,9 +166,10 @@ class Batcher:
         self._slots: dict[int, tuple[str, int]] = {}
         # A slot's commands that wait for its earlier ones, still unanswered on the node that
         # owned it before the map changed (op, future, command, the new owner's name and node).
-        self._parked: dict[int, list[tuple[Op, asyncio.Future[Any], Any, str, Any]]] = {}
+        self._parked: dict[int, list[tuple[Op, asyncio.Future[Any], Any, str, Any, int]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # the lanes' pumps (a reference keeps them alive)
         self._refreshing: asyncio.Task[None] | None = None  # the slot-map refresh under way
+        self._maps = 0  # slot-map refreshes done: a lane's commands remember the map they were routed by
         self.batches = 0
         self.commands = 0
         self.retried = 0  # commands sent again after a refresh (_retry_not_run)
@@ -321,6 +323,7 @@ class Batcher:
         try:
             await self.client.nodes_manager.initialize()
             self.client._initialize = self._stale_map = False
+            self._maps += 1
         except Exception as exc:  # no node answered: the map stays; the next one due tries again
             log.debug("redis slot map refresh failed: %s", exc)
 
@@ -400,6 +403,7 @@ class Batcher:
         hot slot is not kept on the old lane for good."""
         self._start_refresh()  # not awaited: these commands go by the map as it is now
         try:
+            routed = self._maps
             queued, names, nodes, slots = await self._group(batch)
         except Exception as exc:
             self._fail(batch, exc)
@@ -411,13 +415,13 @@ class Batcher:
                 if held is not None and (held[0] != name or slot in self._parked):
                     # The slot's earlier commands are unanswered on another node (the map changed
                     # since): this one waits for them, then goes to the new owner (_release).
-                    self._parked.setdefault(slot, []).append((op, fut, command, name, nodes.get(name)))
+                    self._parked.setdefault(slot, []).append((op, fut, command, name, nodes.get(name), routed))
                     continue
                 self._slots[slot] = (name, held[1] + 1 if held is not None else 1)
-            self._enqueue(name, nodes.get(name), (op, fut, command, slot), started)
+            self._enqueue(name, nodes.get(name), (op, fut, command, slot, routed), started)
         self._start_pumps(started)
 
-    def _enqueue(self, name: str, node: Any, entry: tuple[Op, asyncio.Future[Any], Any, int | None],
+    def _enqueue(self, name: str, node: Any, entry: tuple[Op, asyncio.Future[Any], Any, int | None, int],
                  started: list[tuple[str, _Lane]]) -> None:
         lane = self._lanes.get(name)
         if lane is None:
@@ -450,10 +454,10 @@ class Batcher:
             del self._slots[slot]
             parked = self._parked.pop(slot, None)
             if parked:
-                _, _, _, name, node = parked[-1]
+                _, _, _, name, node, _ = parked[-1]
                 self._slots[slot] = (name, len(parked))
-                for op, fut, command, _, _ in parked:
-                    self._enqueue(name, node, (op, fut, command, slot), started)
+                for op, fut, command, _, _, routed in parked:
+                    self._enqueue(name, node, (op, fut, command, slot, routed), started)
         self._start_pumps(started)
 
     async def _pump(self, name: str, lane: _Lane) -> None:
@@ -463,32 +467,36 @@ class Batcher:
             while lane.queue:
                 entries = lane.queue[: self.max_batch]
                 del lane.queue[: self.max_batch]
-                batch = [(op, fut) for op, fut, _, _ in entries]
-                commands = [command for _, _, command, _ in entries]
+                batch = [(op, fut) for op, fut, _, _, _ in entries]
+                commands = [command for _, _, command, _, _ in entries]
+                routed = min(m for *_, m in entries)  # the oldest map these were routed by
 
-                async def first(batch: list[Entry], commands: list[Any] = commands) -> list[Any]:
-                    return await self._retry_not_run(batch, await self._send(lane.node, commands))
+                async def first(batch: list[Entry], commands: list[Any] = commands, routed: int = routed) -> list[Any]:
+                    return await self._retry_not_run(batch, await self._send(lane.node, commands), routed)
 
                 try:
                     await self._run(batch, first)
                 finally:
-                    self._release([slot for *_, slot in entries])
+                    self._release([slot for _, _, _, slot, _ in entries])
         finally:
             lane.busy = False
             if not lane.queue and self._lanes.get(name) is lane:
                 del self._lanes[name]  # no lanes left behind for nodes that left the cluster
 
-    async def _retry_not_run(self, batch: list[Entry], results: list[Any]) -> list[Any]:
+    async def _retry_not_run(self, batch: list[Entry], results: list[Any], routed: int | None = None) -> list[Any]:
         """A Redis Cluster after a failover: the slot map may still name the dead primary, so a
         command for its slots fails although its replica has taken over. Commands known not to
         have run (the node refused the connection or timed out connecting: nothing was sent; or
         it answered CLUSTERDOWN) are sent once more after a slot-map refresh (the one under way,
-        or one now if one is due), so the client does not see that `unavailable`. Nothing that
-        may have run is resent (a timeout or a connection lost after sending: the client's own
-        retry, with its idempotency key, decides). MOVED and ASK are followed by redis-py itself."""
+        or one now if one is due; or none if the map was refreshed since these commands were
+        `routed`: a lane routes by the map it has while a refresh runs beside it), so the client
+        does not see that `unavailable`. Nothing that may have run is resent (a timeout or a
+        connection lost after sending: the client's own retry, with its idempotency key,
+        decides). MOVED and ASK are followed by redis-py itself."""
         again = [i for i, r in enumerate(results) if _not_run(r)]
         refreshing = self._refreshing is not None and not self._refreshing.done()
-        if not again or (not refreshing and asyncio.get_running_loop().time() < self._next_refresh):
+        newer = routed is not None and self._maps > routed
+        if not again or (not refreshing and not newer and asyncio.get_running_loop().time() < self._next_refresh):
             return results
         self._stale_map = True
         log.debug("redis: %d commands not run on a dead node; refreshing the slot map and retrying once", len(again))
