@@ -169,7 +169,7 @@ class RedisLink:
         self.settings = settings
         self.metrics = metrics
         self.client = make_client(settings.redis_url)
-        self.batcher = Batcher(self.client)
+        self.batcher = Batcher(self.client, window_ms=settings.redis_batch_window_ms)
         metrics.registry.register(RedirectsCollector(self.batcher.redirects.counts))
         self.store = RedisStore(
             self.batcher,

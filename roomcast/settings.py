@@ -224,6 +224,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("backend_webhook_secret", "BACKEND_WEBHOOK_SECRET", _opt_str, None, "Sent as `Authorization: Bearer <secret>` with every webhook call, so the backend knows the gateway.", None),
     Spec("backend_timeout_ms", "BACKEND_TIMEOUT_MS", _int(50, 60_000, MS), 2000, "A webhook call not answered within this fails closed: the hello or join gets `unavailable`.", None),
     Spec("redis_url", "REDIS_URL", _opt_str, None, "Redis for cluster mode: redis://[:password@]host:port/db, or rediss://… for TLS with redis-py's query parameters (ssl_ca_certs=<file>, ssl_cert_reqs=required|optional|none, ssl_check_hostname=true|false, ssl_certfile, ssl_keyfile). May name any one node of a Redis Cluster: cluster mode is detected from the server and the other nodes discovered (docs/redis-layout.md). Unset = embedded single node.", "--redis-url"),
+    Spec("redis_batch_window_ms", "REDIS_BATCH_WINDOW", _int(0, 50, MS), 0, "Cluster mode: how long the gateway lets a Redis batch gather commands after the first one before sending it (0 = only those of the same loop tick). A few ms put several events into one round trip at low rates, which costs Redis and the gateway fewer wakeups per event (docs/benchmarks.md) and adds up to this much latency to every command.", None),
     Spec("redis_pubsub_url", "REDIS_PUBSUB_URL", _opt_str, None, "Redis for the pub/sub subscription, if not REDIS_URL (e.g. a separate instance); same URL forms, TLS included.", None),
     Spec("database_url", "DATABASE_URL", _opt_str, None, "Postgres for history and analytics (postgresql://user@host:port/db). Unset = no history.", "--database-url"),
     Spec("auto_migrate", "AUTO_MIGRATE", _bool, True, "Apply schema migrations at start (embedded gateway, coordinator). Set false where a migration Job runs them.", None),
@@ -321,6 +322,7 @@ class Settings:
     backend_timeout_ms: int = 2000
     redis_url: str | None = None
     redis_pubsub_url: str | None = None
+    redis_batch_window_ms: int = 0
     database_url: str | None = None
     auto_migrate: bool = True
     history_batch_rows: int = 1000

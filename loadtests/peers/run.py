@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import shutil
 import subprocess
@@ -93,10 +94,14 @@ def ensure_socketio() -> str:
     return node
 
 
+# --roomcast-env NAME=VALUE: settings for roomcast's gateways in this run (e.g. REDIS_BATCH_WINDOW=2).
+ROOMCAST_ENV: dict[str, str] = {}
+
+
 def server_proc(target: str, redis_url: str, tag: str, node: str | None) -> GatewayProc:
     env = {"REDIS_URL": redis_url, "NODE_ID": f"peers-{tag}"[:60]}
     if target == "roomcast":
-        return GatewayProc(env, f"peers-{tag}")
+        return GatewayProc(env | ROOMCAST_ENV, f"peers-{tag}")
     if target == "minimal":
         return GatewayProc(env, f"peers-{tag}", "{python} -m loadtests.peers.minimal")
     assert node is not None
@@ -164,9 +169,14 @@ async def fanout_run(args: argparse.Namespace, target: str, rate: float, duratio
             stime0 = [procstat.cpu_times(s.pid)[1] for s in servers]  # type: ignore[arg-type]
             load0 = procstat.loadavg()
             jiffies0 = procstat.machine_jiffies()
+            gc.collect()  # the publishers (this process) too: no collection pause inside the window
+            gc.disable()
             t0 = time.monotonic_ns()
             print(f"[peers]   publishing {rate:g} events/s for {duration:g} s", file=sys.stderr, flush=True)
-            publish_s = await publish_paced(pubs, rate, duration)
+            try:
+                publish_s = await publish_paced(pubs, rate, duration)
+            finally:
+                gc.enable()
             want = {p.room: p.sent for p in pubs}
             for w in procs:
                 w.send("expect", {"want": want, "timeout": args.drain_timeout})
@@ -492,6 +502,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--cluster-replicas", type=int, default=1, help="--redis cluster: replicas per primary")
     ap.add_argument("--out", help="JSON result file (default test-output/peers-<time>.json)")
     ap.add_argument("--max-seconds", type=float, default=1800.0, help="hard bound on the whole run")
+    ap.add_argument("--roomcast-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="a setting for roomcast's gateways (repeatable), e.g. REDIS_BATCH_WINDOW=2")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, one run each: a smoke run well under a minute")
     args = ap.parse_args(argv)
     if args.quick:
@@ -503,6 +515,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.only = [w.strip() for w in args.only.split(",") if w.strip()]
     args.search_rates = [float(x) for x in str(args.search_rates).split(",") if x.strip()]
     args.redis = [k.strip() for k in str(args.redis).split(",") if k.strip()]
+    bad_env = [e for e in args.roomcast_env if "=" not in e]
+    if bad_env:
+        ap.error(f"--roomcast-env wants NAME=VALUE, got {bad_env}")
+    ROOMCAST_ENV.update(e.split("=", 1) for e in args.roomcast_env)
     bad = [t for t in args.targets if t not in TARGETS] + [w for w in args.only if w not in WORKLOADS]
     bad += [k for k in args.redis if k not in KINDS]
     if bad or not args.targets or not args.redis:

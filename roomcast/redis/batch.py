@@ -1,4 +1,6 @@
-"""Batch Redis commands: calls made in the same loop tick go out as one pipeline.
+"""Batch Redis commands: calls made in the same loop tick go out as one pipeline (with
+REDIS_BATCH_WINDOW, those of the next few ms too: one round trip and one Redis wakeup for
+several events at low rates, at the cost of that much latency).
 
 One Redis: calls are executed in the order they were made, one pipeline in flight at a time,
 so a socket's requests keep their order while many sockets share each round trip
@@ -149,7 +151,7 @@ class _Lane:
 
 
 class Batcher:
-    def __init__(self, client: Redis, max_batch: int = 512) -> None:
+    def __init__(self, client: Redis, max_batch: int = 512, window_ms: int = 0) -> None:
         self.single = client
         # The client batches go through: `single`, or the RedisCluster made by detect().
         self.client: Any = client
@@ -158,6 +160,11 @@ class Batcher:
         self._next_refresh = 0.0
         self.spread = 0
         self.max_batch = max_batch
+        # REDIS_BATCH_WINDOW: an idle batcher waits this long after the first call before sending,
+        # so calls of the next few ms share its round trip (0: only those of the same loop tick).
+        # Only the first batch after idle waits: what queues while a batch is in flight goes
+        # out as soon as it is back, as without a window.
+        self.window = window_ms / 1000
         self._queue: list[Entry] = []
         self._running = False
         # Cluster mode: a lane per node (_dispatch), and for each slot with commands queued or in
@@ -271,7 +278,10 @@ class Batcher:
 
     async def _drain(self) -> None:
         try:
-            await asyncio.sleep(0)  # let this tick's callers join the batch
+            # Let this tick's callers (and the window's) join the batch. In cluster mode the
+            # batcher is idle only when no node's lane has commands queued or in flight: while
+            # one has, what is queued there waits for it anyway, so no window is added.
+            await asyncio.sleep(self.window if not self._lanes else 0)
             while self._queue:
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]

@@ -133,6 +133,7 @@ PARSED: list[tuple[str, str, str, Any]] = [
     ("REDIS_URL", "redis://localhost:6379/0", "redis_url", "redis://localhost:6379/0"),
     ("REDIS_URL", "", "redis_url", None),
     ("REDIS_PUBSUB_URL", "redis://pubsub:6379/0", "redis_pubsub_url", "redis://pubsub:6379/0"),
+    ("REDIS_BATCH_WINDOW", "2", "redis_batch_window_ms", 2),
     ("NODE_TTL", "2000", "node_ttl_ms", 2000),
     ("PUBSUB_PROBE_INTERVAL", "500", "pubsub_probe_ms", 500),
     ("PUBSUB_PROBE_TIMEOUT", "700", "pubsub_probe_timeout_ms", 700),
@@ -214,6 +215,7 @@ def test_default_written_out_parses_back(spec: Any) -> None:
 BAD: list[tuple[str, str]] = [
     ("GATEWAY_PORT", "abc"),
     ("GATEWAY_PORT", "65536"),
+    ("REDIS_BATCH_WINDOW", "51"),
     ("GATEWAY_PORT", "-1"),
     ("GATEWAY_PORT", "80.5"),
     ("GATEWAY_PORT", ""),
