@@ -33,6 +33,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import (
+    AskError,
     ClusterDownError,
     NoScriptError,
     RedisError,
@@ -551,8 +552,11 @@ class Batcher:
         for (_, fut), result in zip(batch, results, strict=True):
             if fut.done():
                 continue
-            if isinstance(result, (*_DOWN, TryAgainError, SlotNotCoveredError)):
-                # A shard failing over (or a slot moving) outlasted redis-py's retries: retryable.
+            if isinstance(result, (*_DOWN, TryAgainError, AskError, SlotNotCoveredError)):
+                # A shard failing over (or a slot moving) outlasted the retries: retryable. A MOVED
+                # or ASK (MovedError is an AskError) still there after follow's rounds did not run:
+                # while a slot's owner is switched node by node, the old owner and the importing
+                # node can send it back and forth.
                 fut.set_exception(GatewayError(ErrorCode.UNAVAILABLE, UNAVAILABLE))
                 fut.exception()
             elif isinstance(result, Exception):
