@@ -499,16 +499,21 @@ class Batcher:
         command for its slots fails although its replica has taken over. Commands known not to
         have run (the node refused the connection or timed out connecting: nothing was sent; or
         it answered CLUSTERDOWN) are sent once more after a slot-map refresh (the one under way,
-        or one now if one is due; or none if the map was refreshed since these commands were
-        `routed`: a lane routes by the map it has while a refresh runs beside it), so the client
-        does not see that `unavailable`. Nothing that may have run is resent (a timeout or a
+        or the next one, at most 0.25 s away; or none if the map was refreshed since these
+        commands were `routed`: a lane routes by the map it has while a refresh runs beside
+        it), so the client does not see that `unavailable`. Nothing that may have run is resent (a timeout or a
         connection lost after sending: the client's own retry, with its idempotency key,
         decides). MOVED and ASK are followed by redis-py itself."""
         again = [i for i, r in enumerate(results) if _not_run(r)]
-        refreshing = self._refreshing is not None and not self._refreshing.done()
-        newer = routed is not None and self._maps > routed
-        if not again or (not refreshing and not newer and asyncio.get_running_loop().time() < self._next_refresh):
+        if not again:
             return results
+        refreshing = self._refreshing is not None and not self._refreshing.done()
+        wait = self._next_refresh - asyncio.get_running_loop().time()
+        if not refreshing and not (routed is not None and self._maps > routed) and wait > 0:
+            # Wait for the next refresh (at most 0.25 s away; the pub/sub side may already
+            # have seen the promotion, and a gap repair read must not get `unavailable` from
+            # our older map). Only this node's lane waits: no other node's commands do.
+            await asyncio.sleep(wait)
         self._stale_map = True
         log.debug("redis: %d commands not run on a dead node; refreshing the slot map and retrying once", len(again))
         for i, r in zip(again, await self._execute_per_node([batch[i] for i in again]), strict=True):
