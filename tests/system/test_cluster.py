@@ -574,3 +574,81 @@ async def test_batcher_fails_only_a_dead_shards_commands_and_follows_its_failove
             assert recovered, "the failed shard's slots never came back"
         finally:
             await batcher.aclose()
+
+
+async def test_batcher_a_paused_primary_delays_only_its_own_commands() -> None:
+    """No head-of-line blocking across shards (issue 13): one primary is paused (SIGSTOP: its
+    socket accepts and never answers, like a primary that hangs or died without closing).
+    Commands for the other primaries, in the same batch as the paused node's command and in
+    the batches after it, are answered while that command is still pending; the paused node's
+    next command waits behind its first (one pipeline in flight per node), one sent after the
+    slot map changed under the slot waits for those two instead of overtaking them on the new
+    owner, and all three are answered, in call order, once the node runs again (SIGCONT)."""
+    import os
+
+    from roomcast.redis.batch import Batcher, cmd
+    from roomcast.redis.client import key_slot, make_client
+
+    with redis_of_kind("redis-cluster") as redis:
+        assert isinstance(redis, RedisClusterServer)
+        # No failover while the node is paused (the cluster would promote its replica after
+        # cluster-node-timeout): the paused node's commands are then answered by the node itself.
+        redis.cli_all("CONFIG", "SET", "cluster-node-timeout", "600000")
+        batcher = Batcher(make_client(redis.url))
+        try:
+            assert await batcher.detect()
+            by_node: dict[int, str] = {}
+            for n in range(1000):  # one key per primary
+                by_node.setdefault(redis.node_of(f"h{{{n}}}").port, f"h{{{n}}}")
+                if len(by_node) == 3:
+                    break
+            assert len(by_node) == 3
+            victim = next(n for n in redis.primary_nodes() if n.port != redis.port)
+            stuck_key = by_node[victim.port]
+            live_keys = [k for port, k in by_node.items() if port != victim.port]
+            live_port = next(port for port in by_node if port != victim.port)
+            # Open a connection to every node first, and make the paused node's socket wait as
+            # long as the test runs: its command must stay pending until SIGCONT, not time out.
+            for node in batcher.client.nodes_manager.nodes_cache.values():
+                node.connection_kwargs["socket_timeout"] = 600.0
+            assert await asyncio.gather(*(batcher.call(cmd("set", k, 0)) for k in by_node.values())) == [True] * 3
+            assert victim.proc is not None
+            os.kill(victim.proc.pid, signal.SIGSTOP)
+            try:
+                stuck = batcher.call(cmd("incr", stuck_key))
+                first = [batcher.call(cmd("incr", k)) for k in live_keys]  # the same batch
+                # A bound only so that a batcher that waits for the paused node fails the test
+                # instead of hanging it (the live commands take milliseconds).
+                done, _ = await asyncio.wait(first, timeout=30 * UNIT)
+                assert len(done) == 2, "the live shards' commands waited for the paused node"
+                assert [f.result() for f in first] == [1, 1]
+                assert not stuck.done(), "the paused node answered: the test paused nothing"
+                stuck_next = None
+                for n in range(2, 6):  # later batches, each with a command for the paused node too
+                    if stuck_next is None:
+                        stuck_next = batcher.call(cmd("incr", stuck_key))
+                    later = [batcher.call(cmd("incr", k)) for k in live_keys]
+                    done, _ = await asyncio.wait(later, timeout=30 * UNIT)
+                    assert len(done) == 2, "a later batch's live commands waited for the paused node"
+                    assert [f.result() for f in later] == [n, n]
+                    assert not stuck.done() and not stuck_next.done()
+                # The map changes under the paused node's slot (as a refresh or a MOVED would
+                # change it): its next command must not overtake the two unanswered ones on the
+                # new owner; it waits for them, then goes there (and follows MOVED back).
+                slot = key_slot(stuck_key)
+                manager = batcher.client.nodes_manager
+                manager.slots_cache[slot] = [manager.get_node(host="127.0.0.1", port=int(live_port))]
+                moved = batcher.call(cmd("incr", stuck_key))
+                later = [batcher.call(cmd("incr", k)) for k in live_keys]
+                done, _ = await asyncio.wait(later, timeout=30 * UNIT)
+                assert len(done) == 2
+                assert not moved.done() and slot in batcher._parked, "sent before the slot's earlier commands were answered"
+            finally:
+                os.kill(victim.proc.pid, signal.SIGCONT)
+            assert stuck_next is not None
+            assert await stuck == 1
+            assert await stuck_next == 2  # sent after the first one had its answer: call order kept
+            assert await moved == 3
+            assert await batcher.call(cmd("get", stuck_key)) == b"3"
+        finally:
+            await batcher.aclose()

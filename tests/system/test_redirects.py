@@ -140,3 +140,36 @@ async def test_a_slot_moved_under_a_room_in_use_counts_ask_and_moved_and_loses_n
             assert seqs == list(range(joined["seq"] + 1, last["seq"] + 1)), seqs
             assert set(acked) <= set(seqs)
             print(f"acked {len(acked)}, retried {retried}, redirects {after}")
+
+
+async def test_a_redirect_that_bounces_between_two_nodes_is_retryable_not_internal() -> None:
+    """While a slot's owner is switched node by node (SETSLOT NODE on each primary), the old
+    owner can already answer MOVED to the new one while the new one, still IMPORTING, answers
+    MOVED back. The batcher follows a few rounds; a command still redirected after them did not
+    run: its caller gets `unavailable` (retryable), not the MOVED as an internal error."""
+    from roomcast.errors import ErrorCode, GatewayError
+    from roomcast.redis.batch import Batcher, cmd
+    from roomcast.redis.client import make_client
+
+    with redis_of_kind("redis-cluster") as redis:
+        assert isinstance(redis, RedisClusterServer)
+        batcher = Batcher(make_client(redis.url))
+        try:
+            assert await batcher.detect()
+            key = unique("bounce")  # never written: its slot has no keys, so it may be reassigned
+            src = redis.node_of(key)
+            dst = next(n for n in redis.primary_nodes() if n.port != src.port)
+            slot = _slot(redis, key)
+            src_id, dst_id = src.cli("CLUSTER", "MYID"), dst.cli("CLUSTER", "MYID")
+            assert dst.cli("CLUSTER", "SETSLOT", str(slot), "IMPORTING", src_id) == "OK"
+            assert src.cli("CLUSTER", "SETSLOT", str(slot), "NODE", dst_id) == "OK"
+            assert src.cli("GET", key).startswith("MOVED") and dst.cli("GET", key).startswith("MOVED")
+            with pytest.raises(GatewayError) as exc:
+                await batcher.call(cmd("get", key))
+            assert exc.value.code is ErrorCode.UNAVAILABLE
+            # The owner switch completes: the same command is answered.
+            for node in redis.primary_nodes():
+                assert node.cli("CLUSTER", "SETSLOT", str(slot), "NODE", dst_id) == "OK"
+            assert await batcher.call(cmd("get", key)) is None
+        finally:
+            await batcher.aclose()
