@@ -533,6 +533,16 @@ async def _lease_failover(redis: RedisClusterServer, c: Cluster) -> None:
             assert evt["payload"]["reason"] == "timeout"
 
 
+def key_per_primary(redis: RedisClusterServer, prefix: str) -> dict[int, str]:
+    """One key per primary of the 3 + 3 cluster (`<prefix>{n}`), by the primary's port."""
+    by_node: dict[int, str] = {}
+    for n in range(1000):
+        by_node.setdefault(redis.node_of(f"{prefix}{{{n}}}").port, f"{prefix}{{{n}}}")
+        if len(by_node) == 3:
+            break
+    return by_node
+
+
 async def test_batcher_fails_only_a_dead_shards_commands_and_follows_its_failover() -> None:
     """One batch with commands for every shard while a primary is SIGKILLed: the others'
     commands succeed throughout, the dead shard's get `unavailable` (retryable), and once its
@@ -546,11 +556,7 @@ async def test_batcher_fails_only_a_dead_shards_commands_and_follows_its_failove
         batcher = Batcher(make_client(redis.url))
         try:
             assert await batcher.detect()
-            by_node: dict[int, str] = {}
-            for n in range(1000):  # one key per primary
-                by_node.setdefault(redis.node_of(f"k{{{n}}}").port, f"k{{{n}}}")
-                if len(by_node) == 3:
-                    break
+            by_node = key_per_primary(redis, "k")
             victim = next(n for n in redis.primary_nodes() if n.port != redis.port)
             victim.kill()
             killed = time.monotonic()
@@ -597,11 +603,7 @@ async def test_batcher_a_paused_primary_delays_only_its_own_commands() -> None:
         batcher = Batcher(make_client(redis.url))
         try:
             assert await batcher.detect()
-            by_node: dict[int, str] = {}
-            for n in range(1000):  # one key per primary
-                by_node.setdefault(redis.node_of(f"h{{{n}}}").port, f"h{{{n}}}")
-                if len(by_node) == 3:
-                    break
+            by_node = key_per_primary(redis, "h")
             assert len(by_node) == 3
             victim = next(n for n in redis.primary_nodes() if n.port != redis.port)
             stuck_key = by_node[victim.port]
