@@ -212,6 +212,12 @@ class Batcher:
         # Whether the server has Redis Functions (FUNCTION LOAD/FCALL): not known until load_scripts().
         self.functions: bool | None = None
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, in flight on a node's lane, or parked: the next call starts a batch
+        (and waits the window, if one is set)."""
+        return not (self._running or self._queue or self._lanes or self._parked)
+
     def register(self, source: str) -> Script:
         script = Script(source)
         self.scripts.append(script)
