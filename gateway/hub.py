@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from roomcast.bus.base import Bus
-from roomcast.errors import ErrorCode, GatewayError
+from roomcast.errors import CloseCode, ErrorCode, GatewayError
 
 from .frames import text_frame
 from .metrics import Metrics
@@ -37,6 +37,16 @@ _TS = b'"ts":'
 
 
 GapSource = Callable[[str, int, int | None], Awaitable[list[tuple[int, bytes]]]]
+
+# A gap repair whose read fails (the room's shard failing over, Redis restarting) tries again
+# after these pauses, then every last one, for up to REPAIR_GIVE_UP_S: a failover takes a few
+# seconds (docs/scaling.md), the bound for a failed shard's rooms to work again is 20 s.
+REPAIR_RETRY_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+REPAIR_GIVE_UP_S = 20.0
+# Live events held meanwhile, at most: beyond that the room's members are closed (1012) and
+# resume from the stream themselves, instead of the gateway holding an unbounded backlog.
+REPAIR_MAX_HELD = 10_000
+REPAIR_LOST = "missed events no longer readable; reconnect and resume with since"
 
 
 class Pending:
@@ -311,19 +321,63 @@ class Hub:
         task.add_done_callback(self._repairs.discard)
 
     async def _run_repair(self, room_id: str, local: LocalRoom, after: int) -> None:
+        """Read the events after `after` from the room's stream and fan them out with the ones
+        held meanwhile, in seq order. A failed read is tried again (REPAIR_RETRY_S) while live
+        events stay held. If the gap cannot be filled (the stream no longer holds its start,
+        the reads kept failing, or too many events were held), the room's local sockets are
+        closed with 1012: they reconnect and resume with `since`, rather than skip events."""
         assert self.gap_source is not None
         self.gap_repairs += 1
-        missed: list[tuple[int, bytes]] = []
-        try:
-            missed = await self.gap_source(room_id, after, None)
-        except Exception as exc:
-            log.warning("could not repair a gap in room %s after seq %d: %s", room_id, after, exc)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + REPAIR_GIVE_UP_S
+        missed: list[tuple[int, bytes]] | None = None  # None: the read failed for good
+        attempt = 0
+        while True:
+            try:
+                missed = await self.gap_source(room_id, after, None)
+                break
+            except Exception as exc:
+                if self.rooms.get(room_id) is not local:
+                    return  # the room's last local member left meanwhile
+                if loop.time() >= give_up or len(local.held or ()) > REPAIR_MAX_HELD:
+                    log.warning("could not repair a gap in room %s after seq %d: %s", room_id, after, exc)
+                    break
+                self.metrics.gap_repairs.labels("retry").inc()
+                (log.info if attempt == 0 else log.debug)(
+                    "gap repair of room %s after seq %d failed (%s); retrying", room_id, after, exc)
+                await asyncio.sleep(REPAIR_RETRY_S[min(attempt, len(REPAIR_RETRY_S) - 1)])
+                attempt += 1
+        if self.rooms.get(room_id) is not local:
+            return
         held, local.held = local.held or [], None
-        for seq, frame in sorted(missed + held, key=lambda item: item[0]):
-            if self.rooms.get(room_id) is not local:
+        newest = max((seq for seq, _ in held), default=after)
+        expected = after + 1
+        for seq, frame in sorted((missed or []) + held, key=lambda item: item[0]):
+            if seq < expected:
+                continue  # both read and held (or delivered before)
+            if seq > expected:  # the stream no longer holds these (trimmed), or the read failed
+                self.metrics.gap_repairs.labels("closed").inc()
+                self._lost(room_id, local, newest)
                 return
-            if seq > local.last_seq:
-                self._fanout(room_id, local, seq, frame)
+            self._fanout(room_id, local, seq, frame)
+            expected = seq + 1
+            if self.rooms.get(room_id) is not local:
+                return  # its room_closed was among them
+        if missed is None and not held:  # no read and no live event since: whether any was missed is unknown
+            self.metrics.gap_repairs.labels("closed").inc()
+            self._lost(room_id, local, newest)
+            return
+        self.metrics.gap_repairs.labels("repaired").inc()
+
+    def _lost(self, room_id: str, local: LocalRoom, last_seq: int) -> None:
+        """The room's local sockets missed events this replica cannot read back: close them
+        with 1012; each reconnects and resumes with `since` (a replay, or `recovered: false`
+        if the history is gone). Later live events go to whoever joins again."""
+        log.warning("room %s: events after seq %d could not be repaired; closing its %d local sockets (1012)",
+                    room_id, local.last_seq, len(local.members) + len(local.pending))
+        for session in [*local.members, *local.pending]:
+            session.close(CloseCode.SERVICE_RESTART, REPAIR_LOST)
+        local.last_seq = max(local.last_seq, last_seq)
 
     def _closed(self, room_id: str, local: LocalRoom) -> None:
         sessions = list(local.members) + list(local.pending)

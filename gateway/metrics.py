@@ -74,6 +74,13 @@ class Metrics:
             "roomcast_pubsub_shard_resubscribes",
             "Rooms resubscribed on a shard after a reconnect, failover or slot move (then repaired), by shard.",
             ["shard"], registry=r)
+        self.gap_repairs = Counter(
+            "roomcast_gap_repairs",
+            "Gap repairs of a room's live events from its stream, by result: repaired; retry (a read "
+            "failed and is tried again); closed (the gap could not be filled: its members were closed "
+            "with 1012 to resume with since).", ["result"], registry=r)
+        for result in ("repaired", "retry", "closed"):
+            self.gap_repairs.labels(result)  # exported at 0 from the start
         self.pubsub_shard_failovers = Counter(
             "roomcast_pubsub_shard_failovers",
             "Times this replica saw another node take over a shard's slots (a replica promoted), by shard.",
