@@ -29,12 +29,14 @@ import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from redis._parsers.base import BaseParser
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import (
     AskError,
     ClusterDownError,
+    MovedError,
     NoScriptError,
     RedisError,
     ResponseError,
@@ -58,6 +60,9 @@ Op = Callable[[Pipeline], Any]
 Entry = tuple[Op, "asyncio.Future[Any]"]
 UNAVAILABLE = "redis unavailable; retry"
 _DOWN = (RedisConnectionError, RedisTimeoutError, ClusterDownError, OSError)
+# redis-py's own mapping of an error reply to its exception classes (MOVED -> MovedError...),
+# for the replies the lean connection reads in cluster mode.
+_parse_error: Callable[[str], Exception] = BaseParser.parse_error
 
 
 def _not_run(result: object) -> bool:
@@ -209,6 +214,9 @@ class Batcher:
         # out on this connection (batch_lean.py).
         url = getattr(client, "url", "")
         self.lean: LeanConnection | None = LeanConnection(url) if url and LeanConnection.usable(url) else None
+        # Cluster mode: a lean connection per primary, used only by that node's lane (one
+        # pipeline in flight per node), for its batches made only of Raw/RawCommand calls.
+        self._lean_nodes: dict[str, LeanConnection] = {}
         # Whether the server has Redis Functions (FUNCTION LOAD/FCALL): not known until load_scripts().
         self.functions: bool | None = None
 
@@ -287,6 +295,9 @@ class Batcher:
             self._refreshing.cancel()
         if self.lean is not None:
             self.lean.close()
+        for conn in self._lean_nodes.values():
+            conn.close()
+        self._lean_nodes.clear()
         if self.client is not self.single:
             await self.client.aclose()
         await self.single.aclose()
@@ -397,10 +408,48 @@ class Batcher:
             slots.append(slot)
         return queued, names, nodes, slots
 
-    async def _send(self, node: Any, commands: list[Any]) -> list[Any]:
+    def _lean_node(self, node: Any) -> LeanConnection | None:
+        """The lane's own lean connection to `node` (made on first use, with the cluster URL's
+        credentials and TLS), or None without a lean connection (a URL it does not take; or
+        `lean` set to None: every batch through redis-py, the A side of an A/B)."""
+        if self.lean is None:
+            return None
+        conn = self._lean_nodes.get(node.name)
+        if conn is None:
+            url = self.single.url  # type: ignore[attr-defined]  # there is a lean connection: made from it
+            conn = self._lean_nodes[node.name] = LeanConnection(url, host=node.host, port=int(node.port))
+        return conn
+
+    async def _send_lean(self, conn: LeanConnection, node: Any, commands: list[Any]) -> list[Any]:
+        """As redis-py's pipeline would answer: error replies become its exception types
+        (MOVED, ASK, TRYAGAIN, CLUSTERDOWN, NOSCRIPT...), the redirects are counted."""
+        out = await conn.execute([encode_command(*command.args) for command in commands])
+        for i, reply in enumerate(out):
+            if isinstance(reply, ResponseError):
+                exc = _parse_error(str(reply))
+                if isinstance(exc, AskError):  # MovedError is a kind of AskError
+                    self.redirects.seen("moved" if isinstance(exc, MovedError) else "ask", node.name)
+                out[i] = exc
+        return out
+
+    async def _send(self, node: Any, commands: list[Any], lean: bool = False) -> list[Any]:
         """One node's commands as one pipeline (`node` None: wherever redis-py routes them),
-        their MOVED/ASK/TRYAGAIN followed. A failure fails these commands only."""
+        their MOVED/ASK/TRYAGAIN followed. A failure fails these commands only. `lean`: the
+        commands are all Raw/RawCommand calls and this is the node's lane (the only user of its
+        lean connection): they go out on that connection instead of a redis-py pipeline."""
         client = self.client
+        conn = self._lean_node(node) if lean and node is not None else None
+        if conn is not None:
+            try:
+                out = await self._send_lean(conn, node, commands)
+            except Exception as exc:  # as below; the connection is made again by the next batch
+                log.debug("redis node batch of %d failed: %s", len(commands), exc)
+                self._stale_map = self._stale_map or isinstance(exc, _DOWN)
+                if self._lean_nodes.get(node.name) is conn:
+                    del self._lean_nodes[node.name]  # a node that left the cluster keeps no entry
+                    conn.close()
+                return [exc] * len(commands)
+            return await follow(client, commands, out)  # MOVED/ASK/TRYAGAIN, through redis-py
         pipe = client.pipeline(transaction=False)
         for command in commands:
             kwargs = dict(command.kwargs)
@@ -409,7 +458,7 @@ class Batcher:
                 kwargs["target_nodes"] = node
             pipe.execute_command(*command.args, **kwargs)
         try:
-            out: list[Any] = await pipe.execute(raise_on_error=False, allow_redirections=False)
+            out = await pipe.execute(raise_on_error=False, allow_redirections=False)
             return await follow(client, commands, out)  # MOVED/ASK/TRYAGAIN
         except Exception as exc:  # this node's commands only (a dead node: `unavailable` in _run)
             log.debug("redis node batch of %d failed: %s", len(commands), exc)
@@ -509,9 +558,11 @@ class Batcher:
                 batch = [(op, fut) for op, fut, _, _, _ in entries]
                 commands = [command for _, _, command, _, _ in entries]
                 routed = min(m for *_, m in entries)  # the oldest map these were routed by
+                lean = all(type(op) in _LEAN_OPS for op, _ in batch)
 
-                async def first(batch: list[Entry], commands: list[Any] = commands, routed: int = routed) -> list[Any]:
-                    return await self._retry_not_run(batch, await self._send(lane.node, commands), routed)
+                async def first(batch: list[Entry], commands: list[Any] = commands, routed: int = routed,
+                                lean: bool = lean) -> list[Any]:
+                    return await self._retry_not_run(batch, await self._send(lane.node, commands, lean), routed)
 
                 try:
                     await self._run(batch, first)

@@ -8,8 +8,10 @@ connection the publishing process spent 170 instead of 234 µs of CPU per event 
 publish per batch at 1,000/s, medians of 3 interleaved runs, load average 9-11). A batch made
 only of FCALL/EVALSHA calls and plain commands given as their arguments (batch.RawCommand: the
 connect path's SET, ZADD, HMGET, SADD...) is written here as one buffer (resp.encode_command) and
-its replies are parsed by hiredis' C Reader, as the pub/sub bus does. Everything else (and every
-command in cluster mode, where redis-py follows MOVED/ASK) stays on redis-py.
+its replies are parsed by hiredis' C Reader, as the pub/sub bus does. Everything else stays on
+redis-py. In cluster mode each primary's lane has such a connection of its own for the same kind
+of batch; its MOVED/ASK/TRYAGAIN replies are turned into redis-py's exceptions and followed
+through redis-py (batch.py, `_send`).
 
 One batch in flight at a time (the Batcher's own rule), so the connection only counts replies.
 A connection error or a reply that takes longer than `timeout` closes the connection and fails the
@@ -80,10 +82,13 @@ class LeanConnection:
     def usable(url: str) -> bool:
         return url.startswith(("redis://", "rediss://"))
 
-    def __init__(self, url: str, timeout: float = 2.0, connect_timeout: float = 1.0) -> None:
+    def __init__(self, url: str, timeout: float = 2.0, connect_timeout: float = 1.0,
+                 host: str | None = None, port: int | None = None) -> None:
+        """`host`/`port`: another node than the URL's, with the URL's credentials and TLS
+        settings (a Redis Cluster node, batch.py)."""
         kw = parse_url(url)  # redis-py's own reading of the URL (db also as ?db=, quoting)
-        self.host = str(kw.get("host") or "127.0.0.1")
-        self.port = int(kw.get("port") or 6379)
+        self.host = host or str(kw.get("host") or "127.0.0.1")
+        self.port = port or int(kw.get("port") or 6379)
         self.username = str(kw["username"]) if kw.get("username") else None
         self.password = str(kw["password"]) if kw.get("password") else None
         self.db = int(kw.get("db") or 0)
@@ -99,7 +104,8 @@ class LeanConnection:
                 _Proto, self.host, self.port, ssl=self.ssl,
                 server_hostname=self.host if self.ssl is not None else None), self.connect_timeout)
         except (OSError, TimeoutError) as exc:
-            raise RedisConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: {exc}") from exc
+            # " connecting to ": nothing was sent (batch._not_run reads this, as in redis-py's message).
+            raise RedisConnectionError(f"Error connecting to {self.host}:{self.port}: {exc}") from exc
         hello: list[bytes] = []
         if self.password is not None:
             auth = [b"AUTH", *([self.username.encode()] if self.username else []), self.password.encode()]
