@@ -29,14 +29,12 @@ import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis._parsers.base import BaseParser
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import (
     AskError,
     ClusterDownError,
-    MovedError,
     NoScriptError,
     RedisError,
     ResponseError,
@@ -60,9 +58,6 @@ Op = Callable[[Pipeline], Any]
 Entry = tuple[Op, "asyncio.Future[Any]"]
 UNAVAILABLE = "redis unavailable; retry"
 _DOWN = (RedisConnectionError, RedisTimeoutError, ClusterDownError, OSError)
-# redis-py's own mapping of an error reply to its exception classes (MOVED -> MovedError...),
-# for the replies the lean connection reads in cluster mode.
-_parse_error: Callable[[str], Exception] = BaseParser.parse_error
 
 
 def _not_run(result: object) -> bool:
@@ -420,18 +415,6 @@ class Batcher:
             conn = self._lean_nodes[node.name] = LeanConnection(url, host=node.host, port=int(node.port))
         return conn
 
-    async def _send_lean(self, conn: LeanConnection, node: Any, commands: list[Any]) -> list[Any]:
-        """As redis-py's pipeline would answer: error replies become its exception types
-        (MOVED, ASK, TRYAGAIN, CLUSTERDOWN, NOSCRIPT...), the redirects are counted."""
-        out = await conn.execute([encode_command(*command.args) for command in commands])
-        for i, reply in enumerate(out):
-            if isinstance(reply, ResponseError):
-                exc = _parse_error(str(reply))
-                if isinstance(exc, AskError):  # MovedError is a kind of AskError
-                    self.redirects.seen("moved" if isinstance(exc, MovedError) else "ask", node.name)
-                out[i] = exc
-        return out
-
     async def _send(self, node: Any, commands: list[Any], lean: bool = False) -> list[Any]:
         """One node's commands as one pipeline (`node` None: wherever redis-py routes them),
         their MOVED/ASK/TRYAGAIN followed. A failure fails these commands only. `lean`: the
@@ -441,7 +424,7 @@ class Batcher:
         conn = self._lean_node(node) if lean and node is not None else None
         if conn is not None:
             try:
-                out = await self._send_lean(conn, node, commands)
+                out = await conn.execute_like_redis_py([c.args for c in commands], self.redirects, node.name)
             except Exception as exc:  # as below; the connection is made again by the next batch
                 log.debug("redis node batch of %d failed: %s", len(commands), exc)
                 self._stale_map = self._stale_map or isinstance(exc, _DOWN)

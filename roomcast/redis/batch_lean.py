@@ -22,16 +22,22 @@ the next batch reconnects. Error replies come back as redis-py ResponseError val
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, cast
 
 import hiredis
+from redis._parsers.base import BaseParser
 from redis.asyncio.connection import parse_url
+from redis.exceptions import AskError, MovedError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from roomcast.redis.client import tls_context
+from roomcast.redis.client_redirects import Redirects
 from roomcast.redis.resp import RespError, encode_command
+
+# redis-py's own mapping of an error reply to its exception classes (MOVED -> MovedError...).
+_parse_error: Callable[[str], Exception] = BaseParser.parse_error
 
 
 class _Proto(asyncio.Protocol):
@@ -144,6 +150,20 @@ class LeanConnection:
             self._proto = None
             proto = self._proto = await self._connect()
         return await self._roundtrip(proto, commands)
+
+    async def execute_like_redis_py(self, commands: list[tuple[Any, ...]], redirects: Redirects,
+                                    node: str) -> list[Any]:
+        """`execute` of these commands' arguments, answered as a redis-py pipeline would answer
+        (Redis Cluster, batch.py): error replies become redis-py's exception types (MovedError,
+        AskError, TryAgainError, ClusterDownError, NoScriptError...), MOVED/ASK counted for `node`."""
+        out = await self.execute([encode_command(*args) for args in commands])
+        for i, reply in enumerate(out):
+            if isinstance(reply, ResponseError):
+                exc = _parse_error(str(reply))
+                if isinstance(exc, AskError):  # MovedError is a kind of AskError
+                    redirects.seen("moved" if isinstance(exc, MovedError) else "ask", node)
+                out[i] = exc
+        return out
 
     def close(self) -> None:
         if self._proto is not None and self._proto.transport is not None:
