@@ -4,9 +4,10 @@
 
 A fresh redis-server; one RedisStore on a Batcher (as a gateway has); R rooms, each with a host
 that publishes ~100-byte events through `RedisStore.publish` (the publish script: seq, XADD with
-the trims, SPUBLISH), K per loop tick, E events/s in total (0: as fast as it goes); two raw
-subscriber connections SSUBSCRIBE'd to every room's channel, as two gateways' buses are (each
-event is written to both). Reports, per event: Redis CPU (`INFO cpu`, utime+stime of redis-server),
+the trims, SPUBLISH), K per loop tick, E events/s in total (0: as fast as it goes); two
+subscribers SSUBSCRIBE'd to every room's channel, as two gateways' buses are (each event is
+written to both), each a `redis-cli` process of its own (until session 5 they were connections
+of this process, whose reads then counted as the publisher's CPU). Reports, per event: Redis CPU (`INFO cpu`, utime+stime of redis-server),
 this process's CPU (the Batcher and redis-py: what the publishing gateway spends per event beyond
 its sockets), and Redis' `INFO commandstats` (calls and usec per event). Medians of --repeat.
 Bounded by N events (and --max-seconds) per run.
@@ -18,6 +19,7 @@ import argparse
 import asyncio
 import os
 import statistics
+import subprocess
 import time
 from typing import Any
 
@@ -27,24 +29,17 @@ from roomcast.protocol import event_tail
 from roomcast.redis import keys
 from roomcast.redis.batch import Batcher
 from roomcast.redis.client import make_client
-from roomcast.redis.resp import encode_command
 from roomcast.store.base import Caller, ConnectionInfo, NewRoom
 from roomcast.store.redis import RedisStore
 
 from . import procstat
 from .peers.backends import commandstats
-from .services import RedisServer
-
-
-async def _drain(reader: asyncio.StreamReader) -> None:
-    while await reader.read(65536):
-        pass
+from .services import RedisServer, stop_process
 
 
 async def one_run(args: argparse.Namespace, tag: str) -> dict[str, Any]:
     redis = RedisServer().start()
-    subs: list[asyncio.StreamWriter] = []
-    tasks: list[asyncio.Task[None]] = []
+    subs: list[subprocess.Popen[bytes]] = []
     batcher = Batcher(make_client(redis.url))
     try:
         store = RedisStore(batcher)
@@ -61,11 +56,12 @@ async def one_run(args: argparse.Namespace, tag: str) -> dict[str, Any]:
             room = f"eb-{tag}-{r}"
             await store.create_room(caller, NewRoom(room, "bench", 60, {}, None), now)
             hosts.append((caller, room))
+        # Two subscribers, as two gateways' buses (each event is written to both), in processes
+        # of their own (redis-cli): their reads count neither as Redis' CPU nor as the publisher's.
+        channels = [keys.channel(room) for _, room in hosts]
         for _ in range(2):
-            reader, writer = await asyncio.open_connection("127.0.0.1", redis.port)
-            writer.write(b"".join(encode_command("SSUBSCRIBE", keys.channel(room)) for _, room in hosts))
-            subs.append(writer)
-            tasks.append(asyncio.create_task(_drain(reader)))
+            subs.append(subprocess.Popen(["redis-cli", "-p", str(redis.port), "SSUBSCRIBE", *channels],  # noqa: ASYNC220 (set-up, before the window)
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         await asyncio.sleep(0.2)
         payload = {"x": "y" * max(0, args.payload_bytes - 8)}
         pid = redis.proc.pid  # type: ignore[union-attr]
@@ -101,10 +97,8 @@ async def one_run(args: argparse.Namespace, tag: str) -> dict[str, Any]:
                              for k, v in sorted(stats.items(), key=lambda kv: -kv[1]["usec"])},
         }
     finally:
-        for t in tasks:
-            t.cancel()
-        for w in subs:
-            w.close()
+        for sub in subs:
+            stop_process(sub, 5)
         await batcher.aclose()
         redis.stop()
 
