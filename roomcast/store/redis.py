@@ -9,6 +9,7 @@ readers skip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -312,21 +313,35 @@ class RedisStore(RedisConnections):
         self, caller: Caller, room_id: str, role: str, since: int | None, epoch: str | None, now_ms: int
     ) -> JoinResult:
         sender = orjson.dumps(caller.sender())
-        fut = self.b.eval(self.s_join, self.room_keys(room_id), [
+        b = self.b
+        fut = b.eval(self.s_join, self.room_keys(room_id), [
             room_id, caller.device_id, caller.socket_id, caller.user_id or "", role,
             -1 if since is None else since, epoch or "", now_ms, sender, self.history, self.max_participants,
             REPLAY_CHUNK])
+        # In the same batch as the join (not one round trip later): the room in the device's
+        # rooms. Awaited: once `joined` is sent, every replica counts this room for the device
+        # (MAX_ROOMS_PER_DEVICE) and lists it in welcome.rooms. A join that fails takes it back
+        # if it added it; meanwhile a concurrent admit of the same device may count it (a
+        # refusal at the limit, never one room too many), and welcome.rooms lists only rooms
+        # the device is a participant of (_read_rooms).
+        device_rooms = keys.device_rooms(caller.device_id)
+        added = b.call(raw("SADD", device_rooms, room_id))
         self._dirty(room_id)
-        reply = _check(await fut)
-        b = self.b
-        # Awaited: once `joined` is sent, every replica counts this room for the device
-        # (MAX_ROOMS_PER_DEVICE) and lists it in welcome.rooms.
-        added = b.call(raw("SADD", keys.device_rooms(caller.device_id), room_id))
+        try:
+            reply = _check(await fut)
+        except Exception:  # refused (an error reply, _Retry) or Redis failed: not a participant
+            # An undo that fails too (Redis lost mid-join) leaves a room the device is not in:
+            # welcome.rooms skips it; it counts for MAX_ROOMS_PER_DEVICE (a refusal too early,
+            # never a room too many), where before a lost SADD let the device join one room too many.
+            with contextlib.suppress(Exception):
+                if int(await added):
+                    await b.call(raw("SREM", device_rooms, room_id))
+            raise
+        await added
         if len(reply) <= 10 or int(reply[10]):
             # A participant already (disconnected, maybe): out of the prune queue. A fresh
             # join has no entry there (a stale one is harmless: prune checks the status).
-            added = b.call(raw("ZREM", self._at(keys.DISCONNECTED, room_id), f"{room_id}|{caller.device_id}"))
-        await added
+            await b.call(raw("ZREM", self._at(keys.DISCONNECTED, room_id), f"{room_id}|{caller.device_id}"))
         return self._join_result(reply)
 
     async def leave(self, caller: Caller, room_id: str, now_ms: int) -> None:

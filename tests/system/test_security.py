@@ -562,6 +562,39 @@ async def test_max_rooms_per_device_counts_across_replicas_and_allows_resume(sec
             await joined(again, last)
 
 
+async def test_joins_that_fail_do_not_count_for_the_device_rooms_cap(sec: Cluster) -> None:
+    """A join puts the room in the device's rooms in the same Redis batch as the join itself;
+    a join the room refuses (full, closed) takes it back: refused joins, however many, never
+    use up the device's MAX_ROOMS_PER_DEVICE."""
+    gw0, gw1 = sec.gateways
+    async with open_client(gw0) as host, open_client(gw1) as filler, \
+            open_client(gw0) as a, open_client(gw1) as b:
+        await host.hello(unique("dev-caphost"))
+        await filler.hello(unique("dev-filler"))
+        full = await created(host, max_players=2)
+        await joined(filler, full)
+        closed = await created(host)
+        assert (await host.request({"type": "close_room", "room_id": closed}))["type"] in ("ack", "left")
+        spare = []
+        for _ in range(MAX_ROOMS_PER_DEVICE):  # each by a host of its own (a host is in its rooms too)
+            async with open_client(gw1) as other:
+                await other.hello(unique("dev-sparehost"))
+                spare.append(await created(other))
+        device = unique("dev-refused")
+        token = (await a.hello(device))["device_token"]
+        await b.hello(device, device_token=token)
+        for room in spare[: MAX_ROOMS_PER_DEVICE - 1]:
+            await joined(a, room)
+        for c in (a, b, a, b):  # one room short of the cap: each refusal would otherwise fill it
+            assert error_code(await c.request({"type": "join", "room_id": full})) == "room_full"
+            assert error_code(await c.request({"type": "join", "room_id": closed})) in ("room_closed", "not_found")
+        await joined(b, spare[-1])  # the last room the cap allows
+        assert error_code(await a.request({"type": "join", "room_id": full})) in ("forbidden", "room_full")
+        async with open_client(gw0) as again:
+            welcome = await again.hello(device, device_token=token)
+            assert sorted(r["room_id"] for r in welcome["rooms"]) == sorted(spare)
+
+
 async def test_max_participants_per_room_counts_spectators(sec: Cluster) -> None:
     gw0, gw1 = sec.gateways
     async with contextlib.AsyncExitStack() as stack:
