@@ -185,22 +185,30 @@ local function take_bucket(key, rate, burst, now, cost)
 end
 """
 
-# A hello's connection record, in one step on the device's slot (the socket key and the
-# presence entry, in other slots, follow in the next batch once this one has counted the
-# socket). KEYS[1] connection hash, KEYS[2] device rooms set, KEYS[3] (optional) the
-# device's connect bucket. ARGV: socket now user status rate burst.
+# A hello's connection record, in one step on the device's slot. KEYS[1] connection hash,
+# KEYS[2] device rooms set, then KEYS[3] the device's connect bucket if ARGV[5] (rate) is not
+# '', then, if ARGV[7] (the device id) is not '', the socket key and the presence set: on a
+# single Redis they are written in this same step; on a Redis Cluster they are in other slots
+# and follow in the next batch, once this one has counted the socket.
+# ARGV: socket now user status rate('' = no bucket) burst device('' = socket key and presence later).
 # Returns {wait} when the bucket is short (nothing else is changed), else
 # {0, connections (this one included), open sockets (this one included), room ids}.
 CONNECT = TAKE_BUCKET + r"""
-if KEYS[3] then
+local k = 3
+if ARGV[5] ~= '' then
   local wait = take_bucket(KEYS[3], ARGV[5], ARGV[6], ARGV[2], 1)
   if wait > 0 then return {wait} end
+  k = 4
 end
 local count = redis.call('HINCRBY', KEYS[1], 'connections', 1)
 local sockets = redis.call('HINCRBY', KEYS[1], 'sockets', 1)
 redis.call('HSET', KEYS[1], 'socket_id', ARGV[1], 'connected_at', ARGV[2], 'last_heartbeat', ARGV[2],
   'user_id', ARGV[3], 'status', ARGV[4])
 redis.call('PERSIST', KEYS[1])
+if ARGV[7] ~= '' then
+  redis.call('SET', KEYS[k], ARGV[7])
+  redis.call('ZADD', KEYS[k + 1], ARGV[2], ARGV[1])
+end
 return {0, count, sockets, redis.call('SMEMBERS', KEYS[2])}
 """
 

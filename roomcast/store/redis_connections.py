@@ -48,25 +48,33 @@ class RedisConnections:
     async def connect(self, caller: Caller, info: ConnectionInfo, now_ms: int,
                       budget: Budget | None = None) -> ConnectResult:
         dev, b = caller.device_id, self.b
-        # One step on the device's slot (the budget, the counts, the record, its rooms); then,
-        # in one batch, the socket key, the presence entry and the rooms' states.
+        # One step on the device's slot (the budget, the counts, the record, its rooms; on a
+        # single Redis the socket key and the presence entry too); then, in one batch, the rooms'
+        # states (and on a Redis Cluster the socket key and the presence entry, in other slots).
         bucket = [] if budget is None else [budget.key]
-        reply = await b.eval(self.s_connect, [keys.connection(dev), keys.device_rooms(dev), *bucket],
+        socket_key, presence = keys.socket(caller.socket_id), self._at(keys.PRESENCE, caller.socket_id)
+        inline = b.cluster is False  # known to be one Redis (not before its first batch)
+        reply = await b.eval(self.s_connect,
+                             [keys.connection(dev), keys.device_rooms(dev), *bucket,
+                              *((socket_key, presence) if inline else ())],
                              [caller.socket_id, now_ms, caller.user_id or "", ACTIVE,
-                              *(() if budget is None else (budget.rate, budget.burst))])
+                              *(("", "") if budget is None else (budget.rate, budget.burst)), dev if inline else ""])
         if int(reply[0]):
             return ConnectResult(0, [], 0, int(reply[0]))  # the budget is short: nothing was recorded
         earlier, open_sockets = int(reply[1]) - 1, int(reply[2])
-        # Plain commands (raw): with the script calls they go out on the lean connection (batch.py).
-        b.call(raw("SET", keys.socket(caller.socket_id), dev))
-        added = b.call(raw("ZADD", self._at(keys.PRESENCE, caller.socket_id), now_ms, caller.socket_id))
+        added: Any = None
+        if not inline:
+            # Plain commands (raw): with the script calls they go out on the lean connection (batch.py).
+            b.call(raw("SET", socket_key, dev))
+            added = b.call(raw("ZADD", presence, now_ms, caller.socket_id))
         lookups = self._room_lookups(dev, sorted(_s(r) for r in reply[3]))
         # After the count: the row's reconnect_count is the welcome's (one meaning).
         self._lifecycle({"kind": "connect", "socket_id": caller.socket_id, "device_id": dev,
                          "user_id": caller.user_id or "", "ts": now_ms, "ip": info.ip or "",
                          "user_agent": info.user_agent or "", "fingerprint": info.fingerprint or "",
                          "metadata": orjson.dumps(info.metadata or {}), "reconnect_count": earlier})
-        await added  # the socket key and presence entry are written before `welcome`
+        if added is not None:
+            await added  # the socket key and presence entry are written before `welcome`
         return ConnectResult(earlier, await self._read_rooms(lookups), open_sockets)
 
     async def restore(self, caller: Caller, now_ms: int) -> None:
