@@ -234,11 +234,20 @@ class Hub:
         last = local.last_seq
         if seq <= last:
             return  # already delivered (a resubscribe or repair may repeat a message)
-        if last and seq > last + 1 and self.gap_source is not None:
-            local.held = [(seq, frame)]
-            self._repair(room_id, local, last)
-            return
+        if self.gap_source is not None:
+            base = last or self._first_needed(local)
+            if base and seq > base + 1:
+                local.held = [(seq, frame)]
+                self._repair(room_id, local, base)
+                return
         self._fanout(room_id, local, seq, frame)
+
+    @staticmethod
+    def _first_needed(local: LocalRoom) -> int:
+        """Before this replica has delivered any event of the room (last_seq 0): the seq after
+        which its members need events, the earliest join among them (0: no member yet). A
+        subscription that fell behind before the first delivery still gets its gap repaired."""
+        return min(local.members.values(), default=0)
 
     def begin_batch(self) -> None:
         """Events from here to `end_batch` are written per room and member at once."""
@@ -311,9 +320,12 @@ class Hub:
         """After a resubscribe: fetch whatever each room missed while we were away."""
         for room_id in room_ids:
             local = self.rooms.get(room_id)
-            if local is not None and local.held is None and local.last_seq:
+            if local is None or local.held is not None:
+                continue
+            after = local.last_seq or self._first_needed(local)
+            if after:
                 local.held = []
-                self._repair(room_id, local, local.last_seq)
+                self._repair(room_id, local, after)
 
     def _repair(self, room_id: str, local: LocalRoom, after: int) -> None:
         task = asyncio.get_running_loop().create_task(self._run_repair(room_id, local, after))
