@@ -235,7 +235,7 @@ class Hub:
         if seq <= last:
             return  # already delivered (a resubscribe or repair may repeat a message)
         if self.gap_source is not None:
-            base = last or self._first_needed(local)
+            base = self._repair_after(local)
             if base and seq > base + 1:
                 local.held = [(seq, frame)]
                 self._repair(room_id, local, base)
@@ -243,11 +243,12 @@ class Hub:
         self._fanout(room_id, local, seq, frame)
 
     @staticmethod
-    def _first_needed(local: LocalRoom) -> int:
-        """Before this replica has delivered any event of the room (last_seq 0): the seq after
-        which its members need events, the earliest join among them (0: no member yet). A
-        subscription that fell behind before the first delivery still gets its gap repaired."""
-        return min(local.members.values(), default=0)
+    def _repair_after(local: LocalRoom) -> int:
+        """The seq after which this replica's members need the room's events: the last one
+        delivered; before any delivery (last_seq 0), the earliest join among the members, so a
+        subscription that fell behind before the first delivery still gets its gap repaired
+        (0: no member yet, nothing to repair)."""
+        return local.last_seq or min(local.members.values(), default=0)
 
     def begin_batch(self) -> None:
         """Events from here to `end_batch` are written per room and member at once."""
@@ -322,7 +323,7 @@ class Hub:
             local = self.rooms.get(room_id)
             if local is None or local.held is not None:
                 continue
-            after = local.last_seq or self._first_needed(local)
+            after = self._repair_after(local)
             if after:
                 local.held = []
                 self._repair(room_id, local, after)

@@ -422,31 +422,34 @@ class Batcher:
         lean connection): they go out on that connection instead of a redis-py pipeline."""
         client = self.client
         conn = self._lean_node(node) if lean and node is not None else None
-        if conn is not None:
-            try:
-                out = await conn.execute_like_redis_py([c.args for c in commands], self.redirects, node.name)
-            except Exception as exc:  # as below; the connection is made again by the next batch
-                log.debug("redis node batch of %d failed: %s", len(commands), exc)
-                self._stale_map = self._stale_map or isinstance(exc, _DOWN)
-                if self._lean_nodes.get(node.name) is conn:
-                    del self._lean_nodes[node.name]  # a node that left the cluster keeps no entry
-                    conn.close()
-                return [exc] * len(commands)
-            return await follow(client, commands, out)  # MOVED/ASK/TRYAGAIN, through redis-py
-        pipe = client.pipeline(transaction=False)
-        for command in commands:
-            kwargs = dict(command.kwargs)
-            # FCALL too: to the node found by _group (a MOVED reply is followed below).
-            if node is not None and ("target_nodes" in kwargs or command.args[0] == "FCALL"):
-                kwargs["target_nodes"] = node
-            pipe.execute_command(*command.args, **kwargs)
         try:
-            out = await pipe.execute(raise_on_error=False, allow_redirections=False)
-            return await follow(client, commands, out)  # MOVED/ASK/TRYAGAIN
+            if conn is not None:
+                out = await self._send_lean(conn, node, commands)
+            else:
+                pipe = client.pipeline(transaction=False)
+                for command in commands:
+                    kwargs = dict(command.kwargs)
+                    # FCALL too: to the node found by _group (a MOVED reply is followed below).
+                    if node is not None and ("target_nodes" in kwargs or command.args[0] == "FCALL"):
+                        kwargs["target_nodes"] = node
+                    pipe.execute_command(*command.args, **kwargs)
+                out = await pipe.execute(raise_on_error=False, allow_redirections=False)
+            return await follow(client, commands, out)  # MOVED/ASK/TRYAGAIN, through redis-py
         except Exception as exc:  # this node's commands only (a dead node: `unavailable` in _run)
             log.debug("redis node batch of %d failed: %s", len(commands), exc)
             self._stale_map = self._stale_map or isinstance(exc, _DOWN)
             return [exc] * len(commands)
+
+    async def _send_lean(self, conn: LeanConnection, node: Any, commands: list[Any]) -> list[Any]:
+        """The commands on the lane's lean connection; if that fails, the connection is dropped
+        (the next batch makes it again; a node that left the cluster keeps no entry)."""
+        try:
+            return await conn.execute_like_redis_py([c.args for c in commands], self.redirects, node.name)
+        except Exception:
+            if self._lean_nodes.get(node.name) is conn:
+                del self._lean_nodes[node.name]
+                conn.close()
+            raise
 
     async def _execute_per_node(self, batch: list[Entry]) -> list[Any]:
         """A Redis Cluster, outside the lanes (a retry after a refresh, a rerun after a
