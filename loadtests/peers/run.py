@@ -312,7 +312,7 @@ async def connect_run(args: argparse.Namespace, target: str, tag: str, node: str
             assert host is not None
             await host.hello(f"peers-{tag}-host")
             for room in rooms:
-                await host.host_room(room, args.conns + 1)
+                await host.host_room(room, -(-args.conns // args.conn_rooms) + 1)  # its share, the host included
         pairs = [(f"peers-{tag}-d{i:05d}", rooms[i % len(rooms)]) for i in range(args.conns)]
         specs = [{"target": target, "host": HOST, "port": server.port, "pairs": chunk,
                   "concurrency": args.concurrency, "setup_timeout": 60.0, "run_timeout": args.connect_timeout,
