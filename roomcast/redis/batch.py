@@ -23,19 +23,15 @@ one Redis. Commands for different slots never had an order between them beyond t
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.asyncio import Redis, RedisCluster
-from redis.asyncio.client import Pipeline
-from redis.asyncio.cluster import ClusterPipeline
+from redis.asyncio import Redis
 from redis.exceptions import (
     AskError,
     ClusterDownError,
-    NoScriptError,
     RedisError,
     ResponseError,
     SlotNotCoveredError,
@@ -46,117 +42,21 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from roomcast.errors import ErrorCode, GatewayError
 from roomcast.redis import keys
-from roomcast.redis import scripts as lua
 from roomcast.redis.batch_lean import LeanConnection
+from roomcast.redis.batch_ops import _LEAN_OPS, Op, Raw, RawCommand, Script, _forgotten, _not_run, cmd, raw
 from roomcast.redis.client import is_cluster, key_slot, make_cluster_client
 from roomcast.redis.client_redirects import Redirects, follow
 from roomcast.redis.resp import encode_command
 
+__all__ = ["Batcher", "Entry", "Op", "Raw", "RawCommand", "Script", "cmd", "raw"]  # the ops: batch_ops.py
+
 log = logging.getLogger("roomcast.redis")
 
-Op = Callable[[Pipeline], Any]
 Entry = tuple[Op, "asyncio.Future[Any]"]
 UNAVAILABLE = "redis unavailable; retry"
 _DOWN = (RedisConnectionError, RedisTimeoutError, ClusterDownError, OSError)
 
 
-def _not_run(result: object) -> bool:
-    """Whether a cluster command's failure proves it did not run: its node refused the
-    connection or did not accept it in time (nothing was sent), or it answered CLUSTERDOWN."""
-    if isinstance(result, ClusterDownError):
-        return True
-    if isinstance(result, RedisTimeoutError):
-        return str(result) == "Timeout connecting to server"
-    return isinstance(result, RedisConnectionError) and isinstance(result.__context__, OSError) \
-        and " connecting to " in str(result)
-
-
-def cmd(name: str, *args: Any, **kwargs: Any) -> Op:
-    """An op that adds one named redis-py command to the pipeline."""
-    if name in ("publish", "ping"):
-        return lambda pipe: _keyless(pipe, name, *args)
-    return lambda pipe: getattr(pipe, name)(*args, **kwargs)
-
-
-def _keyless(pipe: Any, name: str, *args: Any) -> Any:
-    """PUBLISH and PING: redis-py blocks these methods in cluster pipelines; there the raw
-    command goes to the client's default node (a PUBLISH is broadcast to every node)."""
-    if isinstance(pipe, ClusterPipeline):
-        return pipe.execute_command(name.upper(), *args, target_nodes=RedisCluster.DEFAULT_NODE)
-    return getattr(pipe, name)(*args)
-
-
-class Script:
-    """A Lua script, run as a Redis Function (FCALL) where the server has them (Redis >= 7),
-    else by EVALSHA; loaded at start and again if Redis forgot it.
-
-    Each script is its own function library, named after the hash of its source: the helper
-    functions of its prelude (scripts.PRELUDE) are defined once when the library is loaded,
-    not re-created by every call as in the EVALSHA form, and a library never clashes with
-    another process's (the coordinator registers other scripts) or another version's."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-        self.name = f"rc_{self.sha[:24]}"  # the library's and its one function's name
-        helpers, body = lua.split_prelude(source)
-        # The library keeps KEYS and ARGV as upvalues the helpers share; each call sets them
-        # (Redis runs one function at a time), so the bodies are the same text in both forms.
-        self.library = (f"#!lua name={self.name}\nlocal KEYS, ARGV\n{helpers}\n"
-                        f"redis.register_function('{self.name}', function(keys, args)\n"
-                        f"KEYS, ARGV = keys, args\n{body}\nend)\n")
-        self.fcall_prefix = ("FCALL", self.name)
-        self.evalsha_prefix = ("EVALSHA", self.sha)
-
-
-def _forgotten(result: object) -> bool:
-    """A call Redis could not run because it forgot the script or function (a restart, a
-    FUNCTION FLUSH, a failover to a node that never had it): load again and rerun it."""
-    if isinstance(result, NoScriptError):
-        return True
-    text = str(result) if isinstance(result, ResponseError) else ""
-    return "Function not found" in text or text.startswith("NOSCRIPT")  # redis-py's / the lean reader's
-
-
-class Raw:
-    """An op that is one script call: the Batcher may send a batch made only of these on its
-    lean connection (roomcast/redis/batch_lean.py) instead of through redis-py. FCALL or EVALSHA
-    is chosen when the call is sent (a call queued before the first load, or rerun after a
-    reload, takes the form the server turned out to have)."""
-
-    __slots__ = ("batcher", "rest", "script")
-
-    def __init__(self, batcher: Batcher, script: Script, rest: tuple[Any, ...]) -> None:
-        self.batcher, self.script, self.rest = batcher, script, rest
-
-    @property
-    def args(self) -> tuple[Any, ...]:
-        s = self.script
-        return (*(s.fcall_prefix if self.batcher.functions else s.evalsha_prefix), *self.rest)
-
-    def __call__(self, pipe: Any) -> Any:
-        return pipe.execute_command(*self.args)
-
-
-class RawCommand:
-    """An op that is one plain command given as its RESP arguments, whose reply needs no
-    decoding by redis-py (the value hiredis reads is what the caller uses: an integer, a bulk
-    string or nil, an array of those; a status reply such as SET's OK is bytes here and True
-    through redis-py, so callers must not read it). A batch made only of these and of script
-    calls (Raw) goes out on the lean connection; through a redis-py pipeline (cluster mode,
-    no lean connection) it is the same command, routed by its key as redis-py routes it."""
-
-    __slots__ = ("args",)
-
-    def __init__(self, *args: str | bytes | int | float) -> None:
-        self.args = args
-
-    def __call__(self, pipe: Any) -> Any:
-        return pipe.execute_command(*self.args)
-
-
-raw = RawCommand
-_LEAN_OPS = (Raw, RawCommand)
 
 
 class _Lane:
@@ -299,11 +199,15 @@ class Batcher:
 
     def call(self, op: Op) -> asyncio.Future[Any]:
         """Queue one command (added to the pipeline by `op`); the future gets its result."""
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         self._queue.append((op, fut))
         if not self._running:
             self._running = True
-            asyncio.get_running_loop().create_task(self._drain())
+            if self.cluster is False and not self.window and self.lean is not None:
+                loop.call_soon(self._flush)  # one Redis, no window: the fast path (`_flush`)
+            else:
+                asyncio.get_running_loop().create_task(self._drain())
         return fut
 
     def eval(self, script: Script, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
@@ -311,12 +215,65 @@ class Batcher:
         # The raw command: redis-py blocks `evalsha` in cluster pipelines (it routes EVALSHA by its keys).
         return self.call(Raw(self, script, (len(keys), *keys, *args)))
 
-    async def _drain(self) -> None:
+    def _flush(self) -> None:
+        """The fast path on one Redis without a window: this tick's calls go out on the lean
+        connection from this callback, and the next batch from the reply's read callback
+        (`_sent`), in call order, one batch in flight, as `_drain` does, but with no task, no
+        `sleep(0)` and no `wait_for` per batch: the publishing gateway's CPU per event
+        (docs/benchmarks.md, "Session 7"). Anything else (not connected yet, a batch that is not
+        all script calls and raw commands, a forgotten script) is handed to `_drain`."""
+        lean = self.lean
+        proto = lean.ready() if lean is not None else None
+        batch = self._queue[: self.max_batch]
+        if proto is None or self.cluster or not all(type(op) in _LEAN_OPS for op, _ in batch):
+            asyncio.get_running_loop().create_task(self._drain(wait=False))
+            return
+        del self._queue[: self.max_batch]
+        started = asyncio.get_running_loop().time()
+        try:
+            commands = [encode_command(*op.args) for op, _ in batch]  # type: ignore[attr-defined]
+        except Exception as exc:  # an argument Redis cannot take: as _run, this batch fails
+            self._fail(batch, exc)
+            self._next()
+            return
+        assert lean is not None
+        lean.send(proto, commands, lambda out: self._sent(batch, started, out))
+
+    def _sent(self, batch: list[Entry], started: float, out: list[Any] | Exception) -> None:
+        """A fast-path batch's replies (or its failure), from the lean connection's read callback."""
+        if isinstance(out, Exception):
+            self._fail(batch, out)
+        elif any(_forgotten(r) for r in out):
+            # Redis forgot the scripts (a restart): `_drain` loads them, reruns those calls,
+            # then sends what queued meanwhile, in order.
+            asyncio.get_running_loop().create_task(self._rerun(batch, out, started))
+            return
+        else:
+            self._resolve(batch, out, started)
+        self._next()
+
+    def _next(self) -> None:
+        if self._queue:
+            self._flush()
+        else:
+            self._running = False
+
+    async def _rerun(self, batch: list[Entry], results: list[Any], started: float) -> None:
+        try:
+            results = await self._rerun_forgotten(batch, results)
+        except Exception as exc:
+            self._fail(batch, exc)
+        else:
+            self._resolve(batch, results, started)
+        await self._drain(wait=False)
+
+    async def _drain(self, wait: bool = True) -> None:
         try:
             # Let this tick's callers (and the window's) join the batch. In cluster mode the
             # batcher is idle only when no node's lane has commands queued or in flight: while
             # one has, what is queued there waits for it anyway, so no window is added.
-            await asyncio.sleep(self.window if not self._lanes else 0)
+            if wait:
+                await asyncio.sleep(self.window if not self._lanes else 0)
             while self._queue:
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]
@@ -600,25 +557,32 @@ class Batcher:
 
     async def _run(self, batch: list[Entry], execute: Callable[[list[Entry]], Awaitable[list[Any]]]) -> None:
         """Execute a batch (`execute`: one Redis, or one cluster node's lane) and resolve its futures."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = asyncio.get_running_loop().time()
         try:
-            results = await execute(batch)
-            missing = [i for i, r in enumerate(results) if _forgotten(r)]
-            if missing:
-                # Redis restarted (or flushed its functions) and forgot our scripts: load them
-                # and rerun those calls (nothing of a call that was not found has run).
-                await self.load_scripts()
-                again = await self._execute([batch[i] for i in missing])
-                for i, r in zip(missing, again, strict=True):
-                    results[i] = r
+            results = await self._rerun_forgotten(batch, await execute(batch))
         except Exception as exc:
             self._fail(batch, exc)
             return
+        self._resolve(batch, results, started)
+
+    async def _rerun_forgotten(self, batch: list[Entry], results: list[Any]) -> list[Any]:
+        missing = [i for i, r in enumerate(results) if _forgotten(r)]
+        if missing:
+            # Redis restarted (or flushed its functions) and forgot our scripts: load them
+            # and rerun those calls (nothing of a call that was not found has run).
+            await self.load_scripts()
+            again = await self._execute([batch[i] for i in missing])
+            for i, r in zip(missing, again, strict=True):
+                results[i] = r
+        return results
+
+    def _resolve(self, batch: list[Entry], results: list[Any], started: float) -> None:
+        """Give each call of a batch that ran its result (or its error, as `unavailable` where
+        it is worth a retry)."""
         self.batches += 1
         self.commands += len(batch)
         if self.on_batch is not None:
-            self.on_batch(len(batch), loop.time() - started)
+            self.on_batch(len(batch), asyncio.get_running_loop().time() - started)
         for (_, fut), result in zip(batch, results, strict=True):
             if fut.done():
                 continue

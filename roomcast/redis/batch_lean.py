@@ -14,6 +14,9 @@ of batch; its MOVED/ASK/TRYAGAIN replies are turned into redis-py's exceptions a
 through redis-py (batch.py, `_send`).
 
 One batch in flight at a time (the Batcher's own rule), so the connection only counts replies.
+A batch goes out either from a coroutine (`execute`, which connects first if needed) or, on an
+open connection, from a plain callback (`send`: its replies are handed to a function, the
+Batcher's fast path on one Redis).
 A connection error or a reply that takes longer than `timeout` closes the connection and fails the
 batch with redis-py's ConnectionError/TimeoutError (the Batcher turns those into `unavailable`);
 the next batch reconnects. Error replies come back as redis-py ResponseError values, in place.
@@ -47,6 +50,9 @@ class _Proto(asyncio.Protocol):
         self.want = 0
         self.replies: list[Any] = []
         self.done: asyncio.Future[None] | None = None
+        # `LeanConnection.send`'s batch: called with its replies (or the failure) from here.
+        self.on_done: Callable[[list[Any] | Exception], None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -65,8 +71,19 @@ class _Proto(asyncio.Protocol):
         except RespError as exc:
             self._fail(RedisConnectionError(f"bad reply from Redis: {exc}"))
             return
+        if len(replies) < self.want:
+            return
+        on_done = self.on_done
+        if on_done is not None:
+            self.on_done = None
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self.replies = []
+            on_done(replies)
+            return
         done = self.done
-        if done is not None and not done.done() and len(replies) >= self.want:
+        if done is not None and not done.done():
             done.set_result(None)
 
     def _fail(self, exc: Exception) -> None:
@@ -75,6 +92,17 @@ class _Proto(asyncio.Protocol):
             self.transport.close()
         if self.done is not None and not self.done.done():
             self.done.set_exception(exc)
+        on_done = self.on_done
+        if on_done is not None:
+            self.on_done = None
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            on_done(exc)
+
+    def timed_out(self, timeout: float) -> None:
+        self.timer = None
+        self._fail(RedisTimeoutError(f"no reply from Redis within {timeout}s"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
@@ -141,6 +169,28 @@ class LeanConnection:
             proto.done = None
         replies, proto.replies = proto.replies, []
         return replies
+
+    def ready(self) -> _Proto | None:
+        """The connection, if it is open and no batch is in flight on it (else None: `execute`
+        connects first)."""
+        proto = self._proto
+        if proto is None or proto.closed or proto.done is not None or proto.on_done is not None:
+            return None
+        return proto
+
+    def send(self, proto: _Proto, commands: list[bytes],
+             on_done: Callable[[list[Any] | Exception], None]) -> None:
+        """`execute` without a coroutine, on the connection `ready` gave: the commands go out
+        now as one write, and `on_done` gets their replies (or, as `execute` would raise it,
+        redis-py's ConnectionError/TimeoutError) from the connection's read callback. No task, no
+        `wait_for` per batch: the publishing path's round trip costs a timer handle, not a
+        coroutine chain (docs/benchmarks.md, "Session 7")."""
+        proto.replies = []
+        proto.want = len(commands)
+        proto.on_done = on_done
+        proto.timer = asyncio.get_running_loop().call_later(self.timeout, proto.timed_out, self.timeout)
+        assert proto.transport is not None
+        proto.transport.write(b"".join(commands))
 
     async def execute(self, commands: list[bytes]) -> list[Any]:
         """Send the encoded commands as one write; their replies, in order (error replies as
