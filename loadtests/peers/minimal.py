@@ -11,17 +11,25 @@ A publish goes to Redis (PUBLISH on channel "room:<room>"); every process subscr
 channels of its rooms and writes the message, framed once, to every local socket of the room.
 No history, no sequence numbers, no auth, no limits. GET /readyz answers 200.
 Binds GATEWAY_HOST:GATEWAY_PORT; Redis at REDIS_URL.
+
+MINIMAL_REDIS=lean: the same gateway with redis-py replaced by two raw RESP connections of its
+own (commands and subscriptions, parsed by hiredis' Reader): the floor of a Python gateway on
+this design, what is left when no client library stands between the sockets and Redis
+(docs/benchmarks.md, "Session 7"). The default is redis-py, what one would write.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import signal
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import urlparse
 
+import hiredis
 import orjson
 import redis.asyncio as aioredis
 from websockets.asyncio.server import ServerConnection, serve
@@ -46,23 +54,86 @@ def ready(conn: ServerConnection, request: Request) -> Response | None:
     return None
 
 
+def fan_out_message(channel: bytes, data: bytes) -> None:
+    members = ROOMS.get(channel[5:].decode())
+    if members:
+        frame = text_frame(data)
+        for ws in members:
+            ws.transport.write(frame)
+
+
+class LeanRedis(asyncio.Protocol):
+    """MINIMAL_REDIS=lean: one raw connection; `subscriber`: every reply is a pub/sub message."""
+
+    def __init__(self, subscriber: bool) -> None:
+        self.reader = hiredis.Reader()
+        self.subscriber = subscriber
+        self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            if self.subscriber:
+                if reply[0] == b"message":
+                    fan_out_message(reply[1], reply[2])
+            elif self.waiting:
+                self.waiting.popleft().set_result(reply)
+
+    def send(self, *args: str | bytes) -> None:
+        self.transport.write(hiredis.pack_command(args))  # type: ignore[arg-type]  # its stub wants a 1-tuple
+
+    def call(self, *args: str | bytes) -> asyncio.Future[Any]:
+        self.send(*args)
+        fut = asyncio.get_running_loop().create_future()
+        self.waiting.append(fut)
+        return fut
+
+
+class LeanClient:
+    """What the handler needs of redis-py (publish, subscribe, unsubscribe), on LeanRedis."""
+
+    async def start(self, url: str) -> None:
+        u, loop = urlparse(url), asyncio.get_running_loop()
+        host, port = u.hostname or "127.0.0.1", u.port or 6379
+        _, self.cmd = await loop.create_connection(lambda: LeanRedis(False), host, port)
+        _, self.sub = await loop.create_connection(lambda: LeanRedis(True), host, port)
+
+    async def publish(self, channel: str, data: bytes) -> None:
+        await self.cmd.call("PUBLISH", channel, data)
+
+    async def subscribe(self, channel: str) -> None:
+        self.sub.send("SUBSCRIBE", channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self.sub.send("UNSUBSCRIBE", channel)
+
+    async def aclose(self) -> None:
+        self.cmd.transport.close()
+        self.sub.transport.close()
+
+
 async def main() -> None:
     host = os.environ.get("GATEWAY_HOST", "127.0.0.1")
     port = int(os.environ["GATEWAY_PORT"])
-    redis: Any = aioredis.from_url(os.environ["REDIS_URL"])
-    pubsub = redis.pubsub()
-    await pubsub.subscribe("minimal:control")  # listen() needs a subscription to start with
+    redis: Any
+    if os.environ.get("MINIMAL_REDIS") == "lean":
+        redis = pubsub = LeanClient()
+        await redis.start(os.environ["REDIS_URL"])
+    else:
+        redis = aioredis.from_url(os.environ["REDIS_URL"])
+        pubsub = redis.pubsub()
+        await pubsub.subscribe("minimal:control")  # listen() needs a subscription to start with
 
     async def fan_out() -> None:
+        if isinstance(pubsub, LeanClient):
+            return  # its subscriber connection fans out from its read callback
         async for msg in pubsub.listen():
-            if msg["type"] != "message":
-                continue
-            members = ROOMS.get(msg["channel"][5:].decode())
-            if not members:
-                continue
-            frame = text_frame(msg["data"])
-            for ws in members:
-                ws.transport.write(frame)
+            if msg["type"] == "message":
+                fan_out_message(msg["channel"], msg["data"])
 
     async def handler(ws: ServerConnection) -> None:
         joined: list[str] = []
@@ -102,7 +173,7 @@ async def main() -> None:
     reader = asyncio.create_task(fan_out())
     stop = asyncio.get_running_loop().create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        asyncio.get_running_loop().add_signal_handler(sig, lambda: None if stop.done() else stop.set_result(None))
     async with serve(handler, host, port, compression=None, process_request=ready, max_size=1 << 20):
         await stop
     reader.cancel()
