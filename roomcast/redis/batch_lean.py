@@ -73,12 +73,8 @@ class _Proto(asyncio.Protocol):
             return
         if len(replies) < self.want:
             return
-        on_done = self.on_done
+        on_done = self._take_on_done()
         if on_done is not None:
-            self.on_done = None
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
             self.replies = []
             on_done(replies)
             return
@@ -92,13 +88,17 @@ class _Proto(asyncio.Protocol):
             self.transport.close()
         if self.done is not None and not self.done.done():
             self.done.set_exception(exc)
-        on_done = self.on_done
+        on_done = self._take_on_done()
         if on_done is not None:
-            self.on_done = None
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
             on_done(exc)
+
+    def _take_on_done(self) -> Callable[[list[Any] | Exception], None] | None:
+        """The `send` batch's callback, once: cleared with its timer before it is called."""
+        on_done, self.on_done = self.on_done, None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        return on_done
 
     def timed_out(self, timeout: float) -> None:
         self.timer = None

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator
 
 import pytest
@@ -65,6 +67,24 @@ async def test_functions_are_loaded_again_after_function_flush(kind: str) -> Non
             assert await publish(store, "fn-room", 3) == 4
 
 
+@pytest.mark.parametrize("kind", REDIS_KINDS)
+async def test_calls_made_while_forgotten_scripts_are_reloaded_keep_their_order(kind: str) -> None:
+    """A batch that finds its functions gone is rerun after the reload; the publishes made
+    meanwhile (queued behind it, some in later loop ticks) follow it, in call order."""
+    with redis_of_kind(kind) as server:
+        async with store_on(server) as store:
+            await make_room(store, "fn-order")
+            assert await publish(store, "fn-order", 1) == 2
+            cli_all(server, "FUNCTION", "FLUSH")
+            calls = []
+            for i in range(12):
+                calls.append(asyncio.ensure_future(publish(store, "fn-order", 10 + i)))
+                if i % 3 == 2:
+                    await asyncio.sleep(0)  # the next ones in a later tick, while the first batch is out
+            assert await asyncio.gather(*calls) == list(range(3, 15))
+            assert await publish(store, "fn-order", 99) == 15
+
+
 async def test_functions_are_loaded_again_after_a_restart() -> None:
     server = RedisServer().start()
     try:
@@ -83,6 +103,29 @@ async def test_functions_are_loaded_again_after_a_restart() -> None:
                 await asyncio.sleep(0.1)
             await make_room(store, "fn-restart")
             assert await publish(store, "fn-restart", 3) == 2
+    finally:
+        server.stop()
+
+
+async def test_a_frozen_redis_fails_the_batch_in_flight_and_the_next_call_reconnects() -> None:
+    """Redis stopped (SIGSTOP) with a publish in flight on the lean connection: that publish
+    fails with `unavailable` once the reply is overdue, and after SIGCONT the next one is
+    served on a new connection (the overdue one may have run meanwhile: a retry carries an
+    idempotency key for that)."""
+    server = RedisServer().start()
+    try:
+        async with store_on(server) as store:
+            await make_room(store, "fn-frozen")
+            before = await publish(store, "fn-frozen", 1)
+            assert server.proc is not None
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(GatewayError) as err:
+                    await asyncio.wait_for(publish(store, "fn-frozen", 2), 10 * UNIT)
+                assert err.value.code is ErrorCode.UNAVAILABLE  # at the reply's deadline, not a hang
+            finally:
+                os.kill(server.proc.pid, signal.SIGCONT)
+            assert await publish(store, "fn-frozen", 3) > before
     finally:
         server.stop()
 
