@@ -157,15 +157,16 @@ class LeanConnection:
         loop = asyncio.get_running_loop()
         proto.replies = []
         proto.want = len(commands)
-        proto.done = loop.create_future()
+        done = proto.done = loop.create_future()
+        # A timer handle, not asyncio.wait_for (its waiter future and callbacks per batch): when
+        # it fires, the connection fails and `done` raises redis-py's TimeoutError.
+        timer = loop.call_later(self.timeout, proto.timed_out, self.timeout)
         assert proto.transport is not None
         proto.transport.write(b"".join(commands))
         try:
-            await asyncio.wait_for(proto.done, self.timeout)
-        except TimeoutError:
-            proto._fail(RedisTimeoutError("Redis reply timed out"))
-            raise RedisTimeoutError(f"no reply from Redis within {self.timeout}s") from None
+            await done
         finally:
+            timer.cancel()
             proto.done = None
         replies, proto.replies = proto.replies, []
         return replies
