@@ -225,7 +225,7 @@ class Batcher:
         lean = self.lean
         proto = lean.ready() if lean is not None else None
         batch = self._queue[: self.max_batch]
-        if proto is None or self.cluster or not all(type(op) in _LEAN_OPS for op, _ in batch):
+        if proto is None or not all(type(op) in _LEAN_OPS for op, _ in batch):  # (`call`: one Redis)
             asyncio.get_running_loop().create_task(self._drain(wait=False))
             return
         del self._queue[: self.max_batch]

@@ -49,8 +49,7 @@ class _Proto(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.want = 0
         self.replies: list[Any] = []
-        self.done: asyncio.Future[None] | None = None
-        # `LeanConnection.send`'s batch: called with its replies (or the failure) from here.
+        # The batch in flight (`LeanConnection.send`): called with its replies (or the failure) from here.
         self.on_done: Callable[[list[Any] | Exception], None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.closed = False
@@ -77,17 +76,11 @@ class _Proto(asyncio.Protocol):
         if on_done is not None:
             self.replies = []
             on_done(replies)
-            return
-        done = self.done
-        if done is not None and not done.done():
-            done.set_result(None)
 
     def _fail(self, exc: Exception) -> None:
         self.closed = True
         if self.transport is not None:
             self.transport.close()
-        if self.done is not None and not self.done.done():
-            self.done.set_exception(exc)
         on_done = self._take_on_done()
         if on_done is not None:
             on_done(exc)
@@ -154,28 +147,25 @@ class LeanConnection:
         return proto
 
     async def _roundtrip(self, proto: _Proto, commands: list[bytes]) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        proto.replies = []
-        proto.want = len(commands)
-        done = proto.done = loop.create_future()
-        # A timer handle, not asyncio.wait_for (its waiter future and callbacks per batch): when
-        # it fires, the connection fails and `done` raises redis-py's TimeoutError.
-        timer = loop.call_later(self.timeout, proto.timed_out, self.timeout)
-        assert proto.transport is not None
-        proto.transport.write(b"".join(commands))
-        try:
-            await done
-        finally:
-            timer.cancel()
-            proto.done = None
-        replies, proto.replies = proto.replies, []
-        return replies
+        """`send`, awaited: the replies, or redis-py's ConnectionError/TimeoutError raised."""
+        done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+
+        def settle(out: list[Any] | Exception) -> None:
+            if done.done():  # the caller was cancelled meanwhile
+                return
+            if isinstance(out, Exception):
+                done.set_exception(out)
+            else:
+                done.set_result(out)
+
+        self.send(proto, commands, settle)
+        return await done
 
     def ready(self) -> _Proto | None:
         """The connection, if it is open and no batch is in flight on it (else None: `execute`
         connects first)."""
         proto = self._proto
-        if proto is None or proto.closed or proto.done is not None or proto.on_done is not None:
+        if proto is None or proto.closed or proto.on_done is not None:
             return None
         return proto
 
@@ -183,9 +173,9 @@ class LeanConnection:
              on_done: Callable[[list[Any] | Exception], None]) -> None:
         """`execute` without a coroutine, on the connection `ready` gave: the commands go out
         now as one write, and `on_done` gets their replies (or, as `execute` would raise it,
-        redis-py's ConnectionError/TimeoutError) from the connection's read callback. No task, no
-        `wait_for` per batch: the publishing path's round trip costs a timer handle, not a
-        coroutine chain (docs/benchmarks.md, "Session 7")."""
+        redis-py's ConnectionError/TimeoutError) from the connection's read callback. The reply's
+        deadline is a timer handle, not asyncio.wait_for (a waiter future and callbacks per
+        batch); `_roundtrip` awaits the same path (docs/benchmarks.md, "Session 7")."""
         proto.replies = []
         proto.want = len(commands)
         proto.on_done = on_done
